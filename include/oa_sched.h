@@ -1,0 +1,83 @@
+/*
+ * The querying engine's schedule (API.md section 4): when to query, what a result does to the cached status, the
+ * staple file, recovery and invalidation, explicit tests, the status object and the metrics.
+ *
+ * Timers run on uv_now (monotonic); timestamps shown to operators are wall-clock. --time-scale multiplies
+ * query_frequency and recovery_frequency (never response_timeout). Never more than one query in flight.
+ */
+#ifndef OA_SCHED_H
+#define OA_SCHED_H
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "oa_conf.h"
+#include "oa_error.h"
+#include "oa_ocsp.h"
+#include "oa_util.h"
+
+typedef enum oa_sched_state_e {
+    OA_STATE_DISABLED,    /* OCSP off and nothing valid cached */
+    OA_STATE_PENDING,     /* enabled, first answer not in yet */
+    OA_STATE_VALID,       /* a verified GOOD/REVOKED response is cached and current */
+    OA_STATE_RECOVERING,  /* the last query failed (or said UNKNOWN); retrying every recovery_frequency */
+    OA_STATE_INVALIDATED, /* recovery_max_tries retries failed, or the cached response expired while recovering */
+} oa_sched_state_t;
+
+const char *oa_sched_state_name(oa_sched_state_t s); /* "disabled", ... */
+
+/* How the scheduler starts and cancels a query: oa_ocsp_query_start/oa_ocsp_query_cancel, or a test's fake. */
+typedef struct oa_sched_querier_s {
+    int (*start)(uv_loop_t *loop, const oa_ocsp_target_t *t, const oa_ocsp_query_opts_t *opts, oa_ocsp_query_cb cb,
+                 void *data, oa_ocsp_query_t **out, oa_error_t *err);
+    void (*cancel)(oa_ocsp_query_t *q);
+} oa_sched_querier_t;
+
+typedef struct oa_sched_options_s {
+    const oa_ocsp_target_t *target;   /* borrowed, outlives the scheduler; NULL when the agent has no --cert */
+    const char *data_dir;             /* where ocsp.der lives; copied */
+    double time_scale;                /* 1 in production */
+    const oa_sched_querier_t *querier; /* NULL: the real engine */
+} oa_sched_options_t;
+
+typedef struct oa_sched_s oa_sched_t;
+
+/*
+ * Creates the scheduler in the DISABLED state and loads <data_dir>/ocsp.der if present: re-verified against the
+ * target (signature, CertID, times), it becomes the cached status (VALID); otherwise it is removed with a log line.
+ * Nothing is queried until oa_sched_apply_conf. Returns 0 with *out set, or a negative UV_E*.
+ */
+int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **out);
+
+/* Applies a configuration (at start-up and after every accepted PUT): enabling queries at once, disabling cancels a
+ * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt. */
+void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf);
+
+/* The status object of GET /v1/ocsp/status (new reference): cert_status, responder_url, produced_at, this_update,
+ * next_update, revocation_time, state, and operator fields (last_attempt, last_success, last_error_code,
+ * last_error, consecutive_failures, recovery_tries, next_query). */
+json_t *oa_sched_status_json(oa_sched_t *s);
+
+/* Fires once per oa_sched_test that returned 0: err 0 with status (borrowed: the status object of the fresh
+ * answer), or an OA_E_* code (the query's failure, OA_E_TASK_QUEUED_TOO_LONG) with text. */
+typedef void (*oa_sched_test_cb)(void *data, int err, const char *text, json_t *status);
+
+/*
+ * POST /v1/ocsp/test: queries now, even while disabled; joins the query in flight if there is one. A GOOD/REVOKED
+ * answer updates the cache only while OCSP is enabled; a failure or UNKNOWN changes neither cache nor schedule.
+ * Gives up with OA_E_TASK_QUEUED_TOO_LONG after response_timeout + 5 s. Returns 0 (cb will fire), or -1 with err
+ * filled when it cannot start (OA_E_NO_RESPONDER_URL).
+ */
+int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *err);
+
+/* Appends the Prometheus text exposition of the engine's metrics to out. Returns 0 or UV_ENOMEM. */
+int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out);
+
+/* Current state, for tests and logs. */
+oa_sched_state_t oa_sched_state(const oa_sched_t *s);
+
+/* Cancels everything, answers pending tests with OA_E_OCSP_CANCELLED, closes the timers; done fires once all is
+ * closed and s is freed. */
+void oa_sched_close(oa_sched_t *s, void (*done)(void *arg), void *arg);
+
+#endif
