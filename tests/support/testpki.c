@@ -1,0 +1,2 @@
+#include "testpki.h"
+typedef int oa_testpki_placeholder_t;
