@@ -1,1 +1,243 @@
-/* Not written yet. */
+/*
+ * The daemon's start-up, configuration changes and orderly stop.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "oa_agent.h"
+#include "oa_api.h"
+#include "oa_log.h"
+
+static int ensure_data_dir(const char *dir, oa_error_t *err)
+{
+    struct stat st;
+
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return oa_error_set(err, OA_E_BAD_OPTION, "--data-dir: %s is not a directory", dir);
+        return 0;
+    }
+    if (errno != ENOENT || mkdir(dir, 0700) != 0)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--data-dir: cannot use %s: %s", dir, strerror(errno));
+    OA_LOG(OA_LOG_INFO, "data_dir_created", OA_KV_STR("path", dir));
+    return 0;
+}
+
+/* A configuration file that cannot be read back is kept aside for the operator, never silently overwritten. */
+static void load_conf(oa_agent_t *a)
+{
+    oa_error_t err;
+    char *aside;
+    int rc;
+
+    oa_conf_defaults(&a->conf);
+    rc = oa_conf_load(a->conf_path, &a->conf, &err);
+    if (rc == 0) {
+        OA_LOG(OA_LOG_INFO, "config_loaded", OA_KV_STR("path", a->conf_path));
+        return;
+    }
+    if (rc == UV_ENOENT) {
+        OA_LOG(OA_LOG_INFO, "config_default", OA_KV_STR("path", a->conf_path),
+               OA_KV_STR("reason", "no persisted configuration; using the defaults"));
+        return;
+    }
+    aside = malloc(strlen(a->conf_path) + sizeof(".corrupt"));
+    if (aside != NULL) {
+        sprintf(aside, "%s.corrupt", a->conf_path);
+        if (rename(a->conf_path, aside) != 0) {
+            free(aside);
+            aside = NULL;
+        }
+    }
+    OA_LOG(OA_LOG_ERROR, "config_corrupt", OA_KV_STR("path", a->conf_path), OA_KV_STR("reason", err.text),
+           OA_KV_STR("moved_to", aside), OA_KV_STR("using", "defaults"));
+    free(aside);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    oa_agent_t *a = h->data;
+
+    OA_LOG(OA_LOG_INFO, "agent_stopping", OA_KV_STR("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT"));
+    oa_agent_stop(a);
+}
+
+static void log_started(const oa_agent_t *a)
+{
+    const oa_options_t *o = a->opts;
+
+    OA_LOG(OA_LOG_INFO, "agent_started", OA_KV_STR("version", OA_VERSION), OA_KV_STR("node_id", o->node_id),
+           OA_KV_STR("listen", o->listen), OA_KV_INT("port", oa_http_server_port(a->server)),
+           OA_KV_BOOL("tls", a->tls != NULL), OA_KV_BOOL("auth", !o->no_auth), OA_KV_STR("data_dir", o->data_dir),
+           OA_KV_STR("cert_subject", a->target ? a->target->subject : NULL),
+           OA_KV_STR("cert_serial", a->target ? a->target->serial_hex : NULL),
+           OA_KV_STR("responder_url", a->responder_url), OA_KV_BOOL("ocsp_functionality", a->conf.ocsp_functionality),
+           OA_KV_INT("query_frequency", a->conf.query_frequency),
+           OA_KV_INT("response_timeout", a->conf.response_timeout),
+           OA_KV_INT("recovery_frequency", a->conf.recovery_frequency),
+           OA_KV_INT("recovery_max_tries", a->conf.recovery_max_tries), OA_KV_DBL("time_scale", o->time_scale));
+    if (o->time_scale != 1.0)
+        OA_LOG(OA_LOG_WARN, "time_scale_active", OA_KV_DBL("time_scale", o->time_scale),
+               OA_KV_STR("note", "query and recovery frequencies are scaled; for tests and demos only"));
+    if (o->no_auth)
+        OA_LOG(OA_LOG_WARN, "auth_disabled", OA_KV_STR("listen", o->listen));
+}
+
+int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_error_t *err)
+{
+    oa_sched_options_t so;
+    oa_http_limits_t limits;
+    int rc;
+
+    memset(a, 0, sizeof(*a));
+    a->loop = loop;
+    a->opts = opts;
+    a->responder_url = "";
+    oa_buf_init(&a->conf_body);
+    oa_conf_defaults(&a->conf);
+
+    if (opts->responder_url != NULL && opts->cert == NULL)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--responder-url: needs --cert, the certificate to ask about");
+    if (ensure_data_dir(opts->data_dir, err) != 0)
+        return -1;
+    a->conf_path = oa_path_join(opts->data_dir, OA_CONF_FILE_NAME);
+    if (a->conf_path == NULL)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+
+    rc = opts->no_auth ? oa_auth_new_open(loop, &a->auth) : oa_auth_new_from_file(loop, opts->users_file, &a->auth, err);
+    if (rc != 0) {
+        if (opts->no_auth)
+            oa_error_set(err, OA_E_NOMEM, "out of memory");
+        return -1;
+    }
+    if (opts->cert != NULL) {
+        if (oa_ocsp_target_load(opts->cert, opts->issuer, opts->responder_url, &a->target, err) != 0)
+            return -1;
+        if (a->target->responder_url != NULL)
+            a->responder_url = a->target->responder_url;
+        else
+            OA_LOG(OA_LOG_WARN, "no_responder_url", OA_KV_STR("cert", opts->cert),
+                   OA_KV_STR("reason", "the certificate has no OCSP URI in its AIA and --responder-url is not set"));
+    }
+    if (opts->tls_cert != NULL && oa_tls_server_ctx_new(opts->tls_cert, opts->tls_key, &a->tls, err) != 0)
+        return -1;
+
+    load_conf(a);
+    if (a->conf.ocsp_functionality && a->responder_url[0] == '\0') {
+        OA_LOG(OA_LOG_WARN, "ocsp_not_started",
+               OA_KV_STR("reason", "the persisted configuration enables OCSP but there is no responder URL"));
+        a->conf.ocsp_functionality = false;
+    }
+    if (oa_api_ocsp_config_refresh(a) != 0)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+
+    so.target = a->target;
+    so.data_dir = opts->data_dir;
+    so.time_scale = opts->time_scale;
+    so.querier = NULL;
+    rc = oa_sched_new(loop, &so, &a->sched);
+    if (rc != 0)
+        return oa_error_set(err, OA_E_IO, "the scheduler could not start: %s", uv_strerror(rc));
+
+    oa_http_limits_default(&limits);
+    limits.max_connections = (unsigned)opts->max_connections;
+    if (oa_http_server_start(loop, opts->listen_host, opts->listen_port, &limits, a->tls, oa_api_handle, a,
+                             &a->server, err) != 0)
+        return -1;
+
+    uv_signal_init(loop, &a->sigterm);
+    uv_signal_init(loop, &a->sigint);
+    a->sigterm.data = a;
+    a->sigint.data = a;
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+
+    log_started(a);
+    oa_sched_apply_conf(a->sched, &a->conf);
+    return 0;
+}
+
+static void on_part_closed(void *arg)
+{
+    oa_agent_t *a = arg;
+
+    a->pending_closes--;
+}
+
+static void on_signal_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void oa_agent_stop(oa_agent_t *a)
+{
+    if (a->closing)
+        return;
+    a->closing = 1;
+    /* The scheduler goes first so that tests waiting on it are answered while the server can still reply. */
+    if (a->sched != NULL) {
+        a->pending_closes++;
+        oa_sched_close(a->sched, on_part_closed, a);
+        a->sched = NULL;
+    }
+    if (a->server != NULL) {
+        a->pending_closes++;
+        oa_http_server_stop(a->server, on_part_closed, a);
+        a->server = NULL;
+    }
+    if (a->sigterm.loop != NULL && !uv_is_closing((uv_handle_t *)&a->sigterm)) {
+        uv_close((uv_handle_t *)&a->sigterm, on_signal_closed);
+        uv_close((uv_handle_t *)&a->sigint, on_signal_closed);
+    }
+}
+
+void oa_agent_free(oa_agent_t *a)
+{
+    if (a->auth != NULL)
+        oa_auth_free(a->auth);
+    if (a->target != NULL)
+        oa_ocsp_target_free(a->target);
+    SSL_CTX_free(a->tls);
+    free(a->conf_path);
+    oa_buf_free(&a->conf_body);
+    memset(a, 0, sizeof(*a));
+}
+
+int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed, const char *user, oa_error_t *err)
+{
+    char keys[160];
+    int rc;
+
+    if (changed == 0) {
+        OA_LOG(OA_LOG_DEBUG, "config_unchanged", OA_KV_STR("user", user));
+        return 0;
+    }
+    rc = oa_conf_save(a->conf_path, next);
+    if (rc != 0) {
+        OA_LOG(OA_LOG_ERROR, "config_persist_failed", OA_KV_STR("user", user), OA_KV_STR("path", a->conf_path),
+               OA_KV_STR("reason", uv_strerror(rc)));
+        return oa_error_set(err, OA_E_PERSIST, "The configuration could not be saved (%s); nothing was changed.",
+                            uv_strerror(rc));
+    }
+    a->conf = *next;
+    if (oa_api_ocsp_config_refresh(a) != 0)
+        oa_buf_reset(&a->conf_body); /* rebuilt on the next GET */
+    oa_conf_changed_names(changed, keys, sizeof(keys));
+    OA_LOG(OA_LOG_INFO, "config_changed", OA_KV_STR("user", user), OA_KV_STR("keys", keys),
+           OA_KV_BOOL("ocsp_functionality", next->ocsp_functionality),
+           OA_KV_INT("query_frequency", next->query_frequency), OA_KV_INT("response_timeout", next->response_timeout),
+           OA_KV_INT("recovery_frequency", next->recovery_frequency),
+           OA_KV_INT("recovery_max_tries", next->recovery_max_tries));
+    oa_sched_apply_conf(a->sched, &a->conf);
+    return 0;
+}
+
+int oa_agent_capability_check(oa_agent_t *a, oa_error_t *err)
+{
+    (void)a;
+    (void)err;
+    return 0; /* A single node supports what it runs. */
+}

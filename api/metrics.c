@@ -1,1 +1,28 @@
-/* Not written yet. */
+/*
+ * GET /metrics: the engine's metrics and the API's own, in Prometheus' text format.
+ */
+#include "oa_api.h"
+
+void oa_api_metrics_get(const oa_api_call_t *call)
+{
+    oa_agent_t *agent = call->agent;
+    oa_buf_t out;
+    int rc;
+
+    oa_buf_init(&out);
+    rc = oa_sched_metrics(agent->sched, &out);
+    if (rc == 0)
+        rc = oa_buf_printf(&out,
+                           "# HELP ocsp_agent_http_connections Open API connections.\n"
+                           "# TYPE ocsp_agent_http_connections gauge\n"
+                           "ocsp_agent_http_connections %u\n"
+                           "# HELP ocsp_agent_info Build information.\n"
+                           "# TYPE ocsp_agent_info gauge\n"
+                           "ocsp_agent_info{version=\"%s\"} 1\n",
+                           oa_http_server_connections(agent->server), OA_VERSION);
+    if (rc != 0)
+        oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
+    else
+        oa_http_respond_typed(call->req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out.data, out.len);
+    oa_buf_free(&out);
+}

@@ -1,1 +1,84 @@
-/* Not written yet. */
+/*
+ * GET and PUT /v1/ocsp: the cluster's OCSP configuration.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "oa_api.h"
+#include "oa_log.h"
+
+int oa_api_ocsp_config_refresh(oa_agent_t *agent)
+{
+    json_t *obj = oa_conf_to_json(&agent->conf, agent->responder_url);
+    char *text;
+    int rc;
+
+    if (obj == NULL)
+        return UV_ENOMEM;
+    text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (text == NULL)
+        return UV_ENOMEM;
+    oa_buf_reset(&agent->conf_body);
+    rc = oa_buf_append_str(&agent->conf_body, text);
+    free(text);
+    return rc;
+}
+
+void oa_api_ocsp_config_get(const oa_api_call_t *call)
+{
+    oa_agent_t *agent = call->agent;
+
+    /* The body is cached: GET is the hot path, and it changes only when the configuration does. */
+    if (agent->conf_body.len == 0 && oa_api_ocsp_config_refresh(agent) != 0) {
+        oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
+        return;
+    }
+    oa_http_respond(call->req, 200, NULL, agent->conf_body.data, agent->conf_body.len);
+}
+
+/* A body is JSON when it says so, or says nothing (curl -d without -H); any other declared type is refused. */
+static int content_type_is_json(const char *ct)
+{
+    size_t n;
+
+    if (ct == NULL)
+        return 1;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    n = strlen("application/json");
+    if (strncasecmp(ct, "application/json", n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
+void oa_api_ocsp_config_put(const oa_api_call_t *call)
+{
+    oa_agent_t *agent = call->agent;
+    oa_http_request_t *req = call->req;
+    oa_conf_t next;
+    unsigned changed = 0;
+    oa_error_t err;
+
+    if (!content_type_is_json(req->content_type)) {
+        oa_http_respond_error(req, 0, OA_E_UNSUPPORTED_MEDIA_TYPE, "The body must be application/json.", NULL);
+        return;
+    }
+    if (oa_conf_patch(&agent->conf, agent->responder_url, req->body ? req->body : "", req->body_len, &next,
+                      &changed, &err) != 0) {
+        OA_LOG(OA_LOG_INFO, "config_rejected", OA_KV_STR("user", call->user->name),
+               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
+        oa_http_respond_error(req, 0, err.code, err.text, NULL);
+        return;
+    }
+    if (oa_agent_conf_update(agent, &next, changed, call->user->name, &err) != 0) {
+        oa_http_respond_error(req, 0, err.code, err.text, NULL);
+        return;
+    }
+    oa_api_ocsp_config_get(call);
+}
