@@ -100,7 +100,8 @@ void oa_error_add_ssl(oa_error_t *err)
         used = strlen(err->text);
         if (used + 3 >= sizeof(err->text))
             continue;
-        snprintf(err->text + used, sizeof(err->text) - used, "%s%s", first ? ": " : "; ", reason);
+        snprintf(err->text + used, sizeof(err->text) - used, "%s%s", used == 0 ? "" : first ? ": " : "; ",
+                 reason);
         first = 0;
     }
 }

@@ -81,6 +81,11 @@ int oa_file_write_atomic(const char *path, const void *data, size_t len, int mod
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
         return -errno;
+    /* The umask, or a leftover temporary file from an earlier process with our pid, must not decide the mode. */
+    if (fchmod(fd, (mode_t)mode) != 0) {
+        rc = -errno;
+        goto out;
+    }
     while (len > 0) {
         n = write(fd, p, len);
         if (n < 0) {
@@ -128,7 +133,7 @@ char *oa_path_join(const char *dir, const char *name)
     size_t dl = strlen(dir), nl = strlen(name);
     char *p;
 
-    while (dl > 1 && dir[dl - 1] == '/')
+    while (dl > 0 && dir[dl - 1] == '/')
         dl--;
     p = malloc(dl + 1 + nl + 1);
     if (p == NULL)

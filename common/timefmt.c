@@ -20,8 +20,12 @@ char *oa_time_rfc1123(time_t t, char out[OA_RFC1123_LEN])
 
 char *oa_time_iso8601_ms(int64_t unix_ms, char out[OA_ISO8601_LEN])
 {
-    time_t t = (time_t)(unix_ms / 1000);
+    time_t t;
     struct tm tm;
+
+    if (unix_ms < 0)
+        unix_ms = 0; /* the clock before 1970 is a broken clock; show the epoch rather than a garbled field */
+    t = (time_t)(unix_ms / 1000);
 
     gmtime_r(&t, &tm);
     snprintf(out, OA_ISO8601_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", (tm.tm_year + 1900) % 10000,
