@@ -1,1 +1,629 @@
-/* Not written yet. */
+/*
+ * Users, roles, permissions, password hashes and HTTP Basic authentication.
+ *
+ * The expensive part of a check is the KDF, so it runs on libuv's thread pool and a verified Authorization header
+ * is remembered for a while (keyed by its SHA-256, never by the password itself). The number of KDFs in flight is
+ * bounded so that a storm of guesses costs the attacker a 503, not the agent its thread pool.
+ */
+#include <ctype.h>
+#include <jansson.h>
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "oa_auth.h"
+#include "oa_util.h"
+
+#define PASSWD_PREFIX   "$pbkdf2-sha256$"
+#define PASSWD_SALT_LEN 16
+#define PASSWD_HASH_LEN 32
+#define PASSWD_ITER_MIN 1000u
+#define PASSWD_ITER_MAX 10000000u
+
+/* An Authorization header longer than this is refused without being decoded; real credentials are far shorter. */
+#define AUTH_HEADER_MAX   1024
+#define AUTH_CACHE_SIZE   128
+#define AUTH_CACHE_TTL_MS (15u * 60u * 1000u)
+#define AUTH_MAX_PENDING  8u
+#define USERS_FILE_MAX    (1u << 20)
+
+/* The one table of what each role may do. Only admin holds the OCSP permissions. */
+static const struct {
+    const char *name;
+    unsigned perms;
+} roles[OA_ROLE_COUNT] = {
+    [OA_ROLE_ADMIN] = {"admin", OA_PERM_VIEW_OCSP_CONFIG | OA_PERM_CONFIG_OCSP | OA_PERM_VIEW_OCSP_STATUS |
+                                    OA_PERM_TEST_OCSP_STATUS},
+    [OA_ROLE_CLUSTER_MEMBER] = {"cluster_member", 0},
+    [OA_ROLE_CLUSTER_VIEWER] = {"cluster_viewer", 0},
+    [OA_ROLE_DB_MEMBER] = {"db_member", 0},
+    [OA_ROLE_DB_VIEWER] = {"db_viewer", 0},
+    [OA_ROLE_USER_MANAGER] = {"user_manager", 0},
+    [OA_ROLE_NONE] = {"none", 0},
+};
+
+typedef struct cache_entry_s {
+    unsigned char key[32];
+    const oa_user_t *user; /* NULL when the slot is empty */
+    uint64_t expires;      /* uv_now() milliseconds */
+} cache_entry_t;
+
+struct oa_auth_s {
+    uv_loop_t *loop;
+    int open;
+    oa_user_t *users;
+    size_t nusers;
+    /* A well-formed hash that no password is expected to match, verified in place of an unknown user's hash. */
+    char dummy_hash[OA_PASSWD_ENCODED_MAX];
+    unsigned pending;
+    cache_entry_t cache[AUTH_CACHE_SIZE];
+};
+
+static const oa_user_t anonymous_user = {"anonymous", OA_ROLE_ADMIN, NULL};
+
+int oa_role_parse(const char *name, oa_role_t *out)
+{
+    size_t i;
+
+    if (name == NULL)
+        return -1;
+    for (i = 0; i < OA_ROLE_COUNT; i++) {
+        if (strcmp(name, roles[i].name) == 0) {
+            *out = (oa_role_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *oa_role_name(oa_role_t role)
+{
+    if ((unsigned)role >= OA_ROLE_COUNT)
+        return "unknown";
+    return roles[role].name;
+}
+
+int oa_role_allows(oa_role_t role, unsigned perms)
+{
+    if ((unsigned)role >= OA_ROLE_COUNT)
+        return 0;
+    return (roles[role].perms & perms) == perms;
+}
+
+const char *oa_perm_name(oa_perm_t perm)
+{
+    switch (perm) {
+    case OA_PERM_VIEW_OCSP_CONFIG:
+        return "view_ocsp_config";
+    case OA_PERM_CONFIG_OCSP:
+        return "config_ocsp";
+    case OA_PERM_VIEW_OCSP_STATUS:
+        return "view_ocsp_status";
+    case OA_PERM_TEST_OCSP_STATUS:
+        return "test_ocsp_status";
+    }
+    return "unknown";
+}
+
+static int b64_char_ok(unsigned char c)
+{
+    return isalnum(c) || c == '+' || c == '/';
+}
+
+static unsigned b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return (unsigned)(c - 'A');
+    if (c >= 'a' && c <= 'z')
+        return (unsigned)(c - 'a' + 26);
+    if (c >= '0' && c <= '9')
+        return (unsigned)(c - '0' + 52);
+    return c == '+' ? 62u : 63u;
+}
+
+/*
+ * Decodes standard base64 strictly: length a multiple of four, only alphabet characters, at most two '=' and only
+ * at the end, and the unused bits of the last character zero, so every byte string has exactly one accepted
+ * spelling. EVP_DecodeBlock does the decoding but counts padding as data bytes, hence the adjustment.
+ * Returns the decoded length, or -1.
+ */
+static int b64_decode_strict(const char *in, size_t inlen, unsigned char *out, size_t outmax)
+{
+    size_t i, pad = 0, outlen;
+    unsigned last;
+    int n;
+
+    if (inlen == 0 || inlen % 4 != 0 || inlen > INT_MAX)
+        return -1;
+    if (in[inlen - 1] == '=')
+        pad = in[inlen - 2] == '=' ? 2 : 1;
+    for (i = 0; i < inlen - pad; i++)
+        if (!b64_char_ok((unsigned char)in[i]))
+            return -1;
+    last = b64_value((unsigned char)in[inlen - pad - 1]);
+    if ((pad == 1 && (last & 0x3u) != 0) || (pad == 2 && (last & 0xfu) != 0))
+        return -1;
+    outlen = inlen / 4 * 3 - pad;
+    /* EVP_DecodeBlock writes whole groups of three, padding included. */
+    if (inlen / 4 * 3 > outmax)
+        return -1;
+    n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)inlen);
+    if (n < 0 || (size_t)n != inlen / 4 * 3)
+        return -1;
+    return (int)outlen;
+}
+
+/* Splits an encoded hash into its parts. Returns 0, or -1 when any part is malformed. */
+static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char salt[PASSWD_SALT_LEN],
+                        unsigned char hash[PASSWD_HASH_LEN])
+{
+    unsigned char buf[48];
+    const char *p, *dollar;
+    unsigned long iter = 0;
+    size_t len;
+    int n;
+
+    if (encoded == NULL)
+        return -1;
+    len = strnlen(encoded, OA_PASSWD_ENCODED_MAX);
+    if (len >= OA_PASSWD_ENCODED_MAX || strncmp(encoded, PASSWD_PREFIX, strlen(PASSWD_PREFIX)) != 0)
+        return -1;
+    p = encoded + strlen(PASSWD_PREFIX);
+
+    /* Plain decimal digits without a sign or leading zero, so the number has one spelling too. */
+    if (*p < '1' || *p > '9')
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        iter = iter * 10 + (unsigned long)(*p - '0');
+        if (iter > PASSWD_ITER_MAX)
+            return -1;
+        p++;
+    }
+    if (iter < PASSWD_ITER_MIN || *p != '$')
+        return -1;
+    p++;
+
+    dollar = strchr(p, '$');
+    if (dollar == NULL)
+        return -1;
+    n = b64_decode_strict(p, (size_t)(dollar - p), buf, sizeof(buf));
+    if (n != PASSWD_SALT_LEN)
+        return -1;
+    memcpy(salt, buf, PASSWD_SALT_LEN);
+    p = dollar + 1;
+    n = b64_decode_strict(p, strlen(p), buf, sizeof(buf));
+    if (n != PASSWD_HASH_LEN)
+        return -1;
+    memcpy(hash, buf, PASSWD_HASH_LEN);
+    *iterations = (unsigned)iter;
+    return 0;
+}
+
+int oa_passwd_is_valid_encoding(const char *encoded)
+{
+    unsigned char salt[PASSWD_SALT_LEN], hash[PASSWD_HASH_LEN];
+    unsigned iterations;
+
+    return passwd_parse(encoded, &iterations, salt, hash) == 0;
+}
+
+int oa_passwd_hash(const char *password, size_t len, unsigned iterations, char *out, size_t outlen)
+{
+    unsigned char salt[PASSWD_SALT_LEN], dk[PASSWD_HASH_LEN];
+    char salt64[4 * ((PASSWD_SALT_LEN + 2) / 3) + 1], dk64[4 * ((PASSWD_HASH_LEN + 2) / 3) + 1];
+    int rc = -1, n;
+
+    if (iterations < PASSWD_ITER_MIN || iterations > PASSWD_ITER_MAX || len > INT_MAX || out == NULL)
+        return -1;
+    if (RAND_bytes(salt, sizeof(salt)) != 1)
+        goto out;
+    if (PKCS5_PBKDF2_HMAC(password, (int)len, salt, sizeof(salt), (int)iterations, EVP_sha256(), sizeof(dk), dk) != 1)
+        goto out;
+    EVP_EncodeBlock((unsigned char *)salt64, salt, sizeof(salt));
+    EVP_EncodeBlock((unsigned char *)dk64, dk, sizeof(dk));
+    n = snprintf(out, outlen, PASSWD_PREFIX "%u$%s$%s", iterations, salt64, dk64);
+    if (n < 0 || (size_t)n >= outlen) {
+        if (outlen > 0)
+            out[0] = '\0';
+        goto out;
+    }
+    rc = 0;
+out:
+    OPENSSL_cleanse(dk, sizeof(dk));
+    oa_error_add_ssl(NULL);
+    return rc;
+}
+
+int oa_passwd_verify(const char *encoded, const char *password, size_t len)
+{
+    unsigned char salt[PASSWD_SALT_LEN], want[PASSWD_HASH_LEN], got[PASSWD_HASH_LEN];
+    unsigned iterations;
+    int rc = 0;
+
+    if (passwd_parse(encoded, &iterations, salt, want) != 0)
+        return -1;
+    /* A password too long for the KDF's int length cannot match; it is refused like a wrong one. */
+    if (len > INT_MAX)
+        return 0;
+    if (PKCS5_PBKDF2_HMAC(password, (int)len, salt, sizeof(salt), (int)iterations, EVP_sha256(), sizeof(got), got) ==
+        1)
+        rc = CRYPTO_memcmp(got, want, sizeof(got)) == 0;
+    else
+        oa_error_add_ssl(NULL);
+    OPENSSL_cleanse(got, sizeof(got));
+    return rc;
+}
+
+static oa_auth_t *auth_alloc(uv_loop_t *loop)
+{
+    oa_auth_t *a = calloc(1, sizeof(*a));
+
+    if (a != NULL)
+        a->loop = loop;
+    return a;
+}
+
+/* Fills a->dummy_hash with a hash of the given cost whose salt and value are zero bytes, so verifying against it
+ * costs what verifying a real user's password costs without a KDF being spent to make it. */
+static void set_dummy_hash(oa_auth_t *a, unsigned iterations)
+{
+    snprintf(a->dummy_hash, sizeof(a->dummy_hash), PASSWD_PREFIX "%u$%s$%s", iterations,
+             "AAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+}
+
+/* Jansson's messages may quote the text near the error, which in a users file can be a password hash; only the
+ * part before that quotation is kept. */
+static void json_error_reason(const json_error_t *je, char *out, size_t outlen)
+{
+    const char *near = strstr(je->text, " near ");
+    int keep = near != NULL ? (int)(near - je->text) : (int)strlen(je->text);
+
+    snprintf(out, outlen, "%.*s", keep, je->text);
+}
+
+static int load_user(const char *path, size_t idx, json_t *entry, oa_user_t *u, oa_error_t *err)
+{
+    const char *key, *name, *role, *password;
+    json_t *v, *jname, *jrole, *jpassword;
+    size_t i;
+
+    if (!json_is_object(entry))
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu]: expected an object", path, idx);
+    json_object_foreach(entry, key, v) {
+        if (strcmp(key, "name") != 0 && strcmp(key, "role") != 0 && strcmp(key, "password") != 0)
+            return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu]: unknown key \"%.40s\"", path, idx,
+                                key);
+    }
+    jname = json_object_get(entry, "name");
+    jrole = json_object_get(entry, "role");
+    jpassword = json_object_get(entry, "password");
+    if (!json_is_string(jname))
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu]: \"name\" %s", path, idx,
+                            jname == NULL ? "is missing" : "must be a string");
+    name = json_string_value(jname);
+    if (name[0] == '\0')
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu]: \"name\" is empty", path, idx);
+    /* Basic credentials end the user name at the first colon, so such a name could never log in. */
+    for (i = 0; name[i] != '\0'; i++) {
+        if (name[i] == ':' || iscntrl((unsigned char)name[i]))
+            return oa_error_set(err, OA_E_BAD_FILE,
+                                "users file %s: users[%zu]: \"name\" must not hold a colon or control characters",
+                                path, idx);
+    }
+    if (!json_is_string(jrole))
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu] (\"%.64s\"): \"role\" %s", path, idx, name,
+                            jrole == NULL ? "is missing" : "must be a string");
+    role = json_string_value(jrole);
+    if (oa_role_parse(role, &u->role) != 0)
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu]: unknown role \"%.40s\"", path, idx, role);
+    if (!json_is_string(jpassword))
+        return oa_error_set(err, OA_E_BAD_FILE, "users file %s: users[%zu] (\"%.64s\"): \"password\" %s", path, idx,
+                            name, jpassword == NULL ? "is missing" : "must be a string");
+    password = json_string_value(jpassword);
+    if (!oa_passwd_is_valid_encoding(password))
+        return oa_error_set(err, OA_E_BAD_FILE,
+                            "users file %s: users[%zu] (\"%.64s\"): \"password\" is not a hash made by "
+                            "`ocsp-agent passwd`",
+                            path, idx, name);
+    u->name = strdup(name);
+    u->password_hash = strdup(password);
+    if (u->name == NULL || u->password_hash == NULL)
+        return oa_error_set(err, OA_E_NOMEM, "users file %s: out of memory", path);
+    return 0;
+}
+
+int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa_error_t *err)
+{
+    oa_buf_t text = {0};
+    json_error_t je;
+    json_t *root = NULL, *list, *v;
+    const char *key;
+    oa_auth_t *a = NULL;
+    unsigned char salt[PASSWD_SALT_LEN], hash[PASSWD_HASH_LEN];
+    unsigned iterations;
+    char reason[160];
+    size_t i, j;
+    int rc = -1, r;
+
+    *out = NULL;
+    r = oa_file_read(path, USERS_FILE_MAX, &text);
+    if (r != 0) {
+        oa_error_set(err, OA_E_BAD_FILE, "users file %s: cannot be read: %s", path, uv_strerror(r));
+        goto out;
+    }
+    root = json_loadb(text.data, text.len, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL) {
+        json_error_reason(&je, reason, sizeof(reason));
+        oa_error_set(err, OA_E_BAD_FILE, "users file %s: not valid JSON at line %d, column %d: %s", path, je.line,
+                     je.column, reason);
+        goto out;
+    }
+    if (!json_is_object(root)) {
+        oa_error_set(err, OA_E_BAD_FILE, "users file %s: expected a JSON object with a \"users\" array", path);
+        goto out;
+    }
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "users") != 0) {
+            oa_error_set(err, OA_E_BAD_FILE, "users file %s: unknown key \"%.40s\"", path, key);
+            goto out;
+        }
+    }
+    list = json_object_get(root, "users");
+    if (!json_is_array(list)) {
+        oa_error_set(err, OA_E_BAD_FILE, "users file %s: \"users\" %s", path,
+                     list == NULL ? "is missing" : "must be an array");
+        goto out;
+    }
+    if (json_array_size(list) == 0) {
+        oa_error_set(err, OA_E_BAD_FILE, "users file %s: \"users\" is empty, so no one could log in", path);
+        goto out;
+    }
+
+    a = auth_alloc(loop);
+    if (a == NULL || (a->users = calloc(json_array_size(list), sizeof(*a->users))) == NULL) {
+        oa_error_set(err, OA_E_NOMEM, "users file %s: out of memory", path);
+        goto out;
+    }
+    json_array_foreach(list, i, v) {
+        a->nusers = i + 1; /* counted before loading so a half-loaded entry is freed too */
+        if (load_user(path, i, v, &a->users[i], err) != 0)
+            goto out;
+        for (j = 0; j < i; j++) {
+            if (strcmp(a->users[j].name, a->users[i].name) == 0) {
+                oa_error_set(err, OA_E_BAD_FILE,
+                             "users file %s: users[%zu]: duplicate name \"%.64s\" (see users[%zu])", path, i,
+                             a->users[i].name, j);
+                goto out;
+            }
+        }
+    }
+    /* Unknown names are checked against a hash as costly as the first user's, so both answers take as long. */
+    passwd_parse(a->users[0].password_hash, &iterations, salt, hash);
+    set_dummy_hash(a, iterations);
+    *out = a;
+    a = NULL;
+    rc = 0;
+out:
+    if (a != NULL)
+        oa_auth_free(a);
+    json_decref(root);
+    if (text.data != NULL)
+        OPENSSL_cleanse(text.data, text.len);
+    oa_buf_free(&text);
+    return rc;
+}
+
+int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out)
+{
+    oa_auth_t *a = auth_alloc(loop);
+
+    *out = NULL;
+    if (a == NULL)
+        return UV_ENOMEM;
+    a->open = 1;
+    *out = a;
+    return 0;
+}
+
+void oa_auth_free(oa_auth_t *a)
+{
+    size_t i;
+
+    if (a == NULL)
+        return;
+    for (i = 0; i < a->nusers; i++) {
+        free(a->users[i].name);
+        free(a->users[i].password_hash);
+    }
+    free(a->users);
+    OPENSSL_cleanse(a->cache, sizeof(a->cache));
+    free(a);
+}
+
+unsigned oa_auth_pending(const oa_auth_t *a)
+{
+    return a->pending;
+}
+
+static const oa_user_t *find_user(const oa_auth_t *a, const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < a->nusers; i++) {
+        if (strlen(a->users[i].name) == len && memcmp(a->users[i].name, name, len) == 0)
+            return &a->users[i];
+    }
+    return NULL;
+}
+
+static const oa_user_t *cache_lookup(oa_auth_t *a, const unsigned char key[32])
+{
+    uint64_t now = uv_now(a->loop);
+    size_t i;
+
+    for (i = 0; i < AUTH_CACHE_SIZE; i++) {
+        cache_entry_t *e = &a->cache[i];
+
+        if (e->user != NULL && CRYPTO_memcmp(e->key, key, 32) == 0) {
+            if (e->expires > now)
+                return e->user;
+            e->user = NULL; /* expired: the next check pays the KDF again */
+        }
+    }
+    return NULL;
+}
+
+/* Stores a verified key, reusing an empty or expired slot, else the one closest to expiry. */
+static void cache_store(oa_auth_t *a, const unsigned char key[32], const oa_user_t *user)
+{
+    uint64_t now = uv_now(a->loop);
+    cache_entry_t *victim = &a->cache[0];
+    size_t i;
+
+    for (i = 0; i < AUTH_CACHE_SIZE; i++) {
+        cache_entry_t *e = &a->cache[i];
+
+        if (e->user == NULL || e->expires <= now) {
+            victim = e;
+            break;
+        }
+        if (e->expires < victim->expires)
+            victim = e;
+    }
+    memcpy(victim->key, key, 32);
+    victim->user = user;
+    victim->expires = now + AUTH_CACHE_TTL_MS;
+}
+
+static void wipe_password(oa_auth_check_t *check)
+{
+    if (check->password != NULL) {
+        OPENSSL_cleanse(check->password, check->password_len);
+        free(check->password);
+        check->password = NULL;
+    }
+    check->password_len = 0;
+}
+
+/* Runs on a thread-pool thread: the only place the KDF runs for a request. */
+static void kdf_work(uv_work_t *work)
+{
+    oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
+    const char *encoded = check->user != NULL ? check->user->password_hash : check->auth->dummy_hash;
+    int ok = oa_passwd_verify(encoded, check->password, check->password_len) == 1;
+
+    check->verified = ok && check->user != NULL;
+    wipe_password(check);
+}
+
+/* Runs on the loop thread once the KDF finished (or was cancelled). */
+static void kdf_done(uv_work_t *work, int status)
+{
+    oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
+    oa_auth_t *a = check->auth;
+    const oa_user_t *user = check->user;
+
+    a->pending--;
+    wipe_password(check);
+    if (status != 0 || !check->verified) {
+        check->user = NULL;
+        check->cb(check, OA_E_UNAUTHORIZED, NULL);
+        return;
+    }
+    cache_store(a, check->key, user);
+    /* The callback may free check, so it is the last thing touched here. */
+    check->cb(check, 0, user);
+}
+
+/* Parses "Basic <base64 of user:password>" into buf. Returns the decoded length and the colon's offset, or -1. */
+static int parse_basic(const char *header, size_t len, unsigned char *buf, size_t bufmax, size_t *colon)
+{
+    const char *p = header, *end = header + len;
+    unsigned char *c;
+    int n;
+
+    if (len < 6 || strncasecmp(p, "Basic", 5) != 0 || (p[5] != ' ' && p[5] != '\t'))
+        return -1;
+    p += 5;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    n = b64_decode_strict(p, (size_t)(end - p), buf, bufmax);
+    if (n < 0)
+        return -1;
+    c = memchr(buf, ':', (size_t)n);
+    if (c == NULL) {
+        OPENSSL_cleanse(buf, (size_t)n);
+        return -1;
+    }
+    *colon = (size_t)(c - buf);
+    return n;
+}
+
+int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
+                  const oa_user_t **user)
+{
+    unsigned char decoded[AUTH_HEADER_MAX];
+    const oa_user_t *cached;
+    size_t colon = 0;
+    int n, rc;
+
+    *user = NULL;
+    if (a->open) {
+        *user = &anonymous_user;
+        return 0;
+    }
+    if (header == NULL || len > AUTH_HEADER_MAX)
+        return -OA_E_UNAUTHORIZED;
+    n = parse_basic(header, len, decoded, sizeof(decoded), &colon);
+    if (n < 0)
+        return -OA_E_UNAUTHORIZED;
+
+    if (EVP_Digest(header, len, check->key, NULL, EVP_sha256(), NULL) != 1) {
+        oa_error_add_ssl(NULL);
+        rc = -OA_E_UNAUTHORIZED;
+        goto out;
+    }
+    cached = cache_lookup(a, check->key);
+    if (cached != NULL) {
+        *user = cached;
+        rc = 0;
+        goto out;
+    }
+    if (a->pending >= AUTH_MAX_PENDING) {
+        rc = -OA_E_AUTH_BUSY;
+        goto out;
+    }
+
+    check->auth = a;
+    check->cb = cb;
+    check->verified = 0;
+    /* An unknown name still pays for a KDF (against the dummy hash) and is answered through the callback, so
+     * neither the timing nor the kind of answer tells which names exist. */
+    check->user = find_user(a, (const char *)decoded, colon);
+    check->password_len = (size_t)n - colon - 1;
+    check->password = malloc(check->password_len + 1);
+    if (check->password == NULL) {
+        rc = -OA_E_AUTH_BUSY;
+        goto out;
+    }
+    memcpy(check->password, decoded + colon + 1, check->password_len);
+    check->password[check->password_len] = '\0';
+    if (uv_queue_work(a->loop, &check->work, kdf_work, kdf_done) != 0) {
+        wipe_password(check);
+        rc = -OA_E_AUTH_BUSY;
+        goto out;
+    }
+    a->pending++;
+    rc = 1;
+out:
+    OPENSSL_cleanse(decoded, (size_t)n);
+    return rc;
+}

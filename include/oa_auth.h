@@ -93,7 +93,9 @@ struct oa_auth_check_s {
  * Returns:
  *   0                  verified now (cache hit, or an open authenticator); *user is set; cb will not fire.
  *   1                  the KDF was queued; cb fires later with the result. check must stay alive until then.
- *   -OA_E_UNAUTHORIZED no header, not "Basic", bad base64, no colon, unknown user: answer 401 now.
+ *   -OA_E_UNAUTHORIZED no header, not "Basic", bad base64, no colon: answer 401 now. An unknown user name is
+ *                      answered through cb, after a KDF against a dummy hash, so that timing does not tell which
+ *                      names exist.
  *   -OA_E_AUTH_BUSY    too many KDFs in flight (a guess storm): answer 503 now.
  */
 int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,

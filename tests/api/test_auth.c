@@ -1,0 +1,580 @@
+/*
+ * Roles and permissions, password hashes, the users file, and Basic authentication on a real libuv loop.
+ */
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* cmocka needs setjmp.h first. */
+#include <setjmp.h>
+
+#include <cmocka.h>
+
+#include "oa_auth.h"
+#include "oa_util.h"
+
+/* Made outside this code base (Python's hashlib.pbkdf2_hmac) with the password "secret" and salt bytes 0..15; the
+ * same string is in tests/data/users/valid.json. */
+#define KNOWN_HASH "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY="
+
+static const char *data_path(char *out, size_t outlen, const char *name)
+{
+    const char *dir = getenv("OA_TEST_DATA");
+
+    assert_non_null(dir);
+    snprintf(out, outlen, "%s/users/%s", dir, name);
+    return out;
+}
+
+/* ---- roles ------------------------------------------------------------------------------------------------- */
+
+static void test_roles_table(void **state)
+{
+    static const struct {
+        const char *name;
+        oa_role_t role;
+        int allowed[4];
+    } want[] = {
+        {"admin", OA_ROLE_ADMIN, {1, 1, 1, 1}},
+        {"cluster_member", OA_ROLE_CLUSTER_MEMBER, {0, 0, 0, 0}},
+        {"cluster_viewer", OA_ROLE_CLUSTER_VIEWER, {0, 0, 0, 0}},
+        {"db_member", OA_ROLE_DB_MEMBER, {0, 0, 0, 0}},
+        {"db_viewer", OA_ROLE_DB_VIEWER, {0, 0, 0, 0}},
+        {"user_manager", OA_ROLE_USER_MANAGER, {0, 0, 0, 0}},
+        {"none", OA_ROLE_NONE, {0, 0, 0, 0}},
+    };
+    static const oa_perm_t perms[4] = {OA_PERM_VIEW_OCSP_CONFIG, OA_PERM_CONFIG_OCSP, OA_PERM_VIEW_OCSP_STATUS,
+                                       OA_PERM_TEST_OCSP_STATUS};
+    static const char *const perm_names[4] = {"view_ocsp_config", "config_ocsp", "view_ocsp_status",
+                                              "test_ocsp_status"};
+    oa_role_t role;
+    size_t i, j;
+
+    (void)state;
+    assert_int_equal(OA_ARRAY_SIZE(want), OA_ROLE_COUNT);
+    for (i = 0; i < OA_ARRAY_SIZE(want); i++) {
+        role = OA_ROLE_COUNT;
+        assert_int_equal(oa_role_parse(want[i].name, &role), 0);
+        assert_int_equal(role, want[i].role);
+        assert_string_equal(oa_role_name(want[i].role), want[i].name);
+        for (j = 0; j < 4; j++)
+            assert_int_equal(oa_role_allows(want[i].role, perms[j]), want[i].allowed[j]);
+    }
+    for (j = 0; j < 4; j++)
+        assert_string_equal(oa_perm_name(perms[j]), perm_names[j]);
+
+    /* Several bits at once need all of them. */
+    assert_int_equal(oa_role_allows(OA_ROLE_ADMIN, OA_PERM_CONFIG_OCSP | OA_PERM_TEST_OCSP_STATUS), 1);
+    assert_int_equal(oa_role_allows(OA_ROLE_CLUSTER_VIEWER, OA_PERM_VIEW_OCSP_STATUS | OA_PERM_VIEW_OCSP_CONFIG), 0);
+    assert_int_equal(oa_role_allows(OA_ROLE_COUNT, OA_PERM_VIEW_OCSP_CONFIG), 0);
+
+    role = OA_ROLE_NONE;
+    assert_int_equal(oa_role_parse("root", &role), -1);
+    assert_int_equal(oa_role_parse("Admin", &role), -1);
+    assert_int_equal(oa_role_parse("", &role), -1);
+    assert_int_equal(oa_role_parse(NULL, &role), -1);
+    assert_int_equal(role, OA_ROLE_NONE);
+}
+
+/* ---- password hashes --------------------------------------------------------------------------------------- */
+
+static void test_hash_and_verify(void **state)
+{
+    char h[OA_PASSWD_ENCODED_MAX];
+
+    (void)state;
+    assert_int_equal(oa_passwd_hash("secret", 6, 1000, h, sizeof(h)), 0);
+    assert_int_equal(strncmp(h, "$pbkdf2-sha256$1000$", 20), 0);
+    /* 24 characters of salt and 44 of hash after the prefix and separator. */
+    assert_int_equal(strlen(h), 20 + 24 + 1 + 44);
+    assert_int_equal(oa_passwd_is_valid_encoding(h), 1);
+    assert_int_equal(oa_passwd_verify(h, "secret", 6), 1);
+    assert_int_equal(oa_passwd_verify(h, "Secret", 6), 0);
+    assert_int_equal(oa_passwd_verify(h, "secret!", 7), 0);
+    assert_int_equal(oa_passwd_verify(h, "secret", 5), 0);
+    assert_int_equal(oa_passwd_verify(h, "", 0), 0);
+
+    /* The length counts, not a terminating NUL. */
+    assert_int_equal(oa_passwd_hash("a\0b", 3, 1000, h, sizeof(h)), 0);
+    assert_int_equal(oa_passwd_verify(h, "a\0b", 3), 1);
+    assert_int_equal(oa_passwd_verify(h, "a", 1), 0);
+
+    /* An independent implementation's output verifies. */
+    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secret", 6), 1);
+    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secreT", 6), 0);
+}
+
+static void test_hash_salts_differ(void **state)
+{
+    char a[OA_PASSWD_ENCODED_MAX], b[OA_PASSWD_ENCODED_MAX];
+
+    (void)state;
+    assert_int_equal(oa_passwd_hash("secret", 6, 1000, a, sizeof(a)), 0);
+    assert_int_equal(oa_passwd_hash("secret", 6, 1000, b, sizeof(b)), 0);
+    assert_string_not_equal(a, b);
+    /* The salt part (after "$pbkdf2-sha256$1000$") differs, not just the output. */
+    assert_int_not_equal(memcmp(a + 20, b + 20, 24), 0);
+    assert_int_equal(oa_passwd_verify(a, "secret", 6), 1);
+    assert_int_equal(oa_passwd_verify(b, "secret", 6), 1);
+}
+
+static void test_hash_bad_arguments(void **state)
+{
+    char h[OA_PASSWD_ENCODED_MAX];
+
+    (void)state;
+    assert_int_equal(oa_passwd_hash("secret", 6, 999, h, sizeof(h)), -1);
+    assert_int_equal(oa_passwd_hash("secret", 6, 10000001, h, sizeof(h)), -1);
+    assert_int_equal(oa_passwd_hash("secret", 6, 1000, h, 60), -1);
+    assert_int_equal(h[0], '\0');
+    assert_int_equal(oa_passwd_hash("secret", 6, 1000, h, 20 + 24 + 1 + 44 + 1), 0);
+}
+
+static void test_bad_encodings(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "secret",
+        "$pbkdf2-sha512$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$PBKDF2-SHA256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        /* iterations: below, above, leading zero, sign, empty, not a number */
+        "$pbkdf2-sha256$999$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$10000001$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$01000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$+1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1e3$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        /* parts missing */
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$",
+        "$pbkdf2-sha256$1000$$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1000",
+        /* salt of 15 and 18 bytes */
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0O$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODxAR$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        /* hash of 31 and 33 bytes */
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBg==",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgYA",
+        /* padding dropped, padding doubled, non-zero unused bits, URL-safe alphabet, whitespace, extra part */
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY==",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODx==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgZ=",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h_1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY= ",
+        " $pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=",
+        "$pbkdf2-sha256$1000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY=$",
+    };
+    size_t i;
+
+    (void)state;
+    assert_int_equal(oa_passwd_is_valid_encoding(KNOWN_HASH), 1);
+    /* The bounds of the iteration range are accepted. */
+    assert_int_equal(
+        oa_passwd_is_valid_encoding(
+            "$pbkdf2-sha256$10000000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY="),
+        1);
+    assert_int_equal(oa_passwd_is_valid_encoding(NULL), 0);
+    for (i = 0; i < OA_ARRAY_SIZE(bad); i++) {
+        if (oa_passwd_is_valid_encoding(bad[i]) != 0)
+            fail_msg("accepted bad encoding #%zu: %s", i, bad[i]);
+        assert_int_equal(oa_passwd_verify(bad[i], "secret", 6), -1);
+    }
+}
+
+/* ---- users file -------------------------------------------------------------------------------------------- */
+
+static void test_users_invalid_files(void **state)
+{
+    static const struct {
+        const char *file;
+        const char *says;
+    } cases[] = {
+        {"invalid_not_json.json", "not valid JSON"},
+        {"invalid_unterminated_hash.json", "not valid JSON"},
+        {"invalid_duplicate_key.json", "not valid JSON"},
+        {"invalid_not_object.json", "expected a JSON object"},
+        {"invalid_root_unknown_key.json", "unknown key \"admins\""},
+        {"invalid_users_missing.json", "\"users\" is missing"},
+        {"invalid_users_not_array.json", "\"users\" must be an array"},
+        {"invalid_users_empty.json", "\"users\" is empty"},
+        {"invalid_entry_not_object.json", "users[0]: expected an object"},
+        {"invalid_entry_unknown_key.json", "users[1]: unknown key \"email\""},
+        {"invalid_name_missing.json", "users[0]: \"name\" is missing"},
+        {"invalid_name_empty.json", "users[0]: \"name\" is empty"},
+        {"invalid_name_not_string.json", "users[0]: \"name\" must be a string"},
+        {"invalid_name_colon.json", "users[0]: \"name\" must not hold a colon"},
+        {"invalid_role_unknown.json", "users[2]: unknown role \"root\""},
+        {"invalid_role_missing.json", "users[0] (\"admin@example.com\"): \"role\" is missing"},
+        {"invalid_role_not_string.json", "users[0] (\"admin@example.com\"): \"role\" must be a string"},
+        {"invalid_password_missing.json", "users[0] (\"admin@example.com\"): \"password\" is missing"},
+        {"invalid_password_plain.json", "users[0] (\"admin@example.com\"): \"password\" is not a hash"},
+        {"invalid_password_truncated.json", "users[0] (\"admin@example.com\"): \"password\" is not a hash"},
+        {"invalid_duplicate_name.json", "users[2]: duplicate name \"admin@example.com\" (see users[0])"},
+        {"does_not_exist.json", "cannot be read: no such file or directory"},
+    };
+    char path[512], want[600];
+    oa_auth_t *a;
+    oa_error_t err;
+    uv_loop_t loop;
+    size_t i;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        data_path(path, sizeof(path), cases[i].file);
+        oa_error_clear(&err);
+        a = (oa_auth_t *)&loop; /* must be reset to NULL on failure */
+        assert_int_equal(oa_auth_new_from_file(&loop, path, &a, &err), -1);
+        assert_null(a);
+        assert_int_equal(err.code, OA_E_BAD_FILE);
+        snprintf(want, sizeof(want), "users file %s: %s", path, cases[i].says);
+        if (strncmp(err.text, want, strlen(want)) != 0)
+            fail_msg("%s: got \"%s\", want a sentence starting \"%s\"", cases[i].file, err.text, want);
+        /* Never a hash or a password in an error. */
+        assert_null(strstr(err.text, "$pbkdf2"));
+        assert_null(strstr(err.text, "Tvsru20"));
+        assert_null(strstr(err.text, "correct-horse"));
+        assert_null(strchr(err.text, '\n'));
+    }
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- checks on a loop -------------------------------------------------------------------------------------- */
+
+typedef struct outcome_s {
+    int fired;
+    int result;
+    const oa_user_t *user;
+} outcome_t;
+
+static void on_checked(oa_auth_check_t *check, int result, const oa_user_t *user)
+{
+    outcome_t *o = check->data;
+
+    o->fired++;
+    o->result = result;
+    o->user = user;
+}
+
+/* Writes "Basic base64(user:password)" into out. */
+static const char *basic(char *out, size_t outlen, const char *scheme, const char *user, const char *password)
+{
+    char plain[256];
+    int n = snprintf(plain, sizeof(plain), "%s:%s", user, password);
+    size_t sl = strlen(scheme);
+
+    assert_true(sl + 1 + 4 * ((size_t)n + 2) / 3 + 1 <= outlen);
+    memcpy(out, scheme, sl);
+    out[sl] = ' ';
+    EVP_EncodeBlock((unsigned char *)out + sl + 1, (const unsigned char *)plain, n);
+    return out;
+}
+
+typedef struct env_s {
+    uv_loop_t loop;
+    oa_auth_t *auth;
+    char path[64];
+} env_t;
+
+static void env_open_generated(env_t *e)
+{
+    char h1[OA_PASSWD_ENCODED_MAX], h2[OA_PASSWD_ENCODED_MAX];
+    oa_error_t err;
+    FILE *fp;
+    int fd;
+
+    assert_int_equal(oa_passwd_hash("s3cret:with:colons", 18, 1000, h1, sizeof(h1)), 0);
+    assert_int_equal(oa_passwd_hash("view-only", 9, 1000, h2, sizeof(h2)), 0);
+    strcpy(e->path, "/tmp/oa-auth-users-XXXXXX");
+    fd = mkstemp(e->path);
+    assert_true(fd >= 0);
+    fp = fdopen(fd, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "{\"users\": [{\"name\": \"admin@example.com\", \"role\": \"admin\", \"password\": \"%s\"},\n"
+            "            {\"name\": \"viewer@example.com\", \"role\": \"db_viewer\", \"password\": \"%s\"}]}\n",
+            h1, h2);
+    fclose(fp);
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(oa_auth_new_from_file(&e->loop, e->path, &e->auth, &err), 0);
+    assert_non_null(e->auth);
+}
+
+static void env_close(env_t *e)
+{
+    assert_int_equal(uv_run(&e->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e->auth), 0);
+    oa_auth_free(e->auth);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    if (e->path[0] != '\0')
+        unlink(e->path);
+}
+
+/* Starts a check that must be queued, runs the loop until it answers, and returns the outcome. */
+static outcome_t check_async(env_t *e, const char *header)
+{
+    oa_auth_check_t check;
+    const oa_user_t *user = (const oa_user_t *)e;
+    outcome_t o = {0, -1, NULL};
+
+    memset(&check, 0, sizeof(check));
+    check.data = &o;
+    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), 1);
+    assert_null(user);
+    assert_int_equal(oa_auth_pending(e->auth), 1);
+    assert_int_equal(o.fired, 0);
+    assert_int_equal(uv_run(&e->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(o.fired, 1);
+    assert_int_equal(oa_auth_pending(e->auth), 0);
+    /* The copy of the password is gone once the answer is in. */
+    assert_null(check.password);
+    assert_int_equal(check.password_len, 0);
+    assert_ptr_equal(check.data, &o);
+    return o;
+}
+
+static void test_check_malformed(void **state)
+{
+    static const char *const headers[] = {
+        "Bearer YWRtaW5AZXhhbXBsZS5jb206czNjcmV0",
+        "Basic",
+        "Basic ",
+        "BasicYWRtaW5AZXhhbXBsZS5jb206czNjcmV0",
+        "Basic !!!!",
+        "Basic YWRtaW4=",              /* "admin": no colon */
+        "Basic YWRtaW46c2VjcmV0=",     /* bad length */
+        "Basic YWRtaW46c2VjcmV",       /* bad length */
+        "Basic YWRtaW46c2VjcmV0Og==x", /* data after padding */
+        "Basic YWRtaW46c2VjcmV0Oh==",  /* non-zero unused bits */
+        "Basic YWRtaW46c2VjcmV0-_==",  /* URL-safe alphabet */
+        "Basic YWRtaW46 c2VjcmV0",     /* space inside */
+    };
+    env_t e = {0};
+    oa_auth_check_t check;
+    outcome_t o = {0, -1, NULL};
+    const oa_user_t *user;
+    char *huge;
+    size_t i;
+
+    (void)state;
+    env_open_generated(&e);
+    memset(&check, 0, sizeof(check));
+    check.data = &o;
+
+    user = (const oa_user_t *)&e;
+    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), -OA_E_UNAUTHORIZED);
+    assert_null(user);
+    for (i = 0; i < OA_ARRAY_SIZE(headers); i++) {
+        user = (const oa_user_t *)&e;
+        if (oa_auth_check(e.auth, headers[i], strlen(headers[i]), &check, on_checked, &user) != -OA_E_UNAUTHORIZED)
+            fail_msg("header #%zu \"%s\" was not refused at once", i, headers[i]);
+        assert_null(user);
+    }
+    /* Longer than any real credentials: refused without decoding, even though it is well-formed base64. */
+    huge = malloc(1100);
+    assert_non_null(huge);
+    memcpy(huge, "Basic ", 6);
+    memset(huge + 6, 'A', 1092);
+    memcpy(huge + 1098, "Og", 2); /* ends with ':' when decoded */
+    assert_int_equal(oa_auth_check(e.auth, huge, 1100, &check, on_checked, &user), -OA_E_UNAUTHORIZED);
+    free(huge);
+
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_NOWAIT), 0);
+    assert_int_equal(o.fired, 0);
+    assert_null(check.password);
+    env_close(&e);
+}
+
+static void test_check_flow(void **state)
+{
+    env_t e = {0};
+    oa_auth_check_t check;
+    const oa_user_t *user;
+    outcome_t o, first;
+    char h[256], h2[256];
+
+    (void)state;
+    env_open_generated(&e);
+
+    /* An unknown user and a wrong password get the same answer, through the callback both times. */
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "mallory@example.com", "s3cret:with:colons"));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    assert_null(o.user);
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "admin@example.com", "s3cret"));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    assert_null(o.user);
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "", ""));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    /* A failure is not remembered: the same wrong header pays the KDF again. */
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "admin@example.com", "s3cret"));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+
+    /* The password may hold colons: only the first one separates it from the name. */
+    first = check_async(&e, basic(h, sizeof(h), "Basic", "admin@example.com", "s3cret:with:colons"));
+    assert_int_equal(first.result, 0);
+    assert_non_null(first.user);
+    assert_string_equal(first.user->name, "admin@example.com");
+    assert_int_equal(first.user->role, OA_ROLE_ADMIN);
+
+    /* The same header again is answered from the cache, synchronously, with the same user. */
+    memset(&check, 0, sizeof(check));
+    o = (outcome_t){0, -1, NULL};
+    check.data = &o;
+    user = NULL;
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &check, on_checked, &user), 0);
+    assert_ptr_equal(user, first.user);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_null(check.password);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_NOWAIT), 0);
+    assert_int_equal(o.fired, 0);
+
+    /* The scheme is case-insensitive; a different spelling is a different cache key, so it is verified once. */
+    basic(h2, sizeof(h2), "bAsIc", "admin@example.com", "s3cret:with:colons");
+    o = check_async(&e, h2);
+    assert_int_equal(o.result, 0);
+    assert_ptr_equal(o.user, first.user);
+    assert_int_equal(oa_auth_check(e.auth, h2, strlen(h2), &check, on_checked, &user), 0);
+
+    /* A second user with another role. */
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "viewer@example.com", "view-only"));
+    assert_int_equal(o.result, 0);
+    assert_string_equal(o.user->name, "viewer@example.com");
+    assert_int_equal(o.user->role, OA_ROLE_DB_VIEWER);
+    /* One user's password does not open the other's account. */
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "viewer@example.com", "s3cret:with:colons"));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    env_close(&e);
+}
+
+static void test_users_valid_file(void **state)
+{
+    env_t e = {0};
+    oa_error_t err;
+    outcome_t o;
+    char h[256];
+
+    (void)state;
+    data_path(e.path, sizeof(e.path), "valid.json");
+    assert_int_equal(uv_loop_init(&e.loop), 0);
+    assert_int_equal(oa_auth_new_from_file(&e.loop, e.path, &e.auth, &err), 0);
+    e.path[0] = '\0'; /* a data file: not to be removed */
+
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "admin@example.com", "secret"));
+    assert_int_equal(o.result, 0);
+    assert_string_equal(o.user->name, "admin@example.com");
+    assert_int_equal(o.user->role, OA_ROLE_ADMIN);
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "viewer@example.com", "hunter2"));
+    assert_int_equal(o.result, 0);
+    assert_int_equal(o.user->role, OA_ROLE_CLUSTER_VIEWER);
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "nobody@example.com", "opensesame"));
+    assert_int_equal(o.result, 0);
+    assert_int_equal(o.user->role, OA_ROLE_NONE);
+    o = check_async(&e, basic(h, sizeof(h), "Basic", "nobody@example.com", "secret"));
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    env_close(&e);
+}
+
+static void test_check_busy(void **state)
+{
+    enum { N = 9 };
+    static const char *const schemes[] = {"Basic", "BASIC", "basic", "BAsic", "Basic"};
+    env_t e = {0};
+    oa_auth_check_t checks[N];
+    outcome_t outs[N];
+    const oa_user_t *user;
+    char h[N][256];
+    int i, ok = 0, bad = 0;
+
+    (void)state;
+    env_open_generated(&e);
+    for (i = 0; i < N; i++) {
+        /* Odd ones right, even ones wrong, all distinct (the scheme's spelling differs), so none can come
+         * from the cache. */
+        char pw[32];
+
+        snprintf(pw, sizeof(pw), i % 2 ? "s3cret:with:colons" : "guess-%d", i);
+        basic(h[i], sizeof(h[i]), schemes[i / 2], "admin@example.com", pw);
+        memset(&checks[i], 0, sizeof(checks[i]));
+        outs[i] = (outcome_t){0, -1, NULL};
+        checks[i].data = &outs[i];
+    }
+    for (i = 0; i < N - 1; i++) {
+        assert_int_equal(oa_auth_check(e.auth, h[i], strlen(h[i]), &checks[i], on_checked, &user), 1);
+        assert_int_equal(oa_auth_pending(e.auth), (unsigned)i + 1);
+    }
+    user = (const oa_user_t *)&e;
+    assert_int_equal(oa_auth_check(e.auth, h[N - 1], strlen(h[N - 1]), &checks[N - 1], on_checked, &user),
+                     -OA_E_AUTH_BUSY);
+    assert_null(user);
+    assert_null(checks[N - 1].password);
+    assert_int_equal(oa_auth_pending(e.auth), N - 1);
+
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    for (i = 0; i < N - 1; i++) {
+        assert_int_equal(outs[i].fired, 1);
+        if (i % 2) {
+            assert_int_equal(outs[i].result, 0);
+            ok++;
+        } else {
+            assert_int_equal(outs[i].result, OA_E_UNAUTHORIZED);
+            bad++;
+        }
+    }
+    assert_int_equal(ok, 4);
+    assert_int_equal(bad, 4);
+    assert_int_equal(outs[N - 1].fired, 0);
+
+    /* Once the storm has passed, the refused check goes through. */
+    outs[N - 1] = check_async(&e, h[N - 1]);
+    assert_int_equal(outs[N - 1].result, OA_E_UNAUTHORIZED);
+    env_close(&e);
+}
+
+static void test_open(void **state)
+{
+    env_t e = {0};
+    oa_auth_check_t check;
+    outcome_t o = {0, -1, NULL};
+    const oa_user_t *user = NULL;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&e.loop), 0);
+    assert_int_equal(oa_auth_new_open(&e.loop, &e.auth), 0);
+    memset(&check, 0, sizeof(check));
+    check.data = &o;
+    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), 0);
+    assert_non_null(user);
+    assert_string_equal(user->name, "anonymous");
+    assert_int_equal(user->role, OA_ROLE_ADMIN);
+    user = NULL;
+    assert_int_equal(oa_auth_check(e.auth, "Bearer x", 8, &check, on_checked, &user), 0);
+    assert_string_equal(user->name, "anonymous");
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(o.fired, 0);
+    env_close(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roles_table),
+        cmocka_unit_test(test_hash_and_verify),
+        cmocka_unit_test(test_hash_salts_differ),
+        cmocka_unit_test(test_hash_bad_arguments),
+        cmocka_unit_test(test_bad_encodings),
+        cmocka_unit_test(test_users_invalid_files),
+        cmocka_unit_test(test_users_valid_file),
+        cmocka_unit_test(test_check_malformed),
+        cmocka_unit_test(test_check_flow),
+        cmocka_unit_test(test_check_busy),
+        cmocka_unit_test(test_open),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
