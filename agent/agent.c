@@ -101,12 +101,6 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
 
     if (opts->responder_url != NULL && opts->cert == NULL)
         return oa_error_set(err, OA_E_BAD_OPTION, "--responder-url: needs --cert, the certificate to ask about");
-    if (ensure_data_dir(opts->data_dir, err) != 0)
-        return -1;
-    a->conf_path = oa_path_join(opts->data_dir, OA_CONF_FILE_NAME);
-    if (a->conf_path == NULL)
-        return oa_error_set(err, OA_E_NOMEM, "out of memory");
-
     rc = opts->no_auth ? oa_auth_new_open(loop, &a->auth) : oa_auth_new_from_file(loop, opts->users_file, &a->auth, err);
     if (rc != 0) {
         if (opts->no_auth)
@@ -124,6 +118,12 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     }
     if (opts->tls_cert != NULL && oa_tls_server_ctx_new(opts->tls_cert, opts->tls_key, &a->tls, err) != 0)
         return -1;
+    /* The data dir comes after every file was checked, so a bad file stops start-up before anything is created. */
+    if (ensure_data_dir(opts->data_dir, err) != 0)
+        return -1;
+    a->conf_path = oa_path_join(opts->data_dir, OA_CONF_FILE_NAME);
+    if (a->conf_path == NULL)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
 
     load_conf(a);
     if (a->conf.ocsp_functionality && a->responder_url[0] == '\0') {
