@@ -1,1 +1,934 @@
-/* Not written yet. */
+/*
+ * The querying engine's schedule (API.md section 4).
+ *
+ * Decisions the contract leaves open, written down here so the code and the README agree:
+ *
+ * - State while OCSP is disabled. Disabling keeps a still-valid cached response: GET /v1/ocsp/status goes on serving
+ *   it (cert_status GOOD or REVOKED) and the staple file stays, but the state reads "disabled", because querying is
+ *   off and an operator should see that first. The response still expires at its own nextUpdate: it is then dropped
+ *   and the staple file removed, whatever the state. Between oa_sched_new and the first oa_sched_apply_conf a
+ *   staple reloaded from disk shows as "valid"; enabling keeps it "valid" (and queries at once).
+ *
+ * - Expiry of the cached response. The response is served until its nextUpdate and never after: a timer on the
+ *   wall-clock nextUpdate (and a check whenever the status or metrics are read) drops it and removes the staple.
+ *   If the state was "valid" or "recovering" it becomes "invalidated". Recovery itself carries on at
+ *   recovery_frequency while the state reads "invalidated": an expired staple is a reason to retry sooner, not
+ *   later. When the retries run out, the alert `ocsp_query_failed` is raised as usual and the schedule returns to
+ *   query_frequency.
+ *
+ * - After invalidation (recovery_max_tries failed retries) further failures keep the state "invalidated" and the
+ *   schedule at query_frequency; they do not start a new round of recovery or raise the alert again. The first
+ *   valid answer restores "valid".
+ *
+ * - A verified UNKNOWN answer counts as a failed attempt. Its outcome is named "cert_status_unknown" in the log
+ *   line, the metrics' result label and last_error_code, so it is told apart from transport or verification errors.
+ *
+ * - Explicit tests. A test query's answer changes the cache and the schedule only when it is a valid GOOD/REVOKED
+ *   answer while OCSP is enabled (it then counts as a regular success). A test that joins the scheduled query in
+ *   flight just waits for it; a scheduled query that falls due while a test query is in flight adopts that query,
+ *   which then counts as a regular attempt (never two queries at once). Operator fields (last_attempt, last_error,
+ *   consecutive_failures) describe the schedule, so a test answer that is not applied leaves them alone; every
+ *   attempt is still logged and counted in the metrics. last_error_code and last_error keep the most recent
+ *   failure even after a later success (consecutive_failures 0 says it is over), so a flapping responder can be
+ *   diagnosed.
+ *
+ * - Anchors. Every interval runs from the start of the last attempt that counted, on uv_now (monotonic). The
+ *   midpoint rule applies only to the nextUpdate of the cached response and is never sooner than 1 s after that
+ *   attempt; the regular interval itself is not floored, so a small --time-scale still gives short intervals.
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "oa_log.h"
+#include "oa_sched.h"
+
+#define STAPLE_FILE_NAME "ocsp.der"
+#define STAPLE_MAX_BYTES (1024 * 1024)
+#define TEST_SAFETY_MARGIN_MS 5000
+#define MIDPOINT_FLOOR_MS 1000
+#define UNKNOWN_OUTCOME "cert_status_unknown"
+
+typedef enum trigger_e { TRIGGER_SCHEDULE, TRIGGER_RECOVERY, TRIGGER_TEST } trigger_t;
+
+static const char *const trigger_names[] = {"schedule", "recovery", "test"};
+
+/* One caller of oa_sched_test, waiting for a query's answer. */
+typedef struct waiter_s {
+    oa_sched_t *sched;
+    uv_timer_t safety;
+    oa_sched_test_cb cb;
+    void *data;
+    bool attached; /* waits for the query in flight; otherwise for the next one to start */
+    struct waiter_s *prev;
+    struct waiter_s *next;
+} waiter_t;
+
+struct oa_sched_s {
+    uv_loop_t *loop;
+    const oa_ocsp_target_t *target;
+    char *staple_path; /* NULL when there is no data directory */
+    double time_scale;
+    const oa_sched_querier_t *querier;
+    oa_conf_t conf;
+    bool enabled;
+
+    oa_sched_state_t state;
+    bool recovering;   /* retrying every recovery_frequency */
+    bool exhausted;    /* the retries ran out: invalidated until the next valid answer */
+    int recovery_tries; /* failed retries in the current recovery */
+    int consecutive_failures;
+
+    oa_ocsp_result_t cache;
+    bool have_cache;
+
+    /* The query in flight, or the last one started. */
+    bool in_flight;
+    oa_ocsp_query_t *query;
+    bool query_cancelled;
+    bool query_regular; /* its answer counts for the schedule */
+    trigger_t query_trigger;
+    int query_attempt;  /* the retry number during recovery, else 0 */
+    uint64_t query_start_mono;
+    time_t query_start_wall;
+
+    /* The schedule. */
+    bool have_anchor;
+    uint64_t anchor_mono; /* start of the last attempt that counted */
+    bool due_now;         /* enabling asks for a query at once */
+    uint64_t mid_due;     /* the midpoint query time for the cached response, 0 for none */
+    bool timer_armed;
+    uint64_t next_due;
+
+    /* Operator fields. */
+    time_t last_attempt;
+    time_t last_success;
+    bool have_error;
+    char last_error_code[64];
+    char last_error[OA_ERROR_TEXT_MAX];
+
+    /* Metrics: attempts by outcome. */
+    uint64_t count_ok;
+    uint64_t count_unknown;
+    uint64_t count_err[OA_ERRCODE_COUNT];
+
+    uv_timer_t timer;  /* the next query */
+    uv_timer_t expiry; /* the cached response's nextUpdate */
+    waiter_t *waiters;
+
+    bool closing;
+    int pending_closes;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+static const oa_sched_querier_t real_querier = {oa_ocsp_query_start, oa_ocsp_query_cancel};
+
+static void on_timer(uv_timer_t *t);
+static void on_expiry(uv_timer_t *t);
+static void on_query_done(oa_ocsp_query_t *q, int err, const char *errtext, const oa_ocsp_result_t *res,
+                          unsigned duration_ms, void *data);
+
+const char *oa_sched_state_name(oa_sched_state_t s)
+{
+    switch (s) {
+    case OA_STATE_DISABLED:
+        return "disabled";
+    case OA_STATE_PENDING:
+        return "pending";
+    case OA_STATE_VALID:
+        return "valid";
+    case OA_STATE_RECOVERING:
+        return "recovering";
+    case OA_STATE_INVALIDATED:
+        return "invalidated";
+    }
+    return "unknown";
+}
+
+oa_sched_state_t oa_sched_state(const oa_sched_t *s)
+{
+    return s->state;
+}
+
+static const char *responder_of(const oa_sched_t *s)
+{
+    if (s->target == NULL || s->target->responder_url == NULL)
+        return "";
+    return s->target->responder_url;
+}
+
+static uint64_t scaled_ms(const oa_sched_t *s, int seconds)
+{
+    double ms = (double)seconds * 1000.0 * s->time_scale;
+
+    return ms < 1.0 ? 1 : (uint64_t)(ms + 0.5);
+}
+
+/* ---- the closing bookkeeping ---- */
+
+static void maybe_finish(oa_sched_t *s)
+{
+    void (*done)(void *arg);
+    void *arg;
+
+    if (!s->closing || s->pending_closes > 0 || s->in_flight)
+        return;
+    done = s->done;
+    arg = s->done_arg;
+    oa_ocsp_result_clear(&s->cache);
+    free(s->staple_path);
+    free(s);
+    if (done != NULL)
+        done(arg);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    oa_sched_t *s = h->data;
+
+    s->pending_closes--;
+    maybe_finish(s);
+}
+
+/* ---- waiters ---- */
+
+static void waiter_unlink(waiter_t *w)
+{
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        w->sched->waiters = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+}
+
+static void waiter_link(oa_sched_t *s, waiter_t *w)
+{
+    w->prev = NULL;
+    w->next = s->waiters;
+    if (s->waiters != NULL)
+        s->waiters->prev = w;
+    s->waiters = w;
+}
+
+static void on_waiter_closed(uv_handle_t *h)
+{
+    waiter_t *w = oa_container_of(h, waiter_t, safety);
+    oa_sched_t *s = w->sched;
+
+    free(w);
+    s->pending_closes--;
+    maybe_finish(s);
+}
+
+/* Answers an unlinked waiter and releases it. The callback may call back into the scheduler (even close it): the
+ * scheduler stays allocated because the waiter's own close is still pending. */
+static void waiter_answer(waiter_t *w, int err, const char *text, json_t *status)
+{
+    oa_sched_t *s = w->sched;
+
+    uv_timer_stop(&w->safety);
+    w->cb(w->data, err, text, status);
+    s->pending_closes++;
+    uv_close((uv_handle_t *)&w->safety, on_waiter_closed);
+}
+
+static void on_waiter_timeout(uv_timer_t *t)
+{
+    waiter_t *w = oa_container_of(t, waiter_t, safety);
+
+    waiter_unlink(w);
+    waiter_answer(w, OA_E_TASK_QUEUED_TOO_LONG, "no OCSP answer arrived within response_timeout + 5 seconds",
+                  NULL);
+}
+
+/* ---- the cache and the staple file ---- */
+
+static void arm_expiry(oa_sched_t *s)
+{
+    int64_t delay;
+
+    uv_timer_stop(&s->expiry);
+    if (!s->have_cache || s->cache.next_update == 0 || s->closing)
+        return;
+    delay = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
+    uv_timer_start(&s->expiry, on_expiry, delay > 0 ? (uint64_t)delay : 1, 0);
+}
+
+static void remove_staple(oa_sched_t *s, const char *why)
+{
+    int rc;
+
+    if (s->staple_path == NULL)
+        return;
+    rc = oa_file_remove(s->staple_path);
+    if (rc != 0)
+        OA_LOG(OA_LOG_ERROR, "staple_remove_failed", OA_KV_STR("path", s->staple_path),
+               OA_KV_STR("reason", why), OA_KV_STR("error", uv_strerror(rc)));
+}
+
+static void drop_cache(oa_sched_t *s, const char *why)
+{
+    oa_ocsp_result_clear(&s->cache);
+    s->have_cache = false;
+    s->mid_due = 0;
+    uv_timer_stop(&s->expiry);
+    /* The file goes even when nothing was cached in memory: it must never outlive the status it stands for. */
+    remove_staple(s, why);
+}
+
+/* Drops the cached response once its nextUpdate has come (never serve it after). */
+static void expire_if_due(oa_sched_t *s)
+{
+    char nu[OA_RFC1123_LEN];
+
+    if (!s->have_cache || s->cache.next_update == 0 || time(NULL) < s->cache.next_update)
+        return;
+    oa_time_rfc1123(s->cache.next_update, nu);
+    drop_cache(s, "the cached response reached its nextUpdate");
+    OA_LOG(OA_LOG_ERROR, "staple_expired", OA_KV_STR("responder", responder_of(s)), OA_KV_STR("next_update", nu),
+           OA_KV_STR("state", oa_sched_state_name(s->state)));
+    if (s->state == OA_STATE_VALID || s->state == OA_STATE_RECOVERING)
+        s->state = OA_STATE_INVALIDATED;
+}
+
+static void on_expiry(uv_timer_t *t)
+{
+    oa_sched_t *s = oa_container_of(t, oa_sched_t, expiry);
+
+    expire_if_due(s);
+    /* The wall clock may lag the loop's clock by a few milliseconds: if it is not time yet, look again shortly. */
+    if (s->have_cache)
+        arm_expiry(s);
+}
+
+static void write_staple(oa_sched_t *s)
+{
+    int rc;
+
+    if (s->staple_path == NULL || s->cache.der == NULL)
+        return;
+    rc = oa_file_write_atomic(s->staple_path, s->cache.der, s->cache.der_len, 0644);
+    if (rc != 0)
+        OA_LOG(OA_LOG_ERROR, "staple_write_failed", OA_KV_STR("path", s->staple_path),
+               OA_KV_STR("error", uv_strerror(rc)));
+}
+
+/* Re-verifies a staple left by an earlier run; one that no longer verifies or has expired is removed. */
+static void load_staple(oa_sched_t *s)
+{
+    oa_buf_t buf;
+    oa_ocsp_result_t res;
+    oa_error_t err;
+    time_t now = time(NULL);
+    int rc;
+
+    oa_buf_init(&buf);
+    memset(&res, 0, sizeof(res));
+    oa_error_clear(&err);
+    if (s->target == NULL || s->staple_path == NULL)
+        goto out;
+    rc = oa_file_read(s->staple_path, STAPLE_MAX_BYTES, &buf);
+    if (rc == UV_ENOENT)
+        goto out;
+    if (rc != 0) {
+        OA_LOG(OA_LOG_WARN, "staple_discarded", OA_KV_STR("path", s->staple_path),
+               OA_KV_STR("reason", uv_strerror(rc)));
+        remove_staple(s, "unreadable");
+        goto out;
+    }
+    if (oa_ocsp_verify(s->target, (const unsigned char *)buf.data, buf.len, NULL, now, &res, &err) != 0) {
+        OA_LOG(OA_LOG_WARN, "staple_discarded", OA_KV_STR("path", s->staple_path),
+               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
+        remove_staple(s, "did not verify");
+        goto out;
+    }
+    /* Verification tolerates some clock skew; serving does not: a response past its nextUpdate is never served. */
+    if (res.cert_status == OA_CERT_UNKNOWN || (res.next_update != 0 && res.next_update <= now)) {
+        OA_LOG(OA_LOG_WARN, "staple_discarded", OA_KV_STR("path", s->staple_path),
+               OA_KV_STR("reason", res.cert_status == OA_CERT_UNKNOWN ? "the response says UNKNOWN"
+                                                                      : "the response is past its nextUpdate"));
+        remove_staple(s, "expired");
+        goto out;
+    }
+    s->cache = res;
+    memset(&res, 0, sizeof(res));
+    s->have_cache = true;
+    s->state = OA_STATE_VALID;
+    arm_expiry(s);
+    OA_LOG(OA_LOG_INFO, "staple_loaded", OA_KV_STR("path", s->staple_path),
+           OA_KV_STR("cert_status", oa_cert_status_name(s->cache.cert_status)));
+out:
+    oa_ocsp_result_clear(&res);
+    oa_buf_free(&buf);
+}
+
+/* ---- the schedule ---- */
+
+static void rearm(oa_sched_t *s)
+{
+    uint64_t now, due;
+
+    uv_timer_stop(&s->timer);
+    s->timer_armed = false;
+    if (!s->enabled || s->closing)
+        return;
+    /* A regular query in flight re-arms the timer when it completes. */
+    if (s->in_flight && s->query_regular && !s->query_cancelled)
+        return;
+    now = uv_now(s->loop);
+    if (s->due_now || !s->have_anchor) {
+        due = now;
+    } else if (s->recovering) {
+        due = s->anchor_mono + scaled_ms(s, s->conf.recovery_frequency);
+    } else {
+        due = s->anchor_mono + scaled_ms(s, s->conf.query_frequency);
+        if (s->have_cache && s->mid_due != 0 && s->mid_due < due)
+            due = s->mid_due;
+    }
+    s->next_due = due;
+    s->timer_armed = true;
+    uv_timer_start(&s->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+/*
+ * Starts a query. Every waiter present becomes attached to it, whether it starts or not: on failure the caller
+ * answers them. Returns 0, or -1 with err filled.
+ */
+static int start_query(oa_sched_t *s, bool regular, oa_error_t *err)
+{
+    oa_ocsp_query_opts_t opts;
+    oa_ocsp_query_t *q = NULL;
+    waiter_t *w;
+
+    s->query_regular = regular;
+    s->query_cancelled = false;
+    if (regular) {
+        s->query_trigger = s->recovering ? TRIGGER_RECOVERY : TRIGGER_SCHEDULE;
+        s->query_attempt = s->recovering ? s->recovery_tries + 1 : 0;
+    } else {
+        s->query_trigger = TRIGGER_TEST;
+        s->query_attempt = 0;
+    }
+    s->query_start_mono = uv_now(s->loop);
+    s->query_start_wall = time(NULL);
+    for (w = s->waiters; w != NULL; w = w->next)
+        w->attached = true;
+
+    if (s->target == NULL || s->target->responder_url == NULL || s->target->responder_url[0] == '\0')
+        return oa_error_set(err, OA_E_NO_RESPONDER_URL,
+                            "there is no OCSP responder URL: the certificate has none and none was configured");
+    memset(&opts, 0, sizeof(opts));
+    opts.timeout_ms = (unsigned)s->conf.response_timeout * 1000u;
+    opts.with_nonce = true;
+    opts.use_get = false;
+    oa_error_clear(err);
+    s->in_flight = true;
+    if (s->querier->start(s->loop, s->target, &opts, on_query_done, s, &q, err) != 0) {
+        s->in_flight = false;
+        if (err->code == OA_OK)
+            oa_error_set(err, OA_E_INTERNAL, "the OCSP query could not start");
+        return -1;
+    }
+    if (s->in_flight)
+        s->query = q;
+    return 0;
+}
+
+/* ---- results ---- */
+
+static void set_last_error(oa_sched_t *s, const char *code, const char *text)
+{
+    s->have_error = true;
+    snprintf(s->last_error_code, sizeof(s->last_error_code), "%s", code);
+    snprintf(s->last_error, sizeof(s->last_error), "%s", text != NULL ? text : "");
+}
+
+static void anchor_attempt(oa_sched_t *s)
+{
+    s->have_anchor = true;
+    s->anchor_mono = s->query_start_mono;
+    s->last_attempt = s->query_start_wall;
+}
+
+static void invalidate(oa_sched_t *s)
+{
+    drop_cache(s, "the recovery retries ran out");
+    s->state = OA_STATE_INVALIDATED;
+    s->recovering = false;
+    s->exhausted = true;
+    OA_LOG(OA_LOG_ERROR, "ocsp_query_failed", OA_KV_STR("responder", responder_of(s)),
+           OA_KV_STR("serial", s->target != NULL ? s->target->serial_hex : ""),
+           OA_KV_INT("recovery_tries", s->recovery_tries), OA_KV_STR("error_code", s->last_error_code),
+           OA_KV_STR("error", s->last_error));
+}
+
+static void apply_failure(oa_sched_t *s, const char *code, const char *text)
+{
+    anchor_attempt(s);
+    s->consecutive_failures++;
+    set_last_error(s, code, text);
+    if (s->recovering) {
+        s->recovery_tries++;
+        if (s->recovery_tries >= s->conf.recovery_max_tries)
+            invalidate(s);
+    } else if (!s->exhausted) {
+        /* The failure that starts recovery is not a retry: recovery_max_tries retries follow it. */
+        s->recovering = true;
+        s->recovery_tries = 0;
+        if (s->have_cache || s->state != OA_STATE_INVALIDATED)
+            s->state = OA_STATE_RECOVERING;
+    }
+}
+
+static void apply_success(oa_sched_t *s, const oa_ocsp_result_t *res)
+{
+    oa_ocsp_result_t copy;
+    char rt[OA_RFC1123_LEN];
+    int64_t remaining_ms;
+    uint64_t mid, floor_due;
+
+    if (oa_ocsp_result_copy(&copy, res) != 0) {
+        apply_failure(s, oa_errcode_name(OA_E_NOMEM), "out of memory while caching the response");
+        return;
+    }
+    oa_ocsp_result_clear(&s->cache);
+    s->cache = copy;
+    s->have_cache = true;
+    write_staple(s);
+    anchor_attempt(s);
+    s->last_success = time(NULL);
+    s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
+    s->recovering = false;
+    s->exhausted = false;
+    s->recovery_tries = 0;
+    s->consecutive_failures = 0;
+
+    s->mid_due = 0;
+    if (res->next_update != 0) {
+        remaining_ms = (int64_t)res->next_update * 1000 - oa_time_now_ms();
+        mid = uv_now(s->loop) + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
+        floor_due = s->anchor_mono + MIDPOINT_FLOOR_MS;
+        s->mid_due = mid > floor_due ? mid : floor_due;
+    }
+    arm_expiry(s);
+
+    if (res->cert_status == OA_CERT_REVOKED)
+        OA_LOG(OA_LOG_ERROR, "ocsp_status_revoked", OA_KV_STR("serial", s->target != NULL ? s->target->serial_hex : ""),
+               OA_KV_STR("subject", s->target != NULL ? s->target->subject : ""),
+               OA_KV_STR("revocation_time", oa_time_rfc1123(res->revocation_time, rt)),
+               OA_KV_STR("reason", res->revocation_reason >= 0 ? OCSP_crl_reason_str(res->revocation_reason) : ""),
+               OA_KV_STR("responder", responder_of(s)));
+}
+
+/* One line per attempt; n_kv grows with what is known. */
+static void log_attempt(oa_sched_t *s, const char *result, const oa_ocsp_result_t *res, const char *errtext,
+                        unsigned duration_ms, bool failed)
+{
+    oa_log_kv_t kv[10];
+    size_t n = 0;
+    char tu[OA_RFC1123_LEN], nu[OA_RFC1123_LEN];
+    oa_log_level_t level = failed ? OA_LOG_WARN : OA_LOG_INFO;
+
+    if (!oa_log_enabled(level))
+        return;
+    kv[n++] = OA_KV_STR("responder", responder_of(s));
+    kv[n++] = OA_KV_STR("result", result);
+    if (res != NULL) {
+        kv[n++] = OA_KV_STR("cert_status", oa_cert_status_name(res->cert_status));
+        kv[n++] = OA_KV_STR("this_update", oa_time_rfc1123(res->this_update, tu));
+        if (res->next_update != 0)
+            kv[n++] = OA_KV_STR("next_update", oa_time_rfc1123(res->next_update, nu));
+    } else if (errtext != NULL) {
+        kv[n++] = OA_KV_STR("error", errtext);
+    }
+    kv[n++] = OA_KV_INT("duration_ms", duration_ms);
+    kv[n++] = OA_KV_STR("trigger", trigger_names[s->query_trigger]);
+    if (s->query_trigger == TRIGGER_RECOVERY) {
+        kv[n++] = OA_KV_INT("attempt", s->query_attempt);
+        kv[n++] = OA_KV_INT("max", s->conf.recovery_max_tries);
+    }
+    oa_log_write(level, "ocsp_query", kv, n);
+}
+
+static void set_time(json_t *o, const char *key, time_t t)
+{
+    char buf[OA_RFC1123_LEN];
+
+    json_object_set_new(o, key, json_string(oa_time_rfc1123(t, buf)));
+}
+
+/* The status object for r (the cache, or a fresh answer), followed by the operator fields. */
+static json_t *status_json(oa_sched_t *s, const oa_ocsp_result_t *r)
+{
+    json_t *o = json_object();
+    uint64_t now;
+
+    if (o == NULL)
+        return NULL;
+    json_object_set_new(o, "cert_status", json_string(oa_cert_status_name(r != NULL ? r->cert_status
+                                                                                      : OA_CERT_UNKNOWN)));
+    json_object_set_new(o, "responder_url", json_string(responder_of(s)));
+    if (r != NULL) {
+        set_time(o, "produced_at", r->produced_at);
+        set_time(o, "this_update", r->this_update);
+        if (r->next_update != 0)
+            set_time(o, "next_update", r->next_update);
+        if (r->cert_status == OA_CERT_REVOKED) {
+            set_time(o, "revocation_time", r->revocation_time);
+            if (r->revocation_reason >= 0)
+                json_object_set_new(o, "revocation_reason", json_string(OCSP_crl_reason_str(r->revocation_reason)));
+        }
+    }
+    json_object_set_new(o, "state", json_string(oa_sched_state_name(s->state)));
+    if (s->last_attempt != 0)
+        set_time(o, "last_attempt", s->last_attempt);
+    if (s->last_success != 0)
+        set_time(o, "last_success", s->last_success);
+    if (s->have_error) {
+        json_object_set_new(o, "last_error_code", json_string(s->last_error_code));
+        json_object_set_new(o, "last_error", json_string(s->last_error));
+    }
+    json_object_set_new(o, "consecutive_failures", json_integer(s->consecutive_failures));
+    json_object_set_new(o, "recovery_tries", json_integer(s->recovery_tries));
+    json_object_set_new(o, "recovery_max_tries", json_integer(s->conf.recovery_max_tries));
+    if (s->timer_armed) {
+        now = uv_now(s->loop);
+        set_time(o, "next_query", time(NULL) + (time_t)((s->next_due > now ? s->next_due - now : 0) / 1000));
+    }
+    return o;
+}
+
+/* Answers every waiter attached to the query that just ended. They are moved to a list of their own first, so a
+ * callback that asks for another test (and starts a new query) is not answered with this result. */
+static void answer_attached(oa_sched_t *s, int err, const char *text, const oa_ocsp_result_t *res)
+{
+    waiter_t *list = NULL, *w, *next;
+    json_t *status = NULL;
+
+    for (w = s->waiters; w != NULL; w = next) {
+        next = w->next;
+        if (!w->attached)
+            continue;
+        waiter_unlink(w);
+        w->next = list;
+        list = w;
+    }
+    if (list == NULL)
+        return;
+    if (err == 0) {
+        status = status_json(s, res);
+        if (status == NULL) {
+            err = OA_E_NOMEM;
+            text = "out of memory while building the status";
+        }
+    }
+    for (w = list; w != NULL; w = next) {
+        next = w->next;
+        w->next = NULL;
+        waiter_answer(w, err, text, status);
+    }
+    json_decref(status);
+}
+
+/* Starts a query for tests that arrived while a cancelled query was still winding down. */
+static void kick(oa_sched_t *s)
+{
+    oa_error_t err;
+    waiter_t *w;
+
+    if (s->closing || s->in_flight)
+        return;
+    for (w = s->waiters; w != NULL && w->attached; w = w->next)
+        ;
+    if (w == NULL)
+        return;
+    if (start_query(s, false, &err) != 0)
+        answer_attached(s, err.code, err.text, NULL);
+}
+
+static void count_outcome(oa_sched_t *s, int err, bool unknown)
+{
+    if (err != 0)
+        s->count_err[(unsigned)err < OA_ERRCODE_COUNT ? err : OA_E_INTERNAL]++;
+    else if (unknown)
+        s->count_unknown++;
+    else
+        s->count_ok++;
+}
+
+/* Everything that follows the end of an attempt, whether its callback fired or it could not start. */
+static void finish_attempt(oa_sched_t *s, int err, const char *errtext, const oa_ocsp_result_t *res,
+                           unsigned duration_ms)
+{
+    bool cancelled = s->query_cancelled, ok, unknown;
+    const char *code;
+
+    s->query_cancelled = false;
+    if (s->closing) {
+        maybe_finish(s);
+        return;
+    }
+    if (err == 0 && res == NULL) {
+        err = OA_E_INTERNAL;
+        errtext = "the OCSP engine reported success without a result";
+    }
+    if (cancelled || err == OA_E_OCSP_CANCELLED) {
+        /* OCSP was disabled while this query was in flight: its outcome must not touch the state. */
+        count_outcome(s, OA_E_OCSP_CANCELLED, false);
+        log_attempt(s, oa_errcode_name(OA_E_OCSP_CANCELLED), NULL, errtext, duration_ms, false);
+        answer_attached(s, OA_E_OCSP_CANCELLED, "the OCSP query was cancelled because OCSP was disabled", NULL);
+    } else {
+        unknown = err == 0 && res->cert_status == OA_CERT_UNKNOWN;
+        ok = err == 0 && !unknown;
+        code = err != 0 ? oa_errcode_name((oa_errcode_t)err) : unknown ? UNKNOWN_OUTCOME : "ok";
+        count_outcome(s, err, unknown);
+        log_attempt(s, code, err == 0 ? res : NULL, errtext, duration_ms, !ok);
+        if (ok && (s->query_regular || s->enabled))
+            apply_success(s, res);
+        else if (!ok && s->query_regular)
+            apply_failure(s, code, unknown ? "responder answered UNKNOWN" : errtext);
+        answer_attached(s, err, errtext, err == 0 ? res : NULL);
+    }
+    if (s->closing)
+        return; /* a waiter's callback closed the scheduler */
+    kick(s);
+    rearm(s);
+}
+
+static void on_query_done(oa_ocsp_query_t *q, int err, const char *errtext, const oa_ocsp_result_t *res,
+                          unsigned duration_ms, void *data)
+{
+    oa_sched_t *s = data;
+
+    (void)q;
+    s->in_flight = false;
+    s->query = NULL;
+    finish_attempt(s, err, errtext, res, duration_ms);
+}
+
+static void start_regular(oa_sched_t *s)
+{
+    oa_error_t err;
+
+    s->due_now = false;
+    if (start_query(s, true, &err) != 0)
+        finish_attempt(s, err.code, err.text, NULL, 0);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    oa_sched_t *s = oa_container_of(t, oa_sched_t, timer);
+
+    s->timer_armed = false;
+    if (s->in_flight) {
+        if (s->query_cancelled) {
+            /* The cancelled query has not come back yet: query as soon as it has. */
+            s->due_now = true;
+            return;
+        }
+        /* A test query is in flight: it becomes this scheduled attempt rather than a second query. */
+        s->due_now = false;
+        s->query_regular = true;
+        s->query_trigger = s->recovering ? TRIGGER_RECOVERY : TRIGGER_SCHEDULE;
+        s->query_attempt = s->recovering ? s->recovery_tries + 1 : 0;
+        return;
+    }
+    start_regular(s);
+}
+
+/* ---- the public functions ---- */
+
+int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **out)
+{
+    oa_sched_t *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return UV_ENOMEM;
+    s->loop = loop;
+    s->target = opts->target;
+    s->time_scale = opts->time_scale > 0 ? opts->time_scale : 1.0;
+    s->querier = opts->querier != NULL ? opts->querier : &real_querier;
+    if (opts->data_dir != NULL) {
+        s->staple_path = oa_path_join(opts->data_dir, STAPLE_FILE_NAME);
+        if (s->staple_path == NULL) {
+            free(s);
+            return UV_ENOMEM;
+        }
+    }
+    /* The defaults of oa_conf_defaults, so a test before any configuration has a response_timeout. */
+    s->conf.ocsp_functionality = false;
+    s->conf.query_frequency = 3600;
+    s->conf.response_timeout = 1;
+    s->conf.recovery_frequency = 60;
+    s->conf.recovery_max_tries = 5;
+    s->state = OA_STATE_DISABLED;
+    uv_timer_init(loop, &s->timer);
+    uv_timer_init(loop, &s->expiry);
+    s->timer.data = s;
+    s->expiry.data = s;
+    load_staple(s);
+    *out = s;
+    return 0;
+}
+
+void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf)
+{
+    oa_conf_t old = s->conf;
+
+    if (s->closing)
+        return;
+    s->conf = *conf;
+    if (conf->ocsp_functionality && !s->enabled) {
+        s->enabled = true;
+        s->recovering = false;
+        s->exhausted = false;
+        s->recovery_tries = 0;
+        s->state = s->have_cache ? OA_STATE_VALID : OA_STATE_PENDING;
+        /* "At once" is the next loop iteration: the caller (an HTTP handler) finishes before the query starts. */
+        s->due_now = true;
+        rearm(s);
+    } else if (!conf->ocsp_functionality) {
+        bool was_enabled = s->enabled;
+
+        s->enabled = false;
+        s->recovering = false;
+        s->exhausted = false;
+        s->recovery_tries = 0;
+        s->due_now = false;
+        s->state = OA_STATE_DISABLED;
+        rearm(s); /* stops the timer */
+        /* Only the switch from enabled cancels: a change of frequencies while disabled leaves a test running. */
+        if (was_enabled && s->in_flight && !s->query_cancelled) {
+            /* The state is already final: the callback may come back at once or later, either way it is ignored. */
+            s->query_cancelled = true;
+            s->querier->cancel(s->query);
+        }
+    } else if (old.query_frequency != conf->query_frequency || old.recovery_frequency != conf->recovery_frequency) {
+        rearm(s);
+    }
+}
+
+json_t *oa_sched_status_json(oa_sched_t *s)
+{
+    expire_if_due(s);
+    return status_json(s, s->have_cache ? &s->cache : NULL);
+}
+
+int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *err)
+{
+    waiter_t *w;
+
+    if (s->closing)
+        return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
+    if (s->target == NULL || s->target->responder_url == NULL || s->target->responder_url[0] == '\0')
+        return oa_error_set(err, OA_E_NO_RESPONDER_URL,
+                            "there is no OCSP responder URL: the certificate has none and none was configured");
+    w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    w->sched = s;
+    w->cb = cb;
+    w->data = data;
+    if (s->in_flight) {
+        /* A cancelled query's answer is of no use: wait for the query started once it is back. */
+        w->attached = !s->query_cancelled;
+    } else {
+        if (start_query(s, false, err) != 0) {
+            free(w);
+            return -1;
+        }
+        w->attached = true;
+    }
+    uv_timer_init(s->loop, &w->safety);
+    uv_timer_start(&w->safety, on_waiter_timeout, (uint64_t)s->conf.response_timeout * 1000 + TEST_SAFETY_MARGIN_MS,
+                   0);
+    waiter_link(s, w);
+    return 0;
+}
+
+static int metric_header(oa_buf_t *out, const char *name, const char *type, const char *help)
+{
+    return oa_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out)
+{
+    static const oa_cert_status_t statuses[] = {OA_CERT_GOOD, OA_CERT_REVOKED, OA_CERT_UNKNOWN};
+    static const oa_sched_state_t states[] = {OA_STATE_DISABLED, OA_STATE_PENDING, OA_STATE_VALID,
+                                              OA_STATE_RECOVERING, OA_STATE_INVALIDATED};
+    oa_cert_status_t current = OA_CERT_UNKNOWN;
+    size_t i;
+    int rc = 0;
+
+    expire_if_due(s);
+    if (s->have_cache)
+        current = s->cache.cert_status;
+
+    rc |= metric_header(out, "ocsp_agent_queries_total", "counter", "OCSP query attempts by result.");
+    rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"ok\"} %" PRIu64 "\n", s->count_ok);
+    if (s->count_unknown > 0)
+        rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"%s\"} %" PRIu64 "\n", UNKNOWN_OUTCOME,
+                            s->count_unknown);
+    for (i = 1; i < OA_ERRCODE_COUNT; i++)
+        if (s->count_err[i] > 0)
+            rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"%s\"} %" PRIu64 "\n",
+                                oa_errcode_name((oa_errcode_t)i), s->count_err[i]);
+
+    rc |= metric_header(out, "ocsp_agent_last_success_timestamp_seconds", "gauge",
+                        "Wall-clock time of the last valid answer, 0 when none.");
+    rc |= oa_buf_printf(out, "ocsp_agent_last_success_timestamp_seconds %lld\n", (long long)s->last_success);
+
+    rc |= metric_header(out, "ocsp_agent_staple_expiry_seconds", "gauge",
+                        "Seconds until the cached response's nextUpdate, NaN when there is none.");
+    if (s->have_cache && s->cache.next_update != 0)
+        rc |= oa_buf_printf(out, "ocsp_agent_staple_expiry_seconds %lld\n",
+                            (long long)(s->cache.next_update - time(NULL)));
+    else
+        rc |= oa_buf_append_str(out, "ocsp_agent_staple_expiry_seconds NaN\n");
+
+    rc |= metric_header(out, "ocsp_agent_cert_status", "gauge", "1 for the certificate status being served.");
+    for (i = 0; i < OA_ARRAY_SIZE(statuses); i++)
+        rc |= oa_buf_printf(out, "ocsp_agent_cert_status{status=\"%s\"} %d\n", oa_cert_status_name(statuses[i]),
+                            statuses[i] == current);
+
+    rc |= metric_header(out, "ocsp_agent_state", "gauge", "1 for the querying engine's current state.");
+    for (i = 0; i < OA_ARRAY_SIZE(states); i++)
+        rc |= oa_buf_printf(out, "ocsp_agent_state{state=\"%s\"} %d\n", oa_sched_state_name(states[i]),
+                            states[i] == s->state);
+
+    rc |= metric_header(out, "ocsp_agent_consecutive_failures", "gauge",
+                        "Scheduled attempts that failed since the last valid answer.");
+    rc |= oa_buf_printf(out, "ocsp_agent_consecutive_failures %d\n", s->consecutive_failures);
+    return rc != 0 ? UV_ENOMEM : 0;
+}
+
+void oa_sched_close(oa_sched_t *s, void (*done)(void *arg), void *arg)
+{
+    waiter_t *w;
+
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->done = done;
+    s->done_arg = arg;
+    /* Handles first: their pending closes keep s allocated through whatever the steps below call back. */
+    uv_timer_stop(&s->timer);
+    uv_timer_stop(&s->expiry);
+    s->pending_closes += 2;
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->expiry, on_handle_closed);
+    while ((w = s->waiters) != NULL) {
+        waiter_unlink(w);
+        waiter_answer(w, OA_E_OCSP_CANCELLED, "the agent is shutting down", NULL);
+    }
+    if (s->in_flight && !s->query_cancelled) {
+        s->query_cancelled = true;
+        s->querier->cancel(s->query);
+    }
+}

@@ -17,7 +17,7 @@
 #include "oa_util.h"
 
 typedef enum oa_sched_state_e {
-    OA_STATE_DISABLED,    /* OCSP off and nothing valid cached */
+    OA_STATE_DISABLED,    /* OCSP off; a still-valid cached response keeps being served until its nextUpdate */
     OA_STATE_PENDING,     /* enabled, first answer not in yet */
     OA_STATE_VALID,       /* a verified GOOD/REVOKED response is cached and current */
     OA_STATE_RECOVERING,  /* the last query failed (or said UNKNOWN); retrying every recovery_frequency */
