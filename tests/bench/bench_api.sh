@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# API throughput and latency of ocsp-agent next to nginx serving the same bytes as a static file.
+#
+#   tests/bench/bench_api.sh [--duration SECONDS] [--connections N] [--no-build]
+#
+# --duration     seconds of each measured wrk run (default 10)
+# --connections  concurrent keep-alive connections (default 50)
+# --no-build     use build-bench/ocsp-agent as it is
+#
+# The agent is built in Release mode without sanitizers into build-bench/ and started with a users file and
+# --log-level warn. nginx runs from a private configuration in a temporary directory with one worker process (the
+# agent serves from one thread, so one nginx worker is the fair peer), access_log off, serving the exact body of
+# GET /v1/ocsp. Each target gets a short warm-up, then `wrk -t1 -cN -dDs --latency`; requests to the agent carry
+# HTTP Basic credentials (verified once, then remembered by the agent), requests to nginx carry none.
+# Everything the script starts is stopped when it ends.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+duration=10
+connections=50
+build=1
+warmup=2
+
+usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration=${2:?--duration needs seconds}; shift ;;
+    --duration=*) duration=${1#--duration=} ;;
+    --connections) connections=${2:?--connections needs a number}; shift ;;
+    --connections=*) connections=${1#--connections=} ;;
+    --no-build) build=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench_api.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+for v in "$duration" "$connections"; do
+  if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then echo "bench_api.sh: expected a positive integer, got '$v'" >&2; exit 2; fi
+done
+for tool in wrk nginx curl jq openssl; do
+  command -v "$tool" >/dev/null || { echo "bench_api.sh: $tool is missing (run scripts/setup.sh)" >&2; exit 1; }
+done
+
+bin=$root/build-bench/ocsp-agent
+if [ "$build" = 1 ]; then
+  echo "building $root/build-bench (Release, no sanitizers)"
+  cmake -S "$root" -B "$root/build-bench" -DCMAKE_BUILD_TYPE=Release -DOA_SANITIZE=OFF -DOA_TESTS=OFF >/dev/null
+  cmake --build "$root/build-bench" -j"$(nproc)" --target ocsp-agent >/dev/null
+fi
+[ -x "$bin" ] || { echo "bench_api.sh: $bin is missing: run without --no-build" >&2; exit 1; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/oa-bench.XXXXXX")
+pids=()
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+    port_open "$p" || { echo "$p"; return 0; }
+  done
+  return 1
+}
+wait_port() { # PORT PID
+  for _ in $(seq 1 100); do
+    port_open "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# With two or more CPUs the server gets CPU 0 and wrk CPU 1, so the two never compete for one core.
+server_cpu=()
+client_cpu=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  server_cpu=(taskset -c 0)
+  client_cpu=(taskset -c 1)
+fi
+
+# --- the agent
+password=$(openssl rand -hex 16)
+hash=$(printf '%s\n' "$password" | "$bin" passwd)
+(umask 077 && jq -n --arg h "$hash" '{users: [{name: "bench@example.com", role: "admin", password: $h}]}' >"$tmp/users.json")
+mkdir -p "$tmp/data"
+agent_port=$(free_port)
+"${server_cpu[@]}" "$bin" --listen "127.0.0.1:$agent_port" --users "$tmp/users.json" --data-dir "$tmp/data" \
+  --log-level warn </dev/null >/dev/null 2>"$tmp/agent.log" &
+agent_pid=$!
+pids+=("$agent_pid")
+wait_port "$agent_port" "$agent_pid" || { echo "bench_api.sh: the agent did not start:" >&2; cat "$tmp/agent.log" >&2; exit 1; }
+auth="Authorization: Basic $(printf 'bench@example.com:%s' "$password" | base64 -w0)"
+curl -sf --max-time 10 -H "$auth" -o "$tmp/ocsp.json" "http://127.0.0.1:$agent_port/v1/ocsp" ||
+  { echo "bench_api.sh: GET /v1/ocsp on the agent failed" >&2; exit 1; }
+
+# --- nginx, serving the same body
+nginx_port=$(free_port)
+while [ "$nginx_port" = "$agent_port" ]; do nginx_port=$(free_port); done
+mkdir -p "$tmp/nginx/logs" "$tmp/nginx/temp" "$tmp/www/v1"
+cp "$tmp/ocsp.json" "$tmp/www/v1/ocsp"
+# Started by root, nginx's worker runs as an unprivileged user: it must be able to reach the public body, and only it.
+chmod 711 "$tmp"
+chmod 755 "$tmp/www" "$tmp/www/v1"
+chmod 644 "$tmp/www/v1/ocsp"
+cat >"$tmp/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $tmp/nginx/temp/body;
+    proxy_temp_path $tmp/nginx/temp/proxy;
+    fastcgi_temp_path $tmp/nginx/temp/fastcgi;
+    uwsgi_temp_path $tmp/nginx/temp/uwsgi;
+    scgi_temp_path $tmp/nginx/temp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        root $tmp/www;
+        location = /v1/ocsp { default_type application/json; }
+    }
+}
+EOF
+"${server_cpu[@]}" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/logs/error.log" \
+  </dev/null >/dev/null 2>&1 &
+nginx_pid=$!
+pids+=("$nginx_pid")
+wait_port "$nginx_port" "$nginx_pid" ||
+  { echo "bench_api.sh: nginx did not start:" >&2; cat "$tmp/nginx/logs/error.log" >&2; exit 1; }
+curl -sf --max-time 10 -o "$tmp/nginx.json" "http://127.0.0.1:$nginx_port/v1/ocsp" ||
+  { echo "bench_api.sh: GET /v1/ocsp on nginx failed" >&2; exit 1; }
+cmp -s "$tmp/ocsp.json" "$tmp/nginx.json" || { echo "bench_api.sh: nginx does not serve the same body" >&2; exit 1; }
+
+# run_wrk NAME URL [wrk args...]: a warm-up, then the measured run into $tmp/NAME.wrk.
+run_wrk() {
+  local name=$1 url=$2
+  shift 2
+  timeout $((warmup + 30)) "${client_cpu[@]}" wrk -t1 -c"$connections" -d"${warmup}s" "$@" "$url" >/dev/null
+  timeout $((duration + 60)) "${client_cpu[@]}" wrk -t1 -c"$connections" -d"${duration}s" --latency "$@" "$url" \
+    >"$tmp/$name.wrk"
+}
+
+# The p99 latency in ms, requests/s and the failed requests (socket errors + non-2xx) of a wrk report.
+wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
+wrk_p99_ms() {
+  awk '$1 == "99%" {
+      v = $2; unit = v; sub(/^[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v);
+      if (unit == "us") v /= 1000; else if (unit == "s") v *= 1000; else if (unit == "m") v *= 60000;
+      printf "%.2f", v }' "$1"
+}
+wrk_errors() {
+  awk '/Non-2xx or 3xx responses:/ {n += $NF}
+       /Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) {gsub(",", "", $i); n += $i}}
+       END {print n + 0}' "$1"
+}
+
+bytes=$(wc -c <"$tmp/ocsp.json")
+echo "GET /v1/ocsp ($bytes bytes of JSON), wrk -t1 -c$connections -d${duration}s after a ${warmup}s warm-up"
+echo "nginx: worker_processes 1 (the agent runs on one thread, so one nginx worker is the fair peer), access_log off"
+[ ${#server_cpu[@]} -eq 0 ] || echo "CPU: servers pinned to CPU 0, wrk to CPU 1"
+echo "running (about $((2 * (duration + warmup))) s)..."
+run_wrk agent "http://127.0.0.1:$agent_port/v1/ocsp" -H "$auth"
+run_wrk nginx "http://127.0.0.1:$nginx_port/v1/ocsp"
+
+a_rps=$(wrk_rps "$tmp/agent.wrk")
+n_rps=$(wrk_rps "$tmp/nginx.wrk")
+a_p99=$(wrk_p99_ms "$tmp/agent.wrk")
+n_p99=$(wrk_p99_ms "$tmp/nginx.wrk")
+a_err=$(wrk_errors "$tmp/agent.wrk")
+n_err=$(wrk_errors "$tmp/nginx.wrk")
+if [ -z "$a_rps" ] || [ -z "$n_rps" ]; then
+  echo "bench_api.sh: could not read wrk's report" >&2
+  cat "$tmp/agent.wrk" "$tmp/nginx.wrk" >&2
+  exit 1
+fi
+ratio=$(awk -v a="$a_rps" -v n="$n_rps" 'BEGIN {printf "%.2f", (n > 0 ? a / n : 0)}')
+
+echo
+printf '%-12s %14s %12s %10s\n' target "requests/s" "p99 (ms)" errors
+printf '%-12s %14s %12s %10s\n' ocsp-agent "$a_rps" "$a_p99" "$a_err"
+printf '%-12s %14s %12s %10s\n' nginx "$n_rps" "$n_p99" "$n_err"
+echo "ratio agent/nginx (requests/s): $ratio"
+if [ "$a_err" != 0 ] || [ "$n_err" != 0 ]; then
+  echo "warning: some requests failed (socket errors or non-2xx answers); the numbers above are not comparable"
+  exit 1
+fi
