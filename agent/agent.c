@@ -118,6 +118,14 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     }
     if (opts->tls_cert != NULL && oa_tls_server_ctx_new(opts->tls_cert, opts->tls_key, &a->tls, err) != 0)
         return -1;
+    /* Bind before anything is logged or created, so a taken port is one line too. Requests wait for the loop, which
+     * runs only once start-up is complete. */
+    oa_http_limits_default(&limits);
+    limits.max_connections = (unsigned)opts->max_connections;
+    if (oa_http_server_start(loop, opts->listen_host, opts->listen_port, &limits, a->tls, oa_api_handle, a,
+                             &a->server, err) != 0)
+        return -1;
+
     /* The data dir comes after every file was checked, so a bad file stops start-up before anything is created. */
     if (ensure_data_dir(opts->data_dir, err) != 0)
         return -1;
@@ -142,11 +150,6 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     if (rc != 0)
         return oa_error_set(err, OA_E_IO, "the scheduler could not start: %s", uv_strerror(rc));
 
-    oa_http_limits_default(&limits);
-    limits.max_connections = (unsigned)opts->max_connections;
-    if (oa_http_server_start(loop, opts->listen_host, opts->listen_port, &limits, a->tls, oa_api_handle, a,
-                             &a->server, err) != 0)
-        return -1;
 
     uv_signal_init(loop, &a->sigterm);
     uv_signal_init(loop, &a->sigint);
