@@ -1,11 +1,13 @@
 /*
  * The daemon's start-up, configuration changes and orderly stop.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "oa_agent.h"
 #include "oa_api.h"
@@ -24,6 +26,32 @@ static int ensure_data_dir(const char *dir, oa_error_t *err)
         return oa_error_set(err, OA_E_BAD_OPTION, "--data-dir: cannot use %s: %s", dir, strerror(errno));
     OA_LOG(OA_LOG_INFO, "data_dir_created", OA_KV_STR("path", dir));
     return 0;
+}
+
+/* A process killed in the middle of an atomic write leaves its "<name>.tmp.<pid>"; nothing else would ever remove
+ * it, so start-up does. */
+static void remove_stale_temp_files(const char *dir)
+{
+    static const char *const prefixes[] = {OA_CONF_FILE_NAME ".tmp.", "ocsp.der.tmp."};
+    struct dirent *e;
+    char *path;
+    DIR *d;
+    size_t i;
+
+    d = opendir(dir);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        for (i = 0; i < OA_ARRAY_SIZE(prefixes); i++) {
+            if (strncmp(e->d_name, prefixes[i], strlen(prefixes[i])) != 0)
+                continue;
+            path = oa_path_join(dir, e->d_name);
+            if (path != NULL && unlink(path) == 0)
+                OA_LOG(OA_LOG_INFO, "stale_temp_file_removed", OA_KV_STR("path", path));
+            free(path);
+        }
+    }
+    closedir(d);
 }
 
 /* A configuration file that cannot be read back is kept aside for the operator, never silently overwritten. */
@@ -132,6 +160,7 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     a->conf_path = oa_path_join(opts->data_dir, OA_CONF_FILE_NAME);
     if (a->conf_path == NULL)
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    remove_stale_temp_files(opts->data_dir);
 
     load_conf(a);
     if (a->conf.ocsp_functionality && a->responder_url[0] == '\0') {

@@ -5,6 +5,7 @@
 #include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "oa_api.h"
 #include "oa_log.h"
@@ -25,12 +26,12 @@ typedef struct route_s {
 } route_t;
 
 static const route_t routes[] = {
-    {"/v1/ocsp", "GET, PUT", 1,
+    {"/v1/ocsp", "GET, HEAD, PUT", 1,
      {{HTTP_GET, OA_PERM_VIEW_OCSP_CONFIG, oa_api_ocsp_config_get},
       {HTTP_PUT, OA_PERM_CONFIG_OCSP, oa_api_ocsp_config_put}}},
-    {"/v1/ocsp/status", "GET", 1, {{HTTP_GET, OA_PERM_VIEW_OCSP_STATUS, oa_api_ocsp_status_get}}},
+    {"/v1/ocsp/status", "GET, HEAD", 1, {{HTTP_GET, OA_PERM_VIEW_OCSP_STATUS, oa_api_ocsp_status_get}}},
     {"/v1/ocsp/test", "POST", 1, {{HTTP_POST, OA_PERM_TEST_OCSP_STATUS, oa_api_ocsp_test_post}}},
-    {"/metrics", "GET", 0, {{HTTP_GET, OA_PERM_VIEW_OCSP_STATUS, oa_api_metrics_get}}},
+    {"/metrics", "GET, HEAD", 0, {{HTTP_GET, OA_PERM_VIEW_OCSP_STATUS, oa_api_metrics_get}}},
 };
 
 void oa_api_respond_json(oa_http_request_t *req, int status, const json_t *body)
@@ -55,9 +56,27 @@ static const route_t *route_find(const char *path)
     return NULL;
 }
 
+/* The path of an origin-form target, or of an absolute-form one ("http://host:port/v1/ocsp"), which servers must
+ * accept too (RFC 9112, section 3.2.2). */
+static const char *target_path(const char *target)
+{
+    const char *p = NULL;
+
+    if (strncasecmp(target, "http://", 7) == 0)
+        p = target + 7;
+    else if (strncasecmp(target, "https://", 8) == 0)
+        p = target + 8;
+    if (p == NULL)
+        return target;
+    p = strchr(p, '/');
+    return p != NULL ? p : "/";
+}
+
 static void dispatch(oa_http_request_t *req, oa_agent_t *agent, const oa_user_t *user)
 {
-    const route_t *route = route_find(req->path);
+    const route_t *route = route_find(target_path(req->path));
+    /* HEAD is GET without a body; the server leaves the body out. */
+    int method = req->method == HTTP_HEAD ? HTTP_GET : req->method;
     const route_method_t *m = NULL;
     oa_api_call_t call = {.req = req, .agent = agent, .user = user};
     char allow[64];
@@ -71,7 +90,7 @@ static void dispatch(oa_http_request_t *req, oa_agent_t *agent, const oa_user_t 
         return;
     }
     for (i = 0; i < OA_ARRAY_SIZE(route->methods); i++)
-        if (route->methods[i].fn != NULL && route->methods[i].method == req->method)
+        if (route->methods[i].fn != NULL && route->methods[i].method == method)
             m = &route->methods[i];
     if (m == NULL) {
         snprintf(allow, sizeof(allow), "Allow: %s\r\n", route->allow);

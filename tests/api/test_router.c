@@ -196,6 +196,22 @@ static void test_get_defaults(void **state)
     json_decref(r.json);
 }
 
+static void test_head_and_absolute_form(void **state)
+{
+    reply_t r;
+
+    request(*state, "HEAD", "/v1/ocsp", ADMIN_AUTH, NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.headers, "Content-Length: "));
+    assert_null(r.json); /* no body */
+    request(*state, "GET", "http://localhost/v1/ocsp", ADMIN_AUTH, NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "query_frequency")), 3600);
+    json_decref(r.json);
+    request(*state, "GET", "http://localhost/v1/nothing", ADMIN_AUTH, NULL, NULL, &r);
+    assert_error(&r, 404, "not_found");
+}
+
 static void test_auth_and_roles(void **state)
 {
     reply_t r;
@@ -224,7 +240,7 @@ static void test_routing_errors(void **state)
     request(*state, "GET", "/v1/ocsp/", ADMIN_AUTH, NULL, NULL, &r);
     assert_error(&r, 404, "not_found");
     request(*state, "DELETE", "/v1/ocsp", ADMIN_AUTH, NULL, NULL, &r);
-    assert_non_null(strstr(r.headers, "Allow: GET, PUT"));
+    assert_non_null(strstr(r.headers, "Allow: GET, HEAD, PUT"));
     assert_error(&r, 405, "method_not_allowed");
     request(*state, "GET", "/v1/ocsp/test", ADMIN_AUTH, NULL, NULL, &r);
     assert_non_null(strstr(r.headers, "Allow: POST"));
@@ -292,6 +308,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_get_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_head_and_absolute_form, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth_and_roles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_routing_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_updates_and_persists, setup, teardown),
