@@ -672,6 +672,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     int rc;
 
     if (nread < 0) {
+        /* A client that half-closes right after its request (printf ... | nc -N) still reads the answer: with a
+         * request at the handler, finish it, then close. */
+        if (nread == UV_EOF && c->awaiting && !c->closing) {
+            c->no_more = 1;
+            conn_update_reading(c);
+            return;
+        }
         conn_close(c);
         return;
     }
