@@ -22,7 +22,7 @@ OA_SOURCE_DIR=${OA_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pw
 OA_TEST_DATA=${OA_TEST_DATA:-$OA_SOURCE_DIR/tests/data}
 OA_START_TIMEOUT=${OA_START_TIMEOUT:-10}
 OA_STOP_TIMEOUT=${OA_STOP_TIMEOUT:-40} # LeakSanitizer's exit scan can take many seconds on a loaded machine
-OA_CURL_TIMEOUT=${OA_CURL_TIMEOUT:-10}
+OA_CURL_TIMEOUT=${OA_CURL_TIMEOUT:-30}
 export LC_ALL=C
 
 T_NAME=$(basename "$0" .sh)
