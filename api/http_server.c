@@ -4,6 +4,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http_internal.h"
 #include "oa_error.h"
 #include "oa_http.h"
 #include "oa_log.h"
@@ -1024,6 +1025,58 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     conn_set_phase(c, PHASE_IDLE);
     conn_update_reading(c);
+}
+
+/* The same set-up as on_connection, for a socket that did not come from the listener: fuzz targets and tests
+ * drive the real connection code through a socketpair this way. Keep the two in step. */
+int oa_http_server_adopt(oa_http_server_t *s, uv_os_sock_t fd)
+{
+    conn_t *c;
+    int rc;
+
+    if (s->stopping)
+        return UV_ECANCELED;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return UV_ENOMEM;
+    c->srv = s;
+    c->cur_hdr = -1;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    rc = uv_tcp_open(&c->tcp, fd);
+    if (rc != 0) {
+        /* The handle holds no descriptor, so closing it leaves fd to the caller. */
+        conn_close(c);
+        return rc;
+    }
+    if (s->nopen >= s->limits.max_connections) {
+        OA_LOG(OA_LOG_DEBUG, "http_connection_refused", OA_KV_INT("open", s->nopen));
+        conn_close(c);
+        return 0;
+    }
+    c->counted = 1;
+    s->nopen++;
+    peer_name(c);
+    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    c->parser.data = c;
+    if (s->tls != NULL) {
+        if (oa_tls_session_init(&c->tls, s->tls) != 0) {
+            conn_close(c);
+            return 0;
+        }
+        c->has_tls = 1;
+    }
+    uv_tcp_nodelay(&c->tcp, 1); /* fails harmlessly on a socket that is not TCP */
+    conn_set_phase(c, PHASE_IDLE);
+    conn_update_reading(c);
+    return 0;
 }
 
 /* ---- server ---- */

@@ -43,6 +43,12 @@ if step "build (ASan+UBSan)" bash scripts/build.sh --sanitize --dir build-asan; 
   step "ctest build-asan/" ctest --test-dir build-asan --output-on-failure -j"$jobs" || true
 fi
 
+# libFuzzer targets, briefly (clang); OA_FUZZ_SECONDS=0 skips them.
+fuzz_seconds=${OA_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" != 0 ]; then
+  step "fuzz (${fuzz_seconds}s per target)" bash scripts/fuzz.sh --seconds "$fuzz_seconds" || true
+fi
+
 echo
 for r in "${results[@]}"; do echo "  $r"; done
 elapsed=$((SECONDS - start))

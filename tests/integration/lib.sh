@@ -266,7 +266,11 @@ start_agent() {
     T_AGENT_RUNS=$((T_AGENT_RUNS + 1))
     AGENT_LOG="$T_DIR/agent-$T_AGENT_RUNS.log"
     AGENT_URL="$scheme://127.0.0.1:$AGENT_PORT"
-    "$OA_AGENT_BIN" "${args[@]}" </dev/null >"$AGENT_LOG.stdout" 2>"$AGENT_LOG" &
+    # OA_AGENT_WRAPPER runs the agent under another program, e.g. valgrind (scripts/valgrind.sh): its words are
+    # put before the binary. The wrapper must keep the agent's PID, signals and exit status (valgrind does).
+    local wrapper=()
+    [ -z "${OA_AGENT_WRAPPER:-}" ] || read -r -a wrapper <<<"$OA_AGENT_WRAPPER"
+    "${wrapper[@]}" "$OA_AGENT_BIN" "${args[@]}" </dev/null >"$AGENT_LOG.stdout" 2>"$AGENT_LOG" &
     AGENT_PID=$!
     T_PIDS+=("$AGENT_PID")
     if wait_port "$AGENT_PORT" "$AGENT_PID" "$OA_START_TIMEOUT"; then
