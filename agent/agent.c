@@ -11,6 +11,7 @@
 
 #include "oa_agent.h"
 #include "oa_api.h"
+#include "oa_cluster.h"
 #include "oa_log.h"
 
 static int ensure_data_dir(const char *dir, oa_error_t *err)
@@ -85,6 +86,89 @@ static void load_conf(oa_agent_t *a)
     free(aside);
 }
 
+/* ---- cluster mode: the hooks between the store and the daemon ---- */
+
+/* A configuration from the cluster is in force here whether or not the local cache could be written: the store,
+ * not the file, is where it lives. */
+static void on_cluster_conf(void *data, const oa_conf_t *conf, unsigned changed, const char *user, const char *from)
+{
+    oa_agent_t *a = data;
+    oa_error_t err;
+    char keys[160];
+
+    if (changed == 0)
+        return;
+    if (oa_agent_conf_update(a, conf, changed, user != NULL ? user : "cluster", &err) == 0) {
+        if (user == NULL)
+            OA_LOG(OA_LOG_INFO, "cluster_conf_received", OA_KV_STR("from", from));
+        return;
+    }
+    a->conf = *conf;
+    if (oa_api_ocsp_config_refresh(a) != 0)
+        oa_buf_reset(&a->conf_body);
+    oa_conf_changed_names(changed, keys, sizeof(keys));
+    OA_LOG(OA_LOG_WARN, "config_changed", OA_KV_STR("user", user != NULL ? user : "cluster"), OA_KV_STR("keys", keys),
+           OA_KV_STR("note", "in force, but the local cache could not be written"));
+    oa_sched_apply_conf(a->sched, &a->conf);
+}
+
+static void on_cluster_status(void *data, const unsigned char *der, size_t len, int64_t at_ms, const char *from)
+{
+    oa_agent_t *a = data;
+    oa_error_t err;
+    int rc;
+
+    if (a->sched == NULL)
+        return;
+    rc = oa_sched_apply_remote(a->sched, der, len, at_ms, &err);
+    if (rc == 0)
+        OA_LOG(OA_LOG_INFO, "cluster_status_applied", OA_KV_STR("from", from),
+               OA_KV_STR("state", oa_sched_state_name(oa_sched_state(a->sched))));
+    else if (rc < 0)
+        OA_LOG(OA_LOG_WARN, "cluster_status_rejected", OA_KV_STR("from", from),
+               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
+}
+
+static void on_cluster_role(void *data, bool poller)
+{
+    oa_agent_t *a = data;
+
+    if (a->sched != NULL)
+        oa_sched_set_follower(a->sched, !poller);
+}
+
+static void on_sched_result(void *data, const oa_ocsp_result_t *res)
+{
+    oa_agent_t *a = data;
+
+    if (a->cluster != NULL)
+        oa_cluster_publish_result(a->cluster, res);
+}
+
+static int start_cluster(oa_agent_t *a, oa_error_t *err)
+{
+    const oa_options_t *o = a->opts;
+    oa_cluster_options_t co;
+    char api[128];
+
+    snprintf(api, sizeof(api), "%s://%s", a->tls != NULL ? "https" : "http", o->listen);
+    memset(&co, 0, sizeof(co));
+    co.url = o->cluster_url;
+    co.password = o->cluster_password;
+    co.node_id = o->node_id;
+    co.api_address = api;
+    co.capabilities = o->capabilities;
+    co.data_dir = o->data_dir;
+    co.hooks.conf = on_cluster_conf;
+    co.hooks.status = on_cluster_status;
+    co.hooks.role = on_cluster_role;
+    co.hooks.data = a;
+    /* Every node starts as a follower; the lease decides who queries. */
+    oa_sched_set_follower(a->sched, true);
+    oa_sched_set_result_hook(a->sched, on_sched_result, a);
+    return oa_cluster_new(a->loop, &co, &a->conf, &a->cluster, err);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     oa_agent_t *a = h->data;
@@ -126,6 +210,15 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     a->responder_url = "";
     oa_buf_init(&a->conf_body);
     oa_conf_defaults(&a->conf);
+
+    /* Signals first: once the port is open, SIGTERM must mean an orderly stop, even during the rest of start-up
+     * (the handlers run when the loop does). */
+    uv_signal_init(loop, &a->sigterm);
+    uv_signal_init(loop, &a->sigint);
+    a->sigterm.data = a;
+    a->sigint.data = a;
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
 
     if (opts->responder_url != NULL && opts->cert == NULL)
         return oa_error_set(err, OA_E_BAD_OPTION, "--responder-url: needs --cert, the certificate to ask about");
@@ -178,14 +271,8 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     rc = oa_sched_new(loop, &so, &a->sched);
     if (rc != 0)
         return oa_error_set(err, OA_E_IO, "the scheduler could not start: %s", uv_strerror(rc));
-
-
-    uv_signal_init(loop, &a->sigterm);
-    uv_signal_init(loop, &a->sigint);
-    a->sigterm.data = a;
-    a->sigint.data = a;
-    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a->sigint, on_signal, SIGINT);
+    if (opts->cluster_url != NULL && start_cluster(a, err) != 0)
+        return -1;
 
     log_started(a);
     oa_sched_apply_conf(a->sched, &a->conf);
@@ -214,6 +301,12 @@ void oa_agent_stop(oa_agent_t *a)
         a->pending_closes++;
         oa_sched_close(a->sched, on_part_closed, a);
         a->sched = NULL;
+    }
+    /* Then the cluster, which answers PUTs still waiting for the store. */
+    if (a->cluster != NULL) {
+        a->pending_closes++;
+        oa_cluster_close(a->cluster, on_part_closed, a);
+        a->cluster = NULL;
     }
     if (a->server != NULL) {
         a->pending_closes++;
@@ -269,7 +362,8 @@ int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed,
 
 int oa_agent_capability_check(oa_agent_t *a, oa_error_t *err)
 {
-    (void)a;
-    (void)err;
-    return 0; /* A single node supports what it runs. */
+    /* A single node supports what it runs; a cluster answers from the view its heartbeat keeps. */
+    if (a->cluster == NULL)
+        return 0;
+    return oa_cluster_capability_check(a->cluster, err);
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "oa_cluster.h"
 #include "oa_options.h"
 #include "oa_util.h"
 
@@ -37,7 +38,9 @@ typedef enum kind_e {
     K_LISTEN,  /* ADDR:PORT */
     K_URL,     /* an http:// URL */
     K_NODE_ID, /* printable, bounded */
-    K_FLAG,    /* no value on the command line, a boolean in the file */
+    K_FLAG,    /* no value on the command line, a boolean in the file; the field is a bool */
+    K_CLUSTER_URL, /* redis://HOST:PORT[/DB] */
+    K_CAPS,    /* a comma-separated list of names, possibly empty */
     K_LOG_FORMAT,
     K_LOG_LEVEL,
     K_TIME_SCALE,
@@ -70,6 +73,10 @@ static const optdef_t optdefs[] = {
     {"log-level", K_LOG_LEVEL, FIELD(log_level), 1},
     {"time-scale", K_TIME_SCALE, FIELD(time_scale), 1},
     {"max-connections", K_MAX_CONNECTIONS, FIELD(max_connections), 1},
+    {"cluster", K_CLUSTER_URL, FIELD(cluster_url), 1},
+    {"cluster-password", K_STRING, FIELD(cluster_password), 1},
+    {"cluster-tls", K_FLAG, FIELD(cluster_tls), 1},
+    {"capabilities", K_CAPS, FIELD(capabilities), 1},
     {"help", K_COMMAND, OA_CMD_HELP, 0},
     {"version", K_COMMAND, OA_CMD_VERSION, 0},
 };
@@ -109,6 +116,11 @@ static const char usage[] =
     "  --log-level LEVEL       debug, info, warn or error (default info)\n"
     "  --time-scale F          multiplies the query and recovery intervals, 0.0001 to 1000 (default 1)\n"
     "  --max-connections N     concurrent API connections, 1 to 65536 (default 1024)\n"
+    "  --cluster URL           share configuration and status with other nodes through Redis,\n"
+    "                          redis://HOST:PORT[/DB] (default: a single node)\n"
+    "  --cluster-password P    the Redis AUTH password\n"
+    "  --cluster-tls           TLS to Redis: not available in this build (hiredis without TLS)\n"
+    "  --capabilities LIST     capabilities this node advertises, comma-separated (default ocsp)\n"
     "  --version               print the version and exit\n"
     "  --help                  print this text and exit\n";
 
@@ -184,6 +196,12 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
     double v;
 
     snprintf(shown, sizeof(shown), "\"%.64s\"", s);
+    if (d->kind == K_CAPS) {
+        /* Empty is meaningful here: a node that advertises nothing, as an older one would. */
+        if (oa_cluster_caps_valid(s) != 0)
+            return value_error(c, d, "expected names of a-z, 0-9, _ and - separated by commas, got %s", shown);
+        return set_string(c, d, s);
+    }
     if (s[0] == '\0')
         return value_error(c, d, "expected a value, got an empty string");
 
@@ -225,6 +243,16 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
         }
         n = strtoll(s, NULL, 10);
         return set_max_connections(c, d, n, shown);
+    case K_CLUSTER_URL: {
+        char rhost[OA_CLUSTER_HOST_MAX];
+        int rport, rdb;
+        oa_error_t uerr;
+
+        if (oa_cluster_url_parse(s, rhost, &rport, &rdb, &uerr) != 0)
+            return value_error(c, d, "%s", strncmp(uerr.text, "--cluster: ", 11) == 0 ? uerr.text + 11 : uerr.text);
+        return set_string(c, d, s);
+    }
+    case K_CAPS:
     case K_FLAG:
     case K_COMMAND:
         break;
@@ -241,7 +269,7 @@ static int apply_json(ctx_t *c, const optdef_t *d, json_t *v)
     case K_FLAG:
         if (!json_is_boolean(v))
             return value_error(c, d, "expected true or false");
-        c->o->no_auth = json_is_true(v);
+        *(bool *)((char *)c->o + d->offset) = json_is_true(v);
         return 0;
     case K_TIME_SCALE:
         if (!json_is_number(v))
@@ -387,6 +415,17 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
     /* Both at once would leave it unclear whether the users file is meant to protect the API. */
     if (o->no_auth && o->users_file != NULL)
         return oa_error_set(err, OA_E_BAD_OPTION, "--no-auth: cannot be combined with --users");
+    if (o->cluster_url == NULL) {
+        if (o->cluster_password != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-password: needs --cluster");
+        if (o->cluster_tls)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-tls: needs --cluster");
+        if (o->capabilities != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--capabilities: needs --cluster");
+    }
+    if (o->cluster_tls)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-tls: not supported: this build's hiredis (0.14.1, as "
+                            "in Debian 12) has no TLS; reach the store over a TLS tunnel instead");
     if (o->command == OA_CMD_RUN && o->users_file == NULL && !o->no_auth)
         return oa_error_set(err, OA_E_BAD_OPTION, "--users: required (or --no-auth on a loopback address)");
     return 0;
@@ -466,7 +505,7 @@ int oa_options_parse(int argc, char **argv, oa_options_t *o, oa_error_t *err)
             continue;
         c.given[k] = 1;
         if (optdefs[k].kind == K_FLAG)
-            o->no_auth = true;
+            *(bool *)((char *)o + optdefs[k].offset) = true;
         else if (apply_text(&c, &optdefs[k], cli[k]) != 0)
             return -1;
     }
@@ -492,6 +531,9 @@ void oa_options_free(oa_options_t *o)
     free(o->responder_url);
     free(o->data_dir);
     free(o->node_id);
+    free(o->cluster_url);
+    free(o->cluster_password);
+    free(o->capabilities);
     memset(o, 0, sizeof(*o));
 }
 

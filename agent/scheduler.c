@@ -115,6 +115,11 @@ struct oa_sched_s {
     uint64_t count_unknown;
     uint64_t count_err[OA_ERRCODE_COUNT];
 
+    /* Cluster mode. */
+    bool follower;
+    oa_sched_result_hook result_hook;
+    void *result_hook_data;
+
     uv_timer_t timer;  /* the next query */
     uv_timer_t expiry; /* the cached response's nextUpdate */
     waiter_t *waiters;
@@ -376,7 +381,7 @@ static void rearm(oa_sched_t *s)
 
     uv_timer_stop(&s->timer);
     s->timer_armed = false;
-    if (!s->enabled || s->closing)
+    if (!s->enabled || s->closing || s->follower)
         return;
     /* A regular query in flight re-arms the timer when it completes. */
     if (s->in_flight && s->query_regular && !s->query_cancelled)
@@ -518,6 +523,8 @@ static void apply_success(oa_sched_t *s, const oa_ocsp_result_t *res)
     }
     arm_expiry(s);
 
+    if (s->result_hook != NULL)
+        s->result_hook(s->result_hook_data, res);
     if (res->cert_status == OA_CERT_REVOKED)
         OA_LOG(OA_LOG_ERROR, "ocsp_status_revoked", OA_KV_STR("serial", s->target != NULL ? s->target->serial_hex : ""),
                OA_KV_STR("subject", s->target != NULL ? s->target->subject : ""),
@@ -726,6 +733,8 @@ static void on_timer(uv_timer_t *t)
     oa_sched_t *s = oa_container_of(t, oa_sched_t, timer);
 
     s->timer_armed = false;
+    if (s->follower)
+        return;
     if (s->in_flight) {
         if (s->query_cancelled) {
             /* The cancelled query has not come back yet: query as soon as it has. */
@@ -849,6 +858,80 @@ int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *er
     uv_timer_start(&w->safety, on_waiter_timeout, (uint64_t)s->conf.response_timeout * 1000 + TEST_SAFETY_MARGIN_MS,
                    0);
     waiter_link(s, w);
+    return 0;
+}
+
+void oa_sched_set_result_hook(oa_sched_t *s, oa_sched_result_hook hook, void *data)
+{
+    s->result_hook = hook;
+    s->result_hook_data = data;
+}
+
+void oa_sched_set_follower(oa_sched_t *s, bool follower)
+{
+    if (s->follower == follower || s->closing)
+        return;
+    s->follower = follower;
+    rearm(s);
+}
+
+int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err)
+{
+    oa_ocsp_result_t res;
+    time_t now = time(NULL);
+    int64_t age_ms;
+    uint64_t mono = uv_now(s->loop), mid;
+
+    if (s->closing)
+        return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
+    if (s->target == NULL)
+        return oa_error_set(err, OA_E_NO_RESPONDER_URL, "this node watches no certificate");
+    if (s->have_cache && s->cache.der_len == len && memcmp(s->cache.der, der, len) == 0)
+        return 1;
+    memset(&res, 0, sizeof(res));
+    if (oa_ocsp_verify(s->target, der, len, NULL, now, &res, err) != 0)
+        return -1;
+    if (res.cert_status == OA_CERT_UNKNOWN || (res.next_update != 0 && res.next_update <= now)) {
+        oa_ocsp_result_clear(&res);
+        return oa_error_set(err, OA_E_OCSP_EXPIRED, "the shared response says UNKNOWN or is past its nextUpdate");
+    }
+    oa_ocsp_result_clear(&s->cache);
+    s->cache = res;
+    s->have_cache = true;
+    write_staple(s);
+    /* The schedule runs from when the poller asked, so a takeover keeps the cluster's cadence. */
+    age_ms = oa_time_now_ms() - at_ms;
+    if (age_ms < 0)
+        age_ms = 0;
+    s->have_anchor = true;
+    s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
+    s->last_success = (time_t)(at_ms / 1000);
+    s->last_attempt = s->last_success;
+    s->due_now = false;
+    s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
+    s->recovering = false;
+    s->exhausted = false;
+    s->recovery_tries = 0;
+    s->consecutive_failures = 0;
+    s->mid_due = 0;
+    if (s->cache.next_update != 0) {
+        int64_t remaining_ms = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
+
+        mid = mono + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
+        s->mid_due = mid > s->anchor_mono + MIDPOINT_FLOOR_MS ? mid : s->anchor_mono + MIDPOINT_FLOOR_MS;
+    }
+    arm_expiry(s);
+    rearm(s);
+    if (s->cache.cert_status == OA_CERT_REVOKED) {
+        char rt[OA_RFC1123_LEN];
+
+        OA_LOG(OA_LOG_ERROR, "ocsp_status_revoked", OA_KV_STR("serial", s->target->serial_hex),
+               OA_KV_STR("subject", s->target->subject),
+               OA_KV_STR("revocation_time", oa_time_rfc1123(s->cache.revocation_time, rt)),
+               OA_KV_STR("reason", s->cache.revocation_reason >= 0 ? OCSP_crl_reason_str(s->cache.revocation_reason)
+                                                                   : ""),
+               OA_KV_STR("responder", responder_of(s)), OA_KV_STR("source", "cluster"));
+    }
     return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "oa_api.h"
+#include "oa_cluster.h"
 #include "oa_log.h"
 
 int oa_api_ocsp_config_refresh(oa_agent_t *agent)
@@ -57,6 +58,44 @@ static int content_type_is_json(const char *ct)
     return *ct == '\0' || *ct == ';';
 }
 
+/* In cluster mode the answer waits for the store: an acknowledged change is one the store holds. */
+static void on_cluster_put_done(void *data, const oa_error_t *err)
+{
+    oa_http_request_t *req = data;
+    oa_agent_t *agent = req->data;
+
+    if (err != NULL) {
+        OA_LOG(OA_LOG_WARN, "config_rejected", OA_KV_STR("error_code", oa_errcode_name(err->code)),
+               OA_KV_STR("reason", err->text));
+        oa_http_respond_error(req, 0, err->code, err->text, NULL);
+        return;
+    }
+    if (agent->conf_body.len == 0 && oa_api_ocsp_config_refresh(agent) != 0) {
+        oa_http_respond_error(req, 0, OA_E_NOMEM, "Out of memory.", NULL);
+        return;
+    }
+    oa_http_respond(req, 200, NULL, agent->conf_body.data, agent->conf_body.len);
+}
+
+static void put_to_cluster(const oa_api_call_t *call)
+{
+    oa_agent_t *agent = call->agent;
+    oa_http_request_t *req = call->req;
+    oa_error_t err;
+    int rc;
+
+    req->data = agent;
+    rc = oa_cluster_conf_put(agent->cluster, req->body, req->body_len, agent->responder_url, call->user->name,
+                             on_cluster_put_done, req, &err);
+    if (rc == 1) {
+        oa_api_ocsp_config_get(call);
+    } else if (rc < 0) {
+        OA_LOG(OA_LOG_WARN, "config_rejected", OA_KV_STR("user", call->user->name),
+               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
+        oa_http_respond_error(req, 0, err.code, err.text, NULL);
+    }
+}
+
 void oa_api_ocsp_config_put(const oa_api_call_t *call)
 {
     oa_agent_t *agent = call->agent;
@@ -74,6 +113,10 @@ void oa_api_ocsp_config_put(const oa_api_call_t *call)
         OA_LOG(OA_LOG_INFO, "config_rejected", OA_KV_STR("user", call->user->name),
                OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
         oa_http_respond_error(req, 0, err.code, err.text, NULL);
+        return;
+    }
+    if (agent->cluster != NULL && changed != 0) {
+        put_to_cluster(call);
         return;
     }
     if (oa_agent_conf_update(agent, &next, changed, call->user->name, &err) != 0) {

@@ -30,6 +30,7 @@ typedef struct oa_agent_s {
     oa_sched_t *sched;
     SSL_CTX *tls;                 /* NULL for plain HTTP */
     oa_http_server_t *server;
+    struct oa_cluster_s *cluster; /* NULL without --cluster */
     oa_buf_t conf_body;           /* GET /v1/ocsp's body, rebuilt on every change */
     uv_signal_t sigterm;
     uv_signal_t sigint;

@@ -4,7 +4,7 @@
  *   ocsp-agent [--config FILE] [--listen ADDR:PORT] [--tls-cert PEM --tls-key PEM] [--users FILE] [--no-auth]
  *              [--cert PEM] [--issuer PEM] [--responder-url URL] [--data-dir DIR] [--node-id NAME]
  *              [--log-format text|json] [--log-level debug|info|warn|error] [--time-scale F]
- *              [--max-connections N]
+ *              [--max-connections N] [--cluster redis://HOST:PORT[/DB] [--cluster-password P] [--capabilities LIST]]
  *   ocsp-agent passwd
  *   ocsp-agent --version | --help
  *
@@ -41,6 +41,12 @@ typedef struct oa_options_s {
     oa_log_level_t log_level;   /* default info */
     double time_scale;   /* default 1; accepted range 0.0001..1000 */
     int max_connections; /* default 1024; accepted range 1..65536 */
+
+    /* Cluster mode (oa_cluster.h); all unset without --cluster. */
+    char *cluster_url;      /* redis://HOST:PORT[/DB] */
+    char *cluster_password; /* AUTH password of the store */
+    bool cluster_tls;       /* refused: Debian 12's hiredis 0.14.1 has no TLS */
+    char *capabilities;     /* advertised capabilities, comma-separated, may be ""; NULL means "ocsp" */
 
     /* listen split into its parts (filled by oa_options_parse). */
     char listen_host[64]; /* "127.0.0.1" or "::1" (no brackets) */

@@ -9,6 +9,8 @@
 #define OA_SCHED_H
 
 #include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "oa_conf.h"
@@ -75,6 +77,26 @@ int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out);
 
 /* Current state, for tests and logs. */
 oa_sched_state_t oa_sched_state(const oa_sched_t *s);
+
+/* ---- Cluster mode (oa_cluster.h): one node queries, the others follow. ---- */
+
+/* Fires after every valid GOOD/REVOKED answer this scheduler put in its cache (a scheduled query, or a test while
+ * enabled), never for one applied with oa_sched_apply_remote. res is borrowed for the call. */
+typedef void (*oa_sched_result_hook)(void *data, const oa_ocsp_result_t *res);
+void oa_sched_set_result_hook(oa_sched_t *s, oa_sched_result_hook hook, void *data);
+
+/* A follower never starts a scheduled query (tests still run); a poller, the default, schedules as described
+ * above. Switching to poller schedules the next query from the last answer, local or remote: at once when it is
+ * already due. A regular query in flight when switching to follower completes normally. */
+void oa_sched_set_follower(oa_sched_t *s, bool follower);
+
+/*
+ * Puts a response obtained by another node (at at_ms, wall clock) in the cache: verifies it (oa_ocsp_verify,
+ * without a nonce), refuses UNKNOWN and expired ones, writes the staple file, and anchors the schedule on at_ms so
+ * that a follower which becomes the poller continues the same cadence. Returns 0 when applied, 1 when it is the
+ * response already cached, or -1 with err filled (nothing changes).
+ */
+int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err);
 
 /* Cancels everything, answers pending tests with OA_E_OCSP_CANCELLED, closes the timers; done fires once all is
  * closed and s is freed. */

@@ -547,12 +547,66 @@ static void test_usage(void **state)
     }
 }
 
+/* Cluster mode's options: parsed values, an empty capability list, and the refusals, each one exact sentence. */
+static void test_cluster_options(void **state)
+{
+    static const struct {
+        const char *args[10];
+        const char *text; /* NULL: accepted */
+    } cases[] = {
+        {{"--users", "u", "--cluster", "redis://127.0.0.1:6380/2", "--cluster-password", "pw", "--capabilities", "",
+          NULL},
+         NULL},
+        {{"--users", "u", "--cluster", "redis://127.0.0.1:6380/2", "--capabilities=ocsp,x", NULL}, NULL},
+        {{"--users", "u", "--cluster", "http://h", NULL},
+         "--cluster: expected redis://HOST:PORT[/DB], got \"http://h\""},
+        {{"--users", "u", "--cluster", "redis://h:6379/99", NULL},
+         "--cluster: expected a database number from 0 to 15 in \"redis://h:6379/99\""},
+        {{"--users", "u", "--cluster", "redis://h", "--capabilities", "OCSP", NULL},
+         "--capabilities: expected names of a-z, 0-9, _ and - separated by commas, got \"OCSP\""},
+        {{"--users", "u", "--capabilities", "ocsp", NULL}, "--capabilities: needs --cluster"},
+        {{"--users", "u", "--cluster-password", "pw", NULL}, "--cluster-password: needs --cluster"},
+        {{"--users", "u", "--cluster-tls", NULL}, "--cluster-tls: needs --cluster"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", NULL},
+         "--cluster-tls: not supported: this build's hiredis (0.14.1, as in Debian 12) has no TLS; reach the store "
+         "over a TLS tunnel instead"},
+    };
+    oa_options_t o;
+    oa_error_t err;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        int rc = parse(cases[i].args, &o, &err);
+
+        if (cases[i].text == NULL) {
+            if (rc != 0)
+                fail_msg("case %zu: %s", i, err.text);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_int_equal(err.code, OA_E_BAD_OPTION);
+            assert_string_equal(err.text, cases[i].text);
+        }
+        if (i == 0) {
+            assert_string_equal(o.cluster_url, "redis://127.0.0.1:6380/2");
+            assert_string_equal(o.cluster_password, "pw");
+            assert_string_equal(o.capabilities, "");
+            assert_false(o.cluster_tls);
+        } else if (i == 1) {
+            assert_string_equal(o.capabilities, "ocsp,x");
+            assert_null(o.cluster_password);
+        }
+        oa_options_free(&o);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_command_lines), cmocka_unit_test(test_bad_command_lines),
         cmocka_unit_test(test_config_not_json),    cmocka_unit_test(test_split_listen),
         cmocka_unit_test(test_is_loopback),        cmocka_unit_test(test_usage),
+        cmocka_unit_test(test_cluster_options),
     };
     const char *data = getenv("OA_TEST_DATA");
 

@@ -169,7 +169,7 @@ for mp in "DELETE /v1/ocsp" "POST /v1/ocsp" "PATCH /v1/ocsp"; do
 done
 req PUT /v1/ocsp/status -H 'Content-Type: application/json' --data-binary '{}'
 assert_error "PUT /v1/ocsp/status" 405 method_not_allowed
-assert_eq "PUT /v1/ocsp/status: Allow: GET" GET "$(header_value Allow)"
+assert_eq "PUT /v1/ocsp/status: Allow: GET, HEAD" "GET, HEAD" "$(header_value Allow)"
 req GET /v1/ocsp/test
 assert_error "GET /v1/ocsp/test" 405 method_not_allowed
 assert_eq "GET /v1/ocsp/test: Allow: POST" POST "$(header_value Allow)"

@@ -1,0 +1,116 @@
+/*
+ * Cluster mode: every node shares one OCSP configuration and one OCSP status through a Redis store.
+ *
+ * Keys (DB chosen by the URL), all under the prefix "ocsp-agent:":
+ *   node:<id>  a live node: {"node_id","api","version","capabilities":[...]}, SET with PX node_ttl_ms and renewed
+ *              every heartbeat_ms, so it disappears when the node dies
+ *   nodes      a set of the node ids seen, pruned of those whose key expired
+ *   conf       a hash {"version": N, "conf": <the five settable keys as JSON>}, written only by a Lua
+ *              compare-and-set on the version, which also publishes the change
+ *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a Lua
+ *              compare-and-renew); the holder is "the poller", every other node "a follower"
+ *   status     the poller's last valid response: {"node","ts","der": base64}; written and published together
+ *   events     the Pub/Sub channel of "conf" and "status" messages, read on a second connection
+ *
+ * Two asynchronous hiredis connections run on the agent's libuv loop; no call here ever blocks. While the store
+ * is unreachable the module reconnects with a doubling backoff (100 ms to 2 s), logs `store_unavailable` once and
+ * `store_reconnected` when it is back, then resynchronises: it reads the stored configuration and status, and seeds
+ * the store with its own configuration when the store holds an older version or none (an empty store after a
+ * restart). The configuration version is kept in <data_dir>/cluster.json next to ocsp.json, the local cache.
+ */
+#ifndef OA_CLUSTER_H
+#define OA_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "oa_conf.h"
+#include "oa_error.h"
+#include "oa_ocsp.h"
+
+#define OA_CLUSTER_HOST_MAX 256
+#define OA_CLUSTER_KEY_PREFIX "ocsp-agent:"
+#define OA_CLUSTER_VERSION_FILE "cluster.json"
+
+/* Parses "redis://HOST[:PORT][/DB]" (HOST an IPv4 literal, [IPv6] or a name; PORT default 6379; DB 0..15, default
+ * 0). Returns 0 with the parts filled, or -1 with err filled (OA_E_BAD_OPTION) naming what is wrong. */
+int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *port, int *db, oa_error_t *err);
+
+/* 1 when the comma-separated capability list caps holds the capability name (exactly). */
+int oa_cluster_caps_have(const char *caps, const char *name);
+
+/* 0 when caps is a valid list ("" or names of [a-z0-9_-] separated by commas), else -1. */
+int oa_cluster_caps_valid(const char *caps);
+
+typedef struct oa_cluster_s oa_cluster_t;
+
+/* What the module tells the daemon. Every hook runs on the loop, never from inside oa_cluster_new. */
+typedef struct oa_cluster_hooks_s {
+    /* A configuration to put in force: one read from the store, published by another node, or committed by a PUT
+     * on this node (user is then the PUT's user; NULL otherwise). The module has already recorded version. */
+    void (*conf)(void *data, const oa_conf_t *conf, unsigned changed, const char *user, const char *from_node);
+    /* A response the poller stored (DER bytes, borrowed for the call), obtained at at_ms (wall clock, ms). The
+     * daemon verifies it before serving. */
+    void (*status)(void *data, const unsigned char *der, size_t len, int64_t at_ms, const char *from_node);
+    /* This node became the poller (true) or stopped being it (false). */
+    void (*role)(void *data, bool poller);
+    void *data;
+} oa_cluster_hooks_t;
+
+typedef struct oa_cluster_options_s {
+    const char *url;          /* redis://HOST:PORT[/DB] */
+    const char *password;     /* NULL: no AUTH */
+    const char *node_id;
+    const char *api_address;  /* advertised in the registry, e.g. "http://127.0.0.1:9443" */
+    const char *capabilities; /* comma-separated; NULL means "ocsp" */
+    const char *data_dir;     /* where cluster.json lives; NULL: the version is not persisted */
+    unsigned heartbeat_ms;    /* 0: 1000 */
+    unsigned node_ttl_ms;     /* 0: 3000 */
+    unsigned lease_ms;        /* 0: 3000 */
+    oa_cluster_hooks_t hooks;
+} oa_cluster_options_t;
+
+/*
+ * Starts connecting (asynchronously) with conf as this node's last known configuration. Returns 0 with *out set,
+ * or -1 with err filled (bad URL, out of memory). The strings of o are copied.
+ */
+int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf_t *conf, oa_cluster_t **out,
+                   oa_error_t *err);
+
+/* Fires once per oa_cluster_conf_put that returned 0: err NULL once the store confirmed the write (the conf hook
+ * has already put it in force here), else the reason (OA_E_STORE_UNAVAILABLE, OA_E_INVALID_SCHEMA, ...). */
+typedef void (*oa_cluster_put_cb)(void *data, const oa_error_t *err);
+
+/*
+ * PUT /v1/ocsp in cluster mode: validates body (len bytes, copied) with oa_conf_patch against the latest known
+ * configuration and writes the result with a compare-and-set on the version. When another node's write came
+ * first, the newer configuration is applied and the patch re-validated against it (at most 5 rounds). Returns 0
+ * (cb will fire, not before this returns); 1 when the body changes nothing (cb never fires); or -1 with err filled
+ * when the store is unreachable now (OA_E_STORE_UNAVAILABLE) or the body is invalid (cb never fires).
+ */
+int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const char *responder_url, const char *user,
+                        oa_cluster_put_cb cb, void *data, oa_error_t *err);
+
+/* Stores and publishes a valid response obtained on this node (by the poller, or by a test while enabled).
+ * Does nothing while the store is unreachable. */
+void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res);
+
+/* 0 when every live node advertises "ocsp", else -1 with err filled (OA_E_UNSUPPORTED_BY_CAPABILITY) naming the
+ * nodes that lack it. Reads the view the heartbeat refreshes; never blocks. */
+int oa_cluster_capability_check(const oa_cluster_t *c, oa_error_t *err);
+
+/* 1 while the store is reachable and this node is synchronised with it. */
+int oa_cluster_available(const oa_cluster_t *c);
+/* 1 while this node holds the lease. */
+int oa_cluster_is_poller(const oa_cluster_t *c);
+/* The configuration version this node has in force. */
+uint64_t oa_cluster_conf_version(const oa_cluster_t *c);
+
+/* Deletes this node's registry key and releases the lease (when the store is reachable), answers pending PUTs
+ * with OA_E_STORE_UNAVAILABLE, closes the connections and timers; done fires once everything is closed and c is
+ * freed. Bounded: a store that does not answer within 1 s is dropped. */
+void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,594 @@
+/*
+ * Cluster mode's store logic against a real redis-server on a free loopback port: the URL and capability parsers,
+ * a configuration change seen by another node with the same version, concurrent changes merged by the version's
+ * compare-and-set, one lease holder and its takeover, the capability view, the shared status, and a store that is
+ * not there. Skipped, saying so, when redis-server is not installed.
+ */
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+/* cmocka needs setjmp.h first. */
+#include <setjmp.h>
+
+#include <cmocka.h>
+
+#include "oa_cluster.h"
+#include "oa_log.h"
+#include "oa_util.h"
+
+#define SHORT_HEARTBEAT_MS 100
+#define SHORT_TTL_MS 400
+#define SHORT_LEASE_MS 400
+
+static pid_t redis_pid = -1;
+static int redis_port;
+
+/* ---- the redis-server ---- */
+
+static int free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static redisContext *sync_connect(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+
+    if (rc != NULL && rc->err) {
+        redisFree(rc);
+        return NULL;
+    }
+    return rc;
+}
+
+static void redis_start(void)
+{
+    char port[16];
+    redisContext *rc = NULL;
+    int i;
+
+    snprintf(port, sizeof(port), "%d", redis_port);
+    redis_pid = fork();
+    assert_true(redis_pid >= 0);
+    if (redis_pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+               "no", "--daemonize", "no", (char *)NULL);
+        _exit(127);
+    }
+    for (i = 0; i < 100 && rc == NULL; i++) {
+        rc = sync_connect();
+        if (rc == NULL)
+            usleep(50000);
+    }
+    assert_non_null(rc);
+    redisFree(rc);
+}
+
+static void redis_stop(void)
+{
+    if (redis_pid <= 0)
+        return;
+    kill(redis_pid, SIGTERM);
+    waitpid(redis_pid, NULL, 0);
+    redis_pid = -1;
+}
+
+/* One command on a blocking connection; returns the reply as a string (integers printed), caller frees. */
+static char *redis_get(const char *fmt, const char *arg)
+{
+    redisContext *rc = sync_connect();
+    redisReply *r;
+    char *out = NULL, buf[32];
+
+    assert_non_null(rc);
+    r = redisCommand(rc, fmt, arg);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
+        out = strdup(r->str);
+    } else if (r->type == REDIS_REPLY_INTEGER) {
+        snprintf(buf, sizeof(buf), "%lld", r->integer);
+        out = strdup(buf);
+    }
+    freeReplyObject(r);
+    redisFree(rc);
+    return out;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    oa_log_setup(OA_LOG_TEXT, OA_LOG_ERROR, NULL);
+    if (system("command -v redis-server >/dev/null 2>&1") != 0)
+        return 0;
+    redis_port = free_port();
+    redis_start();
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    redis_stop();
+    return 0;
+}
+
+#define NEED_REDIS()                                                                                                 \
+    do {                                                                                                             \
+        if (redis_pid <= 0) {                                                                                        \
+            print_message("skipped: redis-server is not installed (Debian package redis-server)\n");                \
+            skip();                                                                                                  \
+        }                                                                                                            \
+    } while (0)
+
+static void flush_store(void)
+{
+    free(redis_get("FLUSHALL", NULL));
+}
+
+/* ---- nodes on one loop ---- */
+
+typedef struct node_s {
+    oa_cluster_t *c;
+    oa_conf_t conf;
+    int conf_calls;
+    char last_user[64];
+    bool poller;
+    int role_calls;
+    unsigned char der[64];
+    size_t der_len;
+    bool closed;
+} node_t;
+
+static void on_conf(void *data, const oa_conf_t *conf, unsigned changed, const char *user, const char *from)
+{
+    node_t *n = data;
+
+    (void)changed;
+    (void)from;
+    n->conf = *conf;
+    n->conf_calls++;
+    snprintf(n->last_user, sizeof(n->last_user), "%s", user != NULL ? user : "");
+}
+
+static void on_status(void *data, const unsigned char *der, size_t len, int64_t at_ms, const char *from)
+{
+    node_t *n = data;
+
+    (void)at_ms;
+    (void)from;
+    n->der_len = len < sizeof(n->der) ? len : sizeof(n->der);
+    memcpy(n->der, der, n->der_len);
+}
+
+static void on_role(void *data, bool poller)
+{
+    node_t *n = data;
+
+    n->poller = poller;
+    n->role_calls++;
+}
+
+static void on_closed(void *arg)
+{
+    ((node_t *)arg)->closed = true;
+}
+
+static void node_start(uv_loop_t *loop, node_t *n, const char *id, const char *caps, int port)
+{
+    oa_cluster_options_t o;
+    oa_error_t err;
+    char url[64];
+
+    memset(n, 0, sizeof(*n));
+    oa_conf_defaults(&n->conf);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    memset(&o, 0, sizeof(o));
+    o.url = url;
+    o.node_id = id;
+    o.api_address = "http://127.0.0.1:1";
+    o.capabilities = caps;
+    o.heartbeat_ms = SHORT_HEARTBEAT_MS;
+    o.node_ttl_ms = SHORT_TTL_MS;
+    o.lease_ms = SHORT_LEASE_MS;
+    o.hooks.conf = on_conf;
+    o.hooks.status = on_status;
+    o.hooks.role = on_role;
+    o.hooks.data = n;
+    assert_int_equal(oa_cluster_new(loop, &o, &n->conf, &n->c, &err), 0);
+}
+
+static void node_close(node_t *n)
+{
+    if (n->c != NULL && !n->closed)
+        oa_cluster_close(n->c, on_closed, n);
+}
+
+static void on_wake(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until pred holds or ms pass; returns pred's last value. */
+static int run_until(uv_loop_t *loop, int (*pred)(void *), void *arg, unsigned ms)
+{
+    uv_timer_t wake;
+    uint64_t end;
+    int ok;
+
+    uv_timer_init(loop, &wake);
+    uv_timer_start(&wake, on_wake, 5, 5);
+    uv_update_time(loop);
+    end = uv_now(loop) + ms;
+    while (!(ok = pred(arg)) && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&wake, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return ok;
+}
+
+static int pred_never(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+static int pred_available(void *arg)
+{
+    node_t **nodes = arg;
+    int i;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        if (!oa_cluster_available(nodes[i]->c))
+            return 0;
+    return 1;
+}
+
+static void close_all_and_finish(uv_loop_t *loop, node_t **nodes)
+{
+    int i;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        node_close(nodes[i]);
+    uv_run(loop, UV_RUN_DEFAULT);
+    for (i = 0; nodes[i] != NULL; i++)
+        assert_true(nodes[i]->closed);
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* ---- tests ---- */
+
+static void test_url_parse(void **state)
+{
+    static const struct {
+        const char *url;
+        int ok;
+        const char *host;
+        int port, db;
+    } cases[] = {
+        {"redis://127.0.0.1:6380", 1, "127.0.0.1", 6380, 0},
+        {"redis://127.0.0.1:6380/3", 1, "127.0.0.1", 6380, 3},
+        {"redis://localhost", 1, "localhost", 6379, 0},
+        {"redis://[::1]:7000/15", 1, "::1", 7000, 15},
+        {"redis://db.example:1/", 1, "db.example", 1, 0},
+        {"http://127.0.0.1:6379", 0, NULL, 0, 0},
+        {"redis://", 0, NULL, 0, 0},
+        {"redis://h:0", 0, NULL, 0, 0},
+        {"redis://h:65536", 0, NULL, 0, 0},
+        {"redis://h:6379/16", 0, NULL, 0, 0},
+        {"redis://h:6379/x", 0, NULL, 0, 0},
+        {"redis://:pw@h:6379", 0, NULL, 0, 0},
+        {"redis://[::1:6379", 0, NULL, 0, 0},
+        {"redis://h h:1", 0, NULL, 0, 0},
+    };
+    char host[OA_CLUSTER_HOST_MAX];
+    int port, db;
+    oa_error_t err;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        int rc = oa_cluster_url_parse(cases[i].url, host, &port, &db, &err);
+
+        if (!cases[i].ok) {
+            if (rc != -1)
+                fail_msg("%s: accepted", cases[i].url);
+            assert_int_equal(err.code, OA_E_BAD_OPTION);
+            assert_true(strncmp(err.text, "--cluster: ", 11) == 0);
+            continue;
+        }
+        if (rc != 0)
+            fail_msg("%s: %s", cases[i].url, err.text);
+        assert_string_equal(host, cases[i].host);
+        assert_int_equal(port, cases[i].port);
+        assert_int_equal(db, cases[i].db);
+    }
+}
+
+static void test_caps(void **state)
+{
+    (void)state;
+    assert_int_equal(oa_cluster_caps_valid(""), 0);
+    assert_int_equal(oa_cluster_caps_valid("ocsp"), 0);
+    assert_int_equal(oa_cluster_caps_valid("ocsp,tls_1-3"), 0);
+    assert_int_equal(oa_cluster_caps_valid(","), -1);
+    assert_int_equal(oa_cluster_caps_valid("ocsp,"), -1);
+    assert_int_equal(oa_cluster_caps_valid("OCSP"), -1);
+    assert_int_equal(oa_cluster_caps_valid("a b"), -1);
+    assert_int_equal(oa_cluster_caps_have("x,ocsp", "ocsp"), 1);
+    assert_int_equal(oa_cluster_caps_have("ocsp2,xocsp", "ocsp"), 0);
+    assert_int_equal(oa_cluster_caps_have("", "ocsp"), 0);
+}
+
+typedef struct put_result_s {
+    int fired;
+    oa_errcode_t code;
+} put_result_t;
+
+static void on_put(void *data, const oa_error_t *err)
+{
+    put_result_t *r = data;
+
+    r->fired++;
+    r->code = err != NULL ? err->code : OA_OK;
+}
+
+typedef struct conf_wait_s {
+    node_t *n;
+    int calls;
+} conf_wait_t;
+
+static int pred_conf_calls(void *arg)
+{
+    conf_wait_t *w = arg;
+
+    return w->n->conf_calls >= w->calls;
+}
+
+static int pred_put_fired(void *arg)
+{
+    put_result_t *r = arg;
+
+    return r[0].fired > 0 && r[1].fired > 0;
+}
+
+static void test_conf_put_propagates(void **state)
+{
+    uv_loop_t loop;
+    node_t a, b;
+    node_t *nodes[] = {&a, &b, NULL};
+    put_result_t res[2] = {{0, 0}, {0, 0}};
+    conf_wait_t w = {&b, 1};
+    oa_error_t err;
+    char *v, *conf;
+    static const char body[] = "{\"query_frequency\": 120, \"ocsp_functionality\": true}";
+
+    (void)state;
+    NEED_REDIS();
+    flush_store();
+    uv_loop_init(&loop);
+    node_start(&loop, &a, "a", NULL, redis_port);
+    node_start(&loop, &b, "b", NULL, redis_port);
+    assert_true(run_until(&loop, pred_available, nodes, 3000));
+
+    /* A body that changes nothing: no write, no callback. */
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"query_frequency\": 3600}", 25, "http://r/", "u", on_put, &res[0],
+                                         &err), 1);
+    /* An invalid body never reaches the store. */
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"query_frequency\": 1}", 22, "http://r/", "u", on_put, &res[0],
+                                         &err), -1);
+    assert_int_equal(err.code, OA_E_INVALID_SCHEMA);
+
+    assert_int_equal(oa_cluster_conf_put(a.c, body, sizeof(body) - 1, "http://r/", "alice", on_put, &res[0], &err),
+                     0);
+    assert_int_equal(res[0].fired, 0); /* never from inside the call */
+    res[1].fired = 1;
+    assert_true(run_until(&loop, pred_put_fired, res, 3000));
+    assert_int_equal(res[0].fired, 1);
+    assert_int_equal(res[0].code, OA_OK);
+    /* The writer put it in force with the user's name before answering. */
+    assert_int_equal(a.conf_calls, 1);
+    assert_string_equal(a.last_user, "alice");
+    assert_int_equal(a.conf.query_frequency, 120);
+    assert_true(a.conf.ocsp_functionality);
+    assert_int_equal(oa_cluster_conf_version(a.c), 1);
+    /* Acknowledged means stored. */
+    v = redis_get("HGET " OA_CLUSTER_KEY_PREFIX "conf %s", "version");
+    assert_string_equal(v, "1");
+    free(v);
+    conf = redis_get("HGET " OA_CLUSTER_KEY_PREFIX "conf %s", "conf");
+    assert_non_null(strstr(conf, "\"query_frequency\":120"));
+    free(conf);
+
+    /* The other node applies it from the message, as nobody's user. */
+    assert_true(run_until(&loop, pred_conf_calls, &w, 1000));
+    assert_int_equal(b.conf.query_frequency, 120);
+    assert_true(b.conf.ocsp_functionality);
+    assert_string_equal(b.last_user, "");
+    assert_int_equal(oa_cluster_conf_version(b.c), 1);
+
+    /* Two nodes change different keys at once: the compare-and-set makes one retry on top of the other. */
+    memset(res, 0, sizeof(res));
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"response_timeout\": 7}", 23, "http://r/", "alice", on_put, &res[0],
+                                         &err), 0);
+    assert_int_equal(oa_cluster_conf_put(b.c, "{\"recovery_max_tries\": 9}", 25, "http://r/", "bob", on_put, &res[1],
+                                         &err), 0);
+    assert_true(run_until(&loop, pred_put_fired, res, 3000));
+    assert_int_equal(res[0].code, OA_OK);
+    assert_int_equal(res[1].code, OA_OK);
+    run_until(&loop, pred_never, NULL, 200);
+    assert_int_equal(oa_cluster_conf_version(a.c), 3);
+    assert_int_equal(oa_cluster_conf_version(b.c), 3);
+    assert_int_equal(a.conf.response_timeout, 7);
+    assert_int_equal(a.conf.recovery_max_tries, 9);
+    assert_int_equal(b.conf.response_timeout, 7);
+    assert_int_equal(b.conf.recovery_max_tries, 9);
+    assert_int_equal(b.conf.query_frequency, 120);
+    close_all_and_finish(&loop, nodes);
+}
+
+static int pred_one_poller(void *arg)
+{
+    node_t **nodes = arg;
+
+    return (nodes[0]->poller ? 1 : 0) + (nodes[1]->poller ? 1 : 0) == 1;
+}
+
+static int pred_poller(void *arg)
+{
+    return ((node_t *)arg)->poller;
+}
+
+static int pred_status(void *arg)
+{
+    return ((node_t *)arg)->der_len > 0;
+}
+
+static int pred_lacking(void *arg)
+{
+    oa_error_t err;
+
+    return oa_cluster_capability_check(((node_t *)arg)->c, &err) != 0;
+}
+
+/* Each node's view is refreshed by its own heartbeat, so the nodes learn at slightly different times. */
+static int pred_all_lacking(void *arg)
+{
+    node_t **nodes = arg;
+    int i;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        if (!pred_lacking(nodes[i]))
+            return 0;
+    return 1;
+}
+
+static int pred_none_lacking(void *arg)
+{
+    node_t **nodes = arg;
+    int i;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        if (pred_lacking(nodes[i]))
+            return 0;
+    return 1;
+}
+
+static void test_lease_registry_status(void **state)
+{
+    uv_loop_t loop;
+    node_t a, b, old;
+    node_t *pair[] = {&a, &b, NULL};
+    node_t *rest[] = {NULL, NULL};
+    node_t *poller, *follower;
+    oa_ocsp_result_t res;
+    unsigned char der[] = {0x30, 0x03, 0x0a, 0x01, 0x00};
+    oa_error_t err;
+    char *holder;
+
+    (void)state;
+    NEED_REDIS();
+    flush_store();
+    uv_loop_init(&loop);
+    node_start(&loop, &a, "a", "ocsp", redis_port);
+    node_start(&loop, &b, "b", NULL, redis_port);
+    assert_true(run_until(&loop, pred_available, pair, 3000));
+    assert_true(run_until(&loop, pred_one_poller, pair, 2000));
+    /* It stays one: several renewals later there is still exactly one holder, and it is the one in the store. */
+    run_until(&loop, pred_never, NULL, 3 * SHORT_LEASE_MS);
+    assert_true(pred_one_poller(pair));
+    poller = a.poller ? &a : &b;
+    follower = a.poller ? &b : &a;
+    assert_int_equal(poller->role_calls, 1);
+    assert_int_equal(follower->role_calls, 0);
+    holder = redis_get("GET " OA_CLUSTER_KEY_PREFIX "%s", "lease");
+    assert_string_equal(holder, poller == &a ? "a" : "b");
+    free(holder);
+    assert_int_equal(oa_cluster_capability_check(a.c, &err), 0);
+
+    /* The status the poller stores reaches the follower, byte for byte, and stays in the store. */
+    memset(&res, 0, sizeof(res));
+    res.der = der;
+    res.der_len = sizeof(der);
+    oa_cluster_publish_result(poller->c, &res);
+    assert_true(run_until(&loop, pred_status, follower, 1000));
+    assert_int_equal(follower->der_len, sizeof(der));
+    assert_memory_equal(follower->der, der, sizeof(der));
+    assert_int_equal(poller->der_len, 0); /* its own message is not applied again */
+
+    /* A node without the capability: every node's check fails and names it; gone, the check passes again. */
+    node_start(&loop, &old, "old-node", "", redis_port);
+    assert_true(run_until(&loop, pred_all_lacking, pair, 2000));
+    assert_int_equal(oa_cluster_capability_check(b.c, &err), -1);
+    assert_int_equal(err.code, OA_E_UNSUPPORTED_BY_CAPABILITY);
+    assert_non_null(strstr(err.text, "old-node lacks the ocsp capability"));
+    assert_int_equal(oa_cluster_capability_check(old.c, &err), -1);
+    node_close(&old);
+    assert_true(run_until(&loop, pred_none_lacking, pair, 2000));
+
+    /* The poller leaves: the follower takes over within the lease. */
+    node_close(poller);
+    assert_true(run_until(&loop, pred_poller, follower, SHORT_LEASE_MS + 3 * SHORT_HEARTBEAT_MS));
+    rest[0] = follower;
+    assert_true(poller->closed);
+    assert_true(old.closed);
+    close_all_and_finish(&loop, rest);
+}
+
+static void test_store_unreachable(void **state)
+{
+    uv_loop_t loop;
+    node_t a;
+    node_t *nodes[] = {&a, NULL};
+    put_result_t res = {0, 0};
+    oa_error_t err;
+
+    (void)state;
+    uv_loop_init(&loop);
+    /* Port 1 on loopback: nothing listens there, the connection is refused at once. */
+    node_start(&loop, &a, "lonely", NULL, 1);
+    run_until(&loop, pred_never, NULL, 400);
+    assert_false(oa_cluster_available(a.c));
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"query_frequency\": 120}", 24, "http://r/", "u", on_put, &res, &err),
+                     -1);
+    assert_int_equal(err.code, OA_E_STORE_UNAVAILABLE);
+    assert_int_equal(res.fired, 0);
+    assert_int_equal(a.conf_calls, 0);
+    assert_false(a.poller);
+    close_all_and_finish(&loop, nodes);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_caps),
+        cmocka_unit_test(test_conf_put_propagates),
+        cmocka_unit_test(test_lease_registry_status),
+        cmocka_unit_test(test_store_unreachable),
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Cluster mode: three agents on loopback share one configuration and one OCSP status through a real redis-server.
+#
+#   - a PUT on one node is served by GET on the others within a bounded time, and is in the store when answered;
+#   - one poller per cluster: the responder is asked by one node at a time, at the query period; when the poller
+#     is killed another node takes over within the lease, with no gap longer than lease + one period;
+#   - every node serves the poller's response and writes its own staple file;
+#   - a node that advertises no capability makes all four OCSP endpoints answer 406 on every node, naming it,
+#     until it stops and its key expires;
+#   - the store stopped: PUT answers 503 cluster_store_unavailable, GET still answers, the logs say so once;
+#     restarted (empty): every node reconnects, the configuration is seeded back and PUT works again;
+#   - a node restarted after a change it missed resynchronises by version;
+#   - --cluster-tls refuses to start with one line.
+source "$(dirname "$0")/lib.sh"
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    echo "skipped: redis-server and redis-cli are needed (Debian: redis-server, redis-tools)"
+    exit 0
+fi
+
+TIME_SCALE=0.02 # query_frequency 60 s -> a period of 1.2 s
+PERIOD_MS=1200
+LEASE_MS=3000   # the agent's lease
+
+make_users admin
+RESP_PORT=$(free_port) || bail "no free port for the responder"
+make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
+start_responder "$T_DIR/pki" "$RESP_PORT"
+
+REDIS_PORT=$(free_port) || bail "no free port for redis"
+REDIS_PID=
+start_redis() {
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        >>"$T_DIR/redis.log" 2>&1 &
+    REDIS_PID=$!
+    T_PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT" "$REDIS_PID" 10 || bail "redis-server starts on port $REDIS_PORT" "$(tail "$T_DIR/redis.log")"
+}
+stop_redis() {
+    kill -TERM "$REDIS_PID" 2>/dev/null
+    wait_exit "$REDIS_PID" 5 || kill -KILL "$REDIS_PID"
+    wait "$REDIS_PID" 2>/dev/null
+    forget_pid "$REDIS_PID"
+}
+rcli() { redis-cli -p "$REDIS_PORT" --raw "$@" 2>/dev/null; }
+start_redis
+CLUSTER="redis://127.0.0.1:$REDIS_PORT"
+
+# Nodes by name: their pid, port, log and data dir.
+declare -A N_PID=() N_PORT=() N_LOG=()
+start_node() { # NAME [EXTRA ARGS...]
+    local name=$1
+    shift
+    mkdir -p "$T_DIR/data-$name"
+    start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" --data-dir "$T_DIR/data-$name" \
+        --node-id "$name" --time-scale "$TIME_SCALE" --cluster "$CLUSTER" "$@" || bail "node $name starts"
+    N_PID[$name]=$AGENT_PID
+    N_PORT[$name]=$AGENT_PORT
+    N_LOG[$name]=$AGENT_LOG
+}
+on() { # NAME: later req/put_json go to that node
+    AGENT_URL="http://127.0.0.1:${N_PORT[$1]}"
+    AGENT_PID=${N_PID[$1]}
+    AGENT_LOG=${N_LOG[$1]}
+}
+stop_node() { on "$1"; stop_agent; }
+
+# wait_conf NODE JQ_EXPR TIMEOUT_S: polls GET /v1/ocsp on NODE until JQ_EXPR holds.
+wait_conf() {
+    local deadline=$((SECONDS + $3))
+    on "$1"
+    while :; do
+        req GET /v1/ocsp
+        [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$2" >/dev/null 2>&1 && return 0
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.02
+    done
+}
+wait_status_on() { # NODE JQ_EXPR TIMEOUT_S
+    local deadline=$((SECONDS + $3))
+    on "$1"
+    while :; do
+        req GET /v1/ocsp/status
+        [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$2" >/dev/null 2>&1 && return 0
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+wait_http() { # NODE METHOD PATH STATUS TIMEOUT_S
+    local deadline=$((SECONDS + $5))
+    on "$1"
+    while :; do
+        req "$2" "$3"
+        [ "$STATUS" = "$4" ] && return 0
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+now_ms() { date +%s%3N; }
+assert_between() { # NAME LO HI VALUE (integers)
+    if [[ $4 =~ ^-?[0-9]+$ ]] && [ "$4" -ge "$2" ] && [ "$4" -le "$3" ]; then pass "$1 ($4)"; else
+        fail "$1" "expected a number in [$2, $3], got '$4'"; fi
+}
+
+# The scheduled queries of every node, as "epoch_ms node" lines sorted by time, since epoch ms $1.
+field() { printf '%s\n' "$1" | sed -nE "s/(^|.* )$2=(\"([^\"]*)\"|([^ \"]*)).*/\3\4/p"; }
+scheduled_queries() {
+    local since=$1 name line ts d start
+    for name in "${!N_LOG[@]}"; do
+        grep -E ' event=ocsp_query ' "${N_LOG[$name]}" | grep -E 'trigger=(schedule|recovery)' |
+            while IFS= read -r line; do
+                ts=$(field "$line" ts)
+                d=$(field "$line" duration_ms)
+                start=$(($(date -u -d "$ts" +%s%3N) - ${d:-0}))
+                [ "$start" -ge "$since" ] && echo "$start $name"
+            done
+    done | sort -n
+}
+# gaps between consecutive lines of scheduled_queries output, in ms
+gaps_of() { awk 'NR > 1 { printf "%d ", $1 - prev } { prev = $1 }'; }
+
+# ---------------------------------------------------------------------------------------------------------------
+echo "# start-up refusals"
+assert_start_fails "--cluster-tls refuses to start: hiredis without TLS" '^ocsp-agent: --cluster-tls: .*no TLS' \
+    --users "$USERS_FILE" --data-dir "$T_DIR/x" --cluster "$CLUSTER" --cluster-tls
+assert_start_fails "--cluster with a bad URL" '^ocsp-agent: --cluster: ' --users "$USERS_FILE" --cluster "http://x"
+assert_start_fails "--capabilities without --cluster" '^ocsp-agent: --capabilities: needs --cluster' \
+    --users "$USERS_FILE" --capabilities ocsp
+
+echo "# three nodes"
+start_node n1
+start_node n2
+start_node n3
+for n in n1 n2 n3; do
+    on "$n"
+    wait_log 'event=store_connected' 5 && pass "$n connects to the store" || fail "$n connects to the store"
+done
+
+echo "# a PUT on one node is on the others within a bounded time"
+on n1
+t0=$(now_ms)
+put_json /v1/ocsp '{"ocsp_functionality": true, "query_frequency": 60, "recovery_frequency": 60}'
+PUT_STATUS=$STATUS PUT_BODY=$BODY
+# The store first, before anything else can have written it: the answer came after the store confirmed.
+stored_version=$(rcli HGET ocsp-agent:conf version)
+for n in n2 n3; do
+    if wait_conf "$n" '.ocsp_functionality == true and .query_frequency == 60' 2; then
+        pass "GET on $n shows the change ($(($(now_ms) - t0)) ms after the PUT was sent)"
+    else
+        fail "GET on $n shows the change within 2 s" "$BODY"
+    fi
+done
+STATUS=$PUT_STATUS BODY=$PUT_BODY
+assert_status "PUT on n1" 200
+assert_json "PUT answers the new configuration" '.ocsp_functionality' true
+assert_eq "the acknowledged change is in the store" "1" "$stored_version"
+assert_json "the store holds the new configuration" '.ocsp_functionality' true "$(rcli HGET ocsp-agent:conf conf)"
+assert_file_contains "n2 caches the cluster configuration in its data dir" "$T_DIR/data-n2/ocsp.json" \
+    '"ocsp_functionality": true'
+assert_file_contains "n2 records the configuration version" "$T_DIR/data-n2/cluster.json" '"conf_version":1'
+
+echo "# every node serves the poller's response and writes its own staple"
+for n in n1 n2 n3; do
+    if wait_status_on "$n" '.cert_status == "GOOD" and .state == "valid"' 8; then
+        pass "$n serves GOOD (valid)"
+    else
+        fail "$n serves GOOD (valid)" "$BODY"
+    fi
+    [ -s "$T_DIR/data-$n/ocsp.der" ] && pass "$n wrote its staple file" || fail "$n wrote its staple file"
+done
+POLLER=$(rcli GET ocsp-agent:lease)
+assert_match "one node holds the lease" '^n[123]$' "$POLLER"
+
+echo "# one poller: one query per period"
+t_start=$(now_ms)
+sleep 6
+q=$(scheduled_queries "$t_start")
+count=$(printf '%s\n' "$q" | grep -c .)
+nodes=$(printf '%s\n' "$q" | awk '{print $2}' | sort -u | tr '\n' ' ')
+assert_between "scheduled queries in 6 s at a 1.2 s period (4 to 6)" 4 6 "$count"
+assert_eq "only the poller queried" "$POLLER " "$nodes"
+gaps=$(printf '%s\n' "$q" | gaps_of)
+if awk -v lo=$((PERIOD_MS - 300)) -v hi=$((PERIOD_MS + 400)) \
+    '{ for (i = 1; i <= NF; i++) if ($i < lo || $i > hi) exit 1 }' <<<"$gaps"; then
+    pass "queries are one period apart (gaps ms: $gaps)"
+else
+    fail "queries are one period apart" "gaps ms: $gaps"
+fi
+
+echo "# the poller dies: another node takes over within the lease"
+t_kill=$(now_ms)
+kill -KILL "${N_PID[$POLLER]}"
+wait "${N_PID[$POLLER]}" 2>/dev/null
+forget_pid "${N_PID[$POLLER]}"
+DEAD=$POLLER
+unset "N_PID[$DEAD]"
+sleep $(((LEASE_MS + 2 * PERIOD_MS) / 1000 + 3))
+NEW=$(rcli GET ocsp-agent:lease)
+assert_match "another node holds the lease" '^n[123]$' "$NEW"
+assert_ne "the lease moved away from the dead node" "$DEAD" "$NEW"
+q=$(scheduled_queries $((t_kill - 3 * PERIOD_MS)))
+gaps=$(printf '%s\n' "$q" | gaps_of)
+maxgap=$(tr ' ' '\n' <<<"$gaps" | grep . | sort -n | tail -n 1)
+mingap=$(tr ' ' '\n' <<<"$gaps" | grep . | sort -n | head -n 1)
+assert_between "the longest gap is at most lease + one period (+0.5 s)" 0 $((LEASE_MS + PERIOD_MS + 500)) "${maxgap:-999999}"
+assert_between "never two pollers: no two queries closer than 0.9 period" $((PERIOD_MS * 9 / 10)) 999999 "${mingap:-0}"
+assert_match "the new poller queried after the takeover" " $NEW\$" "$(printf '%s\n' "$q" | tail -n 1)"
+on "$NEW"
+assert_file_contains "the new poller logs the takeover" "$AGENT_LOG" 'event=cluster_poller_acquired'
+unset "N_LOG[$DEAD]"
+unset "N_PORT[$DEAD]"
+LIVE=$(for n in n1 n2 n3; do [ "$n" != "$DEAD" ] && echo "$n"; done | tr '\n' ' ')
+read -r A B <<<"$LIVE"
+
+echo "# POST /v1/ocsp/test on a follower"
+FOLLOWER=$A
+[ "$FOLLOWER" = "$NEW" ] && FOLLOWER=$B
+on "$FOLLOWER"
+req POST /v1/ocsp/test
+assert_status "POST /v1/ocsp/test on follower $FOLLOWER" 200
+assert_json "the test answers GOOD" '.cert_status' GOOD
+
+echo "# a node without the ocsp capability: 406 everywhere, naming it"
+start_node old --capabilities ""
+for n in $LIVE; do
+    if wait_http "$n" GET /v1/ocsp 406 4; then pass "$n: GET /v1/ocsp answers 406"; else
+        fail "$n: GET /v1/ocsp answers 406" "$STATUS $BODY"; fi
+    assert_error "$n: 406 body" 406 ocsp_unsupported_by_capability
+    assert_match "$n: the description names the node" '\bold\b' "$(jq -r .description <<<"$BODY")"
+done
+on "$A"
+req GET /v1/ocsp/status
+assert_error "GET /v1/ocsp/status" 406 ocsp_unsupported_by_capability
+put_json /v1/ocsp '{"query_frequency": 61}'
+assert_error "PUT /v1/ocsp" 406 ocsp_unsupported_by_capability
+req POST /v1/ocsp/test
+assert_error "POST /v1/ocsp/test" 406 ocsp_unsupported_by_capability
+on old
+req GET /v1/ocsp
+assert_error "the old node itself" 406 ocsp_unsupported_by_capability
+req GET /metrics
+assert_status "/metrics is not an OCSP endpoint: 200" 200
+# Killed, not stopped: only the key's expiry can tell the others.
+kill -KILL "${N_PID[old]}"
+wait "${N_PID[old]}" 2>/dev/null
+forget_pid "${N_PID[old]}"
+unset "N_PID[old]" "N_LOG[old]" "N_PORT[old]"
+t0=$(now_ms)
+for n in $LIVE; do
+    if wait_http "$n" GET /v1/ocsp 200 6; then pass "$n: 200 again once the old node's key expired"; else
+        fail "$n: 200 again once the old node's key expired" "$STATUS $BODY"; fi
+done
+assert_between "the key expired within its 3 s TTL + one heartbeat (ms)" 0 5000 $(($(now_ms) - t0))
+
+echo "# the store goes away"
+stop_redis
+sleep 0.5
+on "$A"
+put_json /v1/ocsp '{"query_frequency": 90}'
+assert_error "PUT while the store is down" 503 cluster_store_unavailable
+req GET /v1/ocsp
+assert_status "GET while the store is down" 200
+assert_json "GET serves the last known configuration" '.query_frequency' 60
+req GET /v1/ocsp/status
+assert_json "the status is still served" '.cert_status' GOOD
+sleep 2
+for n in $LIVE; do
+    c=$(grep -c 'event=store_unavailable' "${N_LOG[$n]}")
+    assert_eq "$n logs store_unavailable once" 1 "$c"
+done
+
+echo "# the store comes back empty: everything resynchronises"
+start_redis
+for n in $LIVE; do
+    on "$n"
+    if wait_log 'event=store_reconnected' 6; then pass "$n logs store_reconnected"; else
+        fail "$n logs store_reconnected"; fi
+done
+sleep 0.3
+assert_eq "the configuration was seeded back into the empty store" 1 "$(rcli HGET ocsp-agent:conf version)"
+on "$B"
+put_json /v1/ocsp '{"query_frequency": 90}'
+assert_status "PUT after the store is back" 200
+wait_conf "$A" '.query_frequency == 90' 2 && pass "the change reaches $A" || fail "the change reaches $A" "$BODY"
+if wait_status_on "$A" '.cert_status == "GOOD"' 1; then pass "the status is served after the outage"; else
+    fail "the status is served after the outage" "$BODY"; fi
+sleep 4
+assert_match "a poller holds the lease again" '^n[123]$' "$(rcli GET ocsp-agent:lease)"
+
+echo "# a node that was away resynchronises by version"
+stop_node "$B"
+on "$A"
+put_json /v1/ocsp '{"recovery_max_tries": 9}'
+assert_status "PUT while $B is down" 200
+v=$(rcli HGET ocsp-agent:conf version)
+start_node "$B"
+if wait_conf "$B" '.recovery_max_tries == 9 and .query_frequency == 90' 3; then pass "$B resynchronised"; else
+    fail "$B resynchronised" "$BODY"; fi
+assert_file_contains "$B records version $v" "$T_DIR/data-$B/cluster.json" "\"conf_version\":$v"
+
+echo "# orderly stop leaves the registry at once"
+stop_node "$B"
+sleep 1.2
+assert_eq "the stopped node's key is gone" "0" "$(rcli EXISTS "ocsp-agent:node:$B")"
+stop_node "$A"
