@@ -193,6 +193,6 @@ if openssl ocsp -respin "$T_DIR/other.der" -issuer "$OTHER/ca.pem" -CAfile "$OTH
 check_discarded "another CA's staple" "$T_DIR/other.der" 'error_code='
 
 # The staple of run 1, now past its nextUpdate.
-if [ "$(date +%s)" -gt "$NEXT_UPDATE" ]; then pass "run 1's staple is past its nextUpdate"; else
+if [ "$(date +%s)" -ge "$NEXT_UPDATE" ]; then pass "run 1's staple is past its nextUpdate"; else
     fail "run 1's staple is past its nextUpdate"; fi
 check_discarded "expired staple" "$T_DIR/early.der" '(nextUpdate|expired)'
