@@ -328,6 +328,7 @@ void oa_agent_free(oa_agent_t *a)
     SSL_CTX_free(a->tls);
     free(a->conf_path);
     oa_buf_free(&a->conf_body);
+    free(a->spare_check);
     memset(a, 0, sizeof(*a));
 }
 

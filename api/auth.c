@@ -62,6 +62,8 @@ struct oa_auth_s {
     /* A well-formed hash that no password is expected to match, verified in place of an unknown user's hash. */
     char dummy_hash[OA_PASSWD_ENCODED_MAX];
     unsigned pending;
+    /* Fetched once: an implicit fetch on every request would take OpenSSL's provider locks each time. */
+    EVP_MD *sha256;
     cache_entry_t cache[AUTH_CACHE_SIZE];
 };
 
@@ -264,8 +266,15 @@ static oa_auth_t *auth_alloc(uv_loop_t *loop)
 {
     oa_auth_t *a = calloc(1, sizeof(*a));
 
-    if (a != NULL)
-        a->loop = loop;
+    if (a == NULL)
+        return NULL;
+    a->loop = loop;
+    a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (a->sha256 == NULL) {
+        oa_error_add_ssl(NULL);
+        free(a);
+        return NULL;
+    }
     return a;
 }
 
@@ -443,6 +452,7 @@ void oa_auth_free(oa_auth_t *a)
     }
     free(a->users);
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
+    EVP_MD_free(a->sha256);
     free(a);
 }
 
@@ -586,7 +596,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     if (n < 0)
         return -OA_E_UNAUTHORIZED;
 
-    if (EVP_Digest(header, len, check->key, NULL, EVP_sha256(), NULL) != 1) {
+    if (EVP_Digest(header, len, check->key, NULL, a->sha256, NULL) != 1) {
         oa_error_add_ssl(NULL);
         rc = -OA_E_UNAUTHORIZED;
         goto out;

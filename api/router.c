@@ -145,7 +145,13 @@ void oa_api_handle(oa_http_request_t *req, void *app)
     oa_auth_check_t *check;
     int rc;
 
-    check = calloc(1, sizeof(*check));
+    /* Most requests are answered from the credential cache, so the check they needed is kept for the next one. */
+    check = agent->spare_check;
+    agent->spare_check = NULL;
+    if (check != NULL)
+        memset(check, 0, sizeof(*check));
+    else
+        check = calloc(1, sizeof(*check));
     if (check == NULL) {
         oa_http_respond_error(req, 0, OA_E_NOMEM, "Out of memory.", NULL);
         return;
@@ -155,7 +161,7 @@ void oa_api_handle(oa_http_request_t *req, void *app)
     rc = oa_auth_check(agent->auth, req->authorization, req->authorization_len, check, on_auth_done, &user);
     if (rc == 1)
         return; /* on_auth_done owns check now */
-    free(check);
+    agent->spare_check = check;
     if (rc < 0) {
         respond_auth_error(req, -rc);
         return;

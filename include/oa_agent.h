@@ -32,6 +32,7 @@ typedef struct oa_agent_s {
     oa_http_server_t *server;
     struct oa_cluster_s *cluster; /* NULL without --cluster */
     oa_buf_t conf_body;           /* GET /v1/ocsp's body, rebuilt on every change */
+    oa_auth_check_t *spare_check; /* reused by the next request when the last one authenticated at once */
     uv_signal_t sigterm;
     uv_signal_t sigint;
     int closing;
