@@ -442,23 +442,6 @@ static int conf_from_text(const char *text, size_t len, oa_conf_t *out)
     return rc;
 }
 
-static unsigned conf_diff(const oa_conf_t *a, const oa_conf_t *b)
-{
-    unsigned m = 0;
-
-    if (a->ocsp_functionality != b->ocsp_functionality)
-        m |= OA_CONF_F_OCSP_FUNCTIONALITY;
-    if (a->query_frequency != b->query_frequency)
-        m |= OA_CONF_F_QUERY_FREQUENCY;
-    if (a->response_timeout != b->response_timeout)
-        m |= OA_CONF_F_RESPONSE_TIMEOUT;
-    if (a->recovery_frequency != b->recovery_frequency)
-        m |= OA_CONF_F_RECOVERY_FREQUENCY;
-    if (a->recovery_max_tries != b->recovery_max_tries)
-        m |= OA_CONF_F_RECOVERY_MAX_TRIES;
-    return m;
-}
-
 static void save_version(oa_cluster_t *c)
 {
     char text[64];
@@ -490,7 +473,7 @@ static void load_version(oa_cluster_t *c)
 /* Puts a configuration from the store in force; version is the store's. */
 static void adopt_conf(oa_cluster_t *c, const oa_conf_t *conf, uint64_t version, const char *user, const char *from)
 {
-    unsigned changed = conf_diff(&c->conf, conf);
+    unsigned changed = oa_conf_diff(&c->conf, conf);
 
     c->conf = *conf;
     if (version != c->version) {
@@ -610,7 +593,7 @@ static void on_put_reply(redisAsyncContext *ac, void *r, void *priv)
     }
     v = (uint64_t)reply->element[1]->integer;
     if (reply->element[0]->integer == 1) {
-        if (v > c->version || conf_diff(&c->conf, &p->next_conf) != 0)
+        if (v > c->version || oa_conf_diff(&c->conf, &p->next_conf) != 0)
             adopt_conf(c, &p->next_conf, v, p->user, c->node_id);
         put_answer(p, NULL);
         return;
@@ -947,7 +930,7 @@ static void on_seed_reply(redisAsyncContext *ac, void *r, void *priv)
     v = (uint64_t)reply->element[0]->integer;
     if (reply->element[1]->len > 0 &&
         conf_from_text(reply->element[1]->str, reply->element[1]->len, &stored) == 0) {
-        if (v != c->version || conf_diff(&stored, &c->conf) != 0)
+        if (v != c->version || oa_conf_diff(&stored, &c->conf) != 0)
             adopt_conf(c, &stored, v, NULL, "store");
     } else if (v != c->version) {
         c->version = v;

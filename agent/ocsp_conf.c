@@ -180,7 +180,7 @@ static int check_responder_url(const char *current, const json_t *v, oa_error_t 
     return 0;
 }
 
-static unsigned diff_mask(const oa_conf_t *a, const oa_conf_t *b)
+unsigned oa_conf_diff(const oa_conf_t *a, const oa_conf_t *b)
 {
     unsigned mask = 0;
     size_t i;
@@ -252,7 +252,7 @@ int oa_conf_patch(const oa_conf_t *cur, const char *responder_url, const char *b
                      "(the proxy certificate names no OCSP responder)");
         goto out;
     }
-    *changed = diff_mask(cur, &next);
+    *changed = oa_conf_diff(cur, &next);
     *out = next;
     rc = 0;
 

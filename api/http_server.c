@@ -976,20 +976,14 @@ static void peer_name(conn_t *c)
     }
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* A connection struct with its handles initialised and linked into the server's list (so conn_close can always
+ * be used on it), or NULL when out of memory. */
+static conn_t *conn_new(oa_http_server_t *s)
 {
-    oa_http_server_t *s = oa_container_of(server, oa_http_server_t, listener);
-    conn_t *c;
+    conn_t *c = calloc(1, sizeof(*c));
 
-    if (status < 0 || s->stopping) {
-        OA_LOG(OA_LOG_DEBUG, "http_accept_failed", OA_KV_STR("reason", uv_err_name(status)));
-        return;
-    }
-    c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        OA_LOG(OA_LOG_DEBUG, "http_accept_failed", OA_KV_STR("reason", "out of memory"));
-        return;
-    }
+    if (c == NULL)
+        return NULL;
     c->srv = s;
     c->cur_hdr = -1;
     uv_tcp_init(s->loop, &c->tcp);
@@ -1001,10 +995,15 @@ static void on_connection(uv_stream_t *server, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-        conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* Counts a connected socket against the limit and starts serving it; a connection over the limit, or whose TLS
+ * session cannot be set up, is closed. */
+static void conn_begin(conn_t *c)
+{
+    oa_http_server_t *s = c->srv;
+
     if (s->nopen >= s->limits.max_connections) {
         OA_LOG(OA_LOG_DEBUG, "http_connection_refused", OA_KV_INT("open", s->nopen));
         conn_close(c);
@@ -1022,13 +1021,34 @@ static void on_connection(uv_stream_t *server, int status)
         }
         c->has_tls = 1;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_nodelay(&c->tcp, 1); /* fails harmlessly on a socket that is not TCP */
     conn_set_phase(c, PHASE_IDLE);
     conn_update_reading(c);
 }
 
-/* The same set-up as on_connection, for a socket that did not come from the listener: fuzz targets and tests
- * drive the real connection code through a socketpair this way. Keep the two in step. */
+static void on_connection(uv_stream_t *server, int status)
+{
+    oa_http_server_t *s = oa_container_of(server, oa_http_server_t, listener);
+    conn_t *c;
+
+    if (status < 0 || s->stopping) {
+        OA_LOG(OA_LOG_DEBUG, "http_accept_failed", OA_KV_STR("reason", uv_err_name(status)));
+        return;
+    }
+    c = conn_new(s);
+    if (c == NULL) {
+        OA_LOG(OA_LOG_DEBUG, "http_accept_failed", OA_KV_STR("reason", "out of memory"));
+        return;
+    }
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    conn_begin(c);
+}
+
+/* The same as an accepted connection, for a socket that did not come from the listener: fuzz targets and tests
+ * drive the real connection code through a socketpair this way. */
 int oa_http_server_adopt(oa_http_server_t *s, uv_os_sock_t fd)
 {
     conn_t *c;
@@ -1036,46 +1056,16 @@ int oa_http_server_adopt(oa_http_server_t *s, uv_os_sock_t fd)
 
     if (s->stopping)
         return UV_ECANCELED;
-    c = calloc(1, sizeof(*c));
+    c = conn_new(s);
     if (c == NULL)
         return UV_ENOMEM;
-    c->srv = s;
-    c->cur_hdr = -1;
-    uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c;
-    c->timer.data = c;
-    c->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
     rc = uv_tcp_open(&c->tcp, fd);
     if (rc != 0) {
         /* The handle holds no descriptor, so closing it leaves fd to the caller. */
         conn_close(c);
         return rc;
     }
-    if (s->nopen >= s->limits.max_connections) {
-        OA_LOG(OA_LOG_DEBUG, "http_connection_refused", OA_KV_INT("open", s->nopen));
-        conn_close(c);
-        return 0;
-    }
-    c->counted = 1;
-    s->nopen++;
-    peer_name(c);
-    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
-    c->parser.data = c;
-    if (s->tls != NULL) {
-        if (oa_tls_session_init(&c->tls, s->tls) != 0) {
-            conn_close(c);
-            return 0;
-        }
-        c->has_tls = 1;
-    }
-    uv_tcp_nodelay(&c->tcp, 1); /* fails harmlessly on a socket that is not TCP */
-    conn_set_phase(c, PHASE_IDLE);
-    conn_update_reading(c);
+    conn_begin(c);
     return 0;
 }
 

@@ -58,6 +58,9 @@ json_t *oa_conf_to_json(const oa_conf_t *c, const char *responder_url);
 int oa_conf_patch(const oa_conf_t *cur, const char *responder_url, const char *body, size_t len, oa_conf_t *out,
                   unsigned *changed, oa_error_t *err);
 
+/* The OA_CONF_F_* bits of the keys whose values differ between a and b. */
+unsigned oa_conf_diff(const oa_conf_t *a, const oa_conf_t *b);
+
 /* Writes the names of the keys in changed, comma-separated ("ocsp_functionality,query_frequency"), into out. */
 void oa_conf_changed_names(unsigned changed, char *out, size_t outlen);
 
