@@ -371,5 +371,25 @@ fi
 assert_jq "GOOD again: no revocation_time" 'has("revocation_time") | not'
 assert_match "GOOD again: the staple says good" 'Cert Status: good' "$(staple_text "$STAPLE")"
 
+# A verified UNKNOWN on the schedule: recovery, with the last GOOD kept and the staple untouched.
+scenario_seen "scheduled UNKNOWN: recovery, then good again"
+cp "$STAPLE" "$T_DIR/staple.good"
+set_mode unknown
+if poll_status '.state == "recovering"' 10; then
+    pass "schedule: an UNKNOWN answer starts recovery"
+else
+    fail "schedule: an UNKNOWN answer starts recovery" "last status: $(short "$BODY")"
+fi
+assert_json "scheduled UNKNOWN: last_error_code" .last_error_code cert_status_unknown
+assert_json "scheduled UNKNOWN: the last GOOD is still served" .cert_status GOOD
+if cmp -s "$STAPLE" "$T_DIR/staple.good"; then pass "scheduled UNKNOWN: the staple is not replaced"; else
+    fail "scheduled UNKNOWN: the staple is not replaced"; fi
+set_mode good
+if poll_status '.state == "valid" and .cert_status == "GOOD" and .consecutive_failures == 0' 10; then
+    pass "scheduled UNKNOWN: a GOOD answer ends the recovery"
+else
+    fail "scheduled UNKNOWN: a GOOD answer ends the recovery" "last status: $(short "$BODY")"
+fi
+
 stop_agent
 stop_fault_responder
