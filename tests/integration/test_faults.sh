@@ -170,7 +170,7 @@ check_valid() {
 make_admin_user() {
     local hash
     USER_PASS[admin]="Pw-admin-$RANDOM$RANDOM"
-    hash=$(printf '%s\n' "${USER_PASS[admin]}" | "$OA_AGENT_BIN" passwd 2>"$T_DIR/passwd.err") ||
+    hash=$(printf '%s\n' "${USER_PASS[admin]}" | hash_password 2>"$T_DIR/passwd.err") ||
         bail "ocsp-agent passwd works" "$(cat "$T_DIR/passwd.err")"
     jq -n --arg p "$hash" '{users: [{name: "admin@example.com", role: "admin", password: $p}]}' >"$USERS_FILE" ||
         bail "cannot write $USERS_FILE"
