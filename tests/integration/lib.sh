@@ -342,6 +342,74 @@ assert_start_fails() {
     fi
 }
 
+# stop_checked NAME: SIGTERM to the agent; it must finish its own shutdown (the agent_stopped line) within 5 s and
+# the process must exit with status 0. The exit itself may take a while longer in a sanitizer build, whose leak
+# check runs at exit and is slow on a loaded machine, so that part is given 30 s and its duration printed; when it
+# takes longer the threads' states are shown.
+stop_checked() {
+    local name=$1 pid=$AGENT_PID t0 rc
+    t0=$(date +%s%N)
+    kill -TERM "$pid"
+    if wait_log 'event=agent_stopped' 5; then
+        pass "$name: the agent shuts down within 5 s of SIGTERM"
+    else
+        fail "$name: the agent shuts down within 5 s of SIGTERM" "$(tail -n 5 "$AGENT_LOG")"
+    fi
+    if ! wait_exit "$pid" 30; then
+        fail "$name: the process exits after its shutdown" "threads (name, state, wait channel):" \
+            "$(for t in /proc/"$pid"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f3 "$t/stat") $(cat "$t/wchan")"; done)"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid"
+    rc=$?
+    forget_pid "$pid"
+    AGENT_PID=
+    echo "# $name: the process exited $((($(date +%s%N) - t0) / 1000000)) ms after SIGTERM"
+    assert_eq "$name: exit status 0" 0 "$rc"
+}
+
+# The openssl responder over the PKI in $PKI on $RESP_PORT (both set by the suite). Readiness is read from ss: a
+# bare connect would stall `openssl ocsp`, which serves one connection at a time and waits on a silent one.
+OSSL_PID=
+OSSL_RUNS=0
+
+resp_listening() { ss -Hltn "sport = :$RESP_PORT" 2>/dev/null | grep -q LISTEN; }
+
+# ossl_start [NMIN]: starts `openssl ocsp` on RESP_PORT (nextUpdate NMIN minutes ahead, default 5) and waits until
+# it listens.
+ossl_start() {
+    local nmin=${1:-5} deadline=$((SECONDS + 10))
+    OSSL_RUNS=$((OSSL_RUNS + 1))
+    openssl ocsp -index "$PKI/index.txt" -port "$RESP_PORT" -rsigner "$PKI/ocsp.pem" -rkey "$PKI/ocsp.key" \
+        -CA "$PKI/ca.pem" -nmin "$nmin" -ignore_err </dev/null >"$T_DIR/ossl-$OSSL_RUNS.log" 2>&1 &
+    OSSL_PID=$!
+    T_PIDS+=("$OSSL_PID")
+    until resp_listening; do
+        proc_alive "$OSSL_PID" || bail "openssl ocsp starts on port $RESP_PORT" "$(cat "$T_DIR/ossl-$OSSL_RUNS.log")"
+        [ $SECONDS -lt "$deadline" ] || bail "openssl ocsp listens on port $RESP_PORT within 10 s"
+        sleep 0.05
+    done
+}
+
+# ossl_stop: stops the responder and waits until nothing listens on its port any more.
+ossl_stop() {
+    local deadline
+    [ -n "$OSSL_PID" ] || return 0
+    kill -TERM "$OSSL_PID" 2>/dev/null
+    wait_exit "$OSSL_PID" 5 || kill -KILL "$OSSL_PID" 2>/dev/null
+    wait "$OSSL_PID" 2>/dev/null
+    forget_pid "$OSSL_PID"
+    OSSL_PID=
+    deadline=$((SECONDS + 5))
+    while resp_listening; do
+        [ $SECONDS -lt "$deadline" ] || bail "the responder's port $RESP_PORT is released"
+        sleep 0.05
+    done
+}
+
+# epoch_of RFC1123: seconds since the epoch, or nothing.
+epoch_of() { date -u -d "$1" +%s 2>/dev/null; }
+
 # hash_password: reads one password on stdin and prints its users-file hash. Normally `ocsp-agent passwd` (the
 # production cost); with OA_TEST_KDF_ITERATIONS set (scripts/valgrind.sh does), the same PBKDF2-SHA256 format made
 # by Python at that cost, so that an agent under memcheck verifies it in moments rather than a minute.

@@ -25,42 +25,6 @@ make_users admin
 # ---------------------------------------------------------------------------------------------------------------
 # The openssl responder
 
-OSSL_PID=
-OSSL_RUNS=0
-
-resp_listening() { ss -Hltn "sport = :$RESP_PORT" 2>/dev/null | grep -q LISTEN; }
-
-# ossl_start [NMIN]: starts `openssl ocsp` on RESP_PORT (nextUpdate NMIN minutes ahead, default 5) and waits until
-# it listens.
-ossl_start() {
-    local nmin=${1:-5} deadline=$((SECONDS + 10))
-    OSSL_RUNS=$((OSSL_RUNS + 1))
-    openssl ocsp -index "$PKI/index.txt" -port "$RESP_PORT" -rsigner "$PKI/ocsp.pem" -rkey "$PKI/ocsp.key" \
-        -CA "$PKI/ca.pem" -nmin "$nmin" -ignore_err </dev/null >"$T_DIR/ossl-$OSSL_RUNS.log" 2>&1 &
-    OSSL_PID=$!
-    T_PIDS+=("$OSSL_PID")
-    until resp_listening; do
-        proc_alive "$OSSL_PID" || bail "openssl ocsp starts on port $RESP_PORT" "$(cat "$T_DIR/ossl-$OSSL_RUNS.log")"
-        [ $SECONDS -lt "$deadline" ] || bail "openssl ocsp listens on port $RESP_PORT within 10 s"
-        sleep 0.05
-    done
-}
-
-# ossl_stop: stops the responder and waits until nothing listens on its port any more.
-ossl_stop() {
-    local deadline
-    [ -n "$OSSL_PID" ] || return 0
-    kill -TERM "$OSSL_PID" 2>/dev/null
-    wait_exit "$OSSL_PID" 5 || kill -KILL "$OSSL_PID" 2>/dev/null
-    wait "$OSSL_PID" 2>/dev/null
-    forget_pid "$OSSL_PID"
-    OSSL_PID=
-    deadline=$((SECONDS + 5))
-    while resp_listening; do
-        [ $SECONDS -lt "$deadline" ] || bail "the responder's port $RESP_PORT is released"
-        sleep 0.05
-    done
-}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Status, log and staple helpers
@@ -118,7 +82,6 @@ assert_intervals() {
 
 RFC1123_RE='^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT$'
 
-epoch_of() { date -u -d "$1" +%s 2>/dev/null; }
 
 # assert_rfc1123 NAME VALUE: VALUE is an RFC 1123 GMT date that `date` reads back to the same text.
 assert_rfc1123() {

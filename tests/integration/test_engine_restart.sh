@@ -25,37 +25,7 @@ AGENT_ARGS=(--users "$USERS_FILE" --cert "$PKI/proxy-chain.pem" --log-level info
 RESTART_ARGS=(--no-auth --cert "$PKI/proxy-chain.pem" --log-level info)
 
 # ---------------------------------------------------------------------------------------------------------------
-# The openssl responder (readiness read from ss: a bare connect would stall it) and a few local helpers.
-
-OSSL_PID=
-resp_listening() { ss -Hltn "sport = :$RESP_PORT" 2>/dev/null | grep -q LISTEN; }
-
-ossl_start() { # [NMIN]
-    local deadline=$((SECONDS + 10))
-    openssl ocsp -index "$PKI/index.txt" -port "$RESP_PORT" -rsigner "$PKI/ocsp.pem" -rkey "$PKI/ocsp.key" \
-        -CA "$PKI/ca.pem" -nmin "${1:-5}" -ignore_err </dev/null >"$T_DIR/ossl.log" 2>&1 &
-    OSSL_PID=$!
-    T_PIDS+=("$OSSL_PID")
-    until resp_listening; do
-        proc_alive "$OSSL_PID" || bail "openssl ocsp starts on port $RESP_PORT" "$(cat "$T_DIR/ossl.log")"
-        [ $SECONDS -lt "$deadline" ] || bail "openssl ocsp listens on port $RESP_PORT within 10 s"
-        sleep 0.05
-    done
-}
-
-ossl_stop() {
-    local deadline=$((SECONDS + 5))
-    [ -n "$OSSL_PID" ] || return 0
-    kill -TERM "$OSSL_PID" 2>/dev/null
-    wait_exit "$OSSL_PID" 5 || kill -KILL "$OSSL_PID" 2>/dev/null
-    wait "$OSSL_PID" 2>/dev/null
-    forget_pid "$OSSL_PID"
-    OSSL_PID=
-    while resp_listening; do
-        [ $SECONDS -lt "$deadline" ] || bail "the responder's port $RESP_PORT is released"
-        sleep 0.05
-    done
-}
+# Local helpers (the openssl responder's ossl_start/ossl_stop are in lib.sh).
 
 wait_status() { # JQ_EXPR [TIMEOUT]: polls GET /v1/ocsp/status until true; BODY is the last answer
     local deadline=$((SECONDS + ${2:-10}))
@@ -67,7 +37,6 @@ wait_status() { # JQ_EXPR [TIMEOUT]: polls GET /v1/ocsp/status until true; BODY 
     done
 }
 
-epoch_of() { date -u -d "$1" +%s 2>/dev/null; }
 status_field() { printf '%s' "$BODY" | jq -r --arg k "$1" '.[$k] // ""'; }
 first_line_of() { grep -nE -- "$1" "$AGENT_LOG" | head -n 1 | cut -d: -f1; } # ERE: line number, or nothing
 

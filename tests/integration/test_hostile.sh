@@ -95,31 +95,6 @@ run_case() {
     still_serving "$name"
 }
 
-# stop_checked NAME: SIGTERM to the agent; it must finish its own shutdown (the agent_stopped line) within 5 s and
-# the process must exit with status 0. The exit itself may take a while longer in a sanitizer build, whose leak
-# check runs at exit and is slow on a loaded machine, so that part is given 30 s and its duration printed; when it
-# takes longer the threads' states are shown.
-stop_checked() {
-    local name=$1 pid=$AGENT_PID t0 rc
-    t0=$(date +%s%N)
-    kill -TERM "$pid"
-    if wait_log 'event=agent_stopped' 5; then
-        pass "$name: the agent shuts down within 5 s of SIGTERM"
-    else
-        fail "$name: the agent shuts down within 5 s of SIGTERM" "$(tail -n 5 "$AGENT_LOG")"
-    fi
-    if ! wait_exit "$pid" 30; then
-        fail "$name: the process exits after its shutdown" "threads (name, state, wait channel):" \
-            "$(for t in /proc/"$pid"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f3 "$t/stat") $(cat "$t/wchan")"; done)"
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid"
-    rc=$?
-    forget_pid "$pid"
-    AGENT_PID=
-    echo "# $name: the process exited $((($(date +%s%N) - t0) / 1000000)) ms after SIGTERM"
-    assert_eq "$name: exit status 0" 0 "$rc"
-}
 
 # --- the agent under attack, with a configuration that differs from the defaults so that a change shows
 start_agent --users "$USERS_FILE" --log-level debug || bail "the agent does not start"
