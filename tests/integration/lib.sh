@@ -273,7 +273,9 @@ start_agent() {
     "${wrapper[@]}" "$OA_AGENT_BIN" "${args[@]}" </dev/null >"$AGENT_LOG.stdout" 2>"$AGENT_LOG" &
     AGENT_PID=$!
     T_PIDS+=("$AGENT_PID")
-    if wait_port "$AGENT_PORT" "$AGENT_PID" "$OA_START_TIMEOUT"; then
+    # The port opens before start-up finishes (the agent binds first); the start-up line says it is done.
+    if wait_port "$AGENT_PORT" "$AGENT_PID" "$OA_START_TIMEOUT" &&
+        wait_log 'event"?[=:]"?agent_started' "$OA_START_TIMEOUT"; then
         return 0
     fi
     local rc=running
