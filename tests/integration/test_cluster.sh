@@ -13,11 +13,6 @@
 #   - --cluster-tls refuses to start with one line.
 source "$(dirname "$0")/lib.sh"
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-    echo "skipped: redis-server and redis-cli are needed (Debian: redis-server, redis-tools)"
-    exit 0
-fi
-
 TIME_SCALE=0.02 # query_frequency 60 s -> a period of 1.2 s
 PERIOD_MS=1200
 LEASE_MS=3000   # the agent's lease
@@ -27,97 +22,8 @@ RESP_PORT=$(free_port) || bail "no free port for the responder"
 make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
 start_responder "$T_DIR/pki" "$RESP_PORT"
 
-REDIS_PORT=$(free_port) || bail "no free port for redis"
-REDIS_PID=
-start_redis() {
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-        >>"$T_DIR/redis.log" 2>&1 &
-    REDIS_PID=$!
-    T_PIDS+=("$REDIS_PID")
-    wait_port "$REDIS_PORT" "$REDIS_PID" 10 || bail "redis-server starts on port $REDIS_PORT" "$(tail "$T_DIR/redis.log")"
-}
-stop_redis() {
-    kill -TERM "$REDIS_PID" 2>/dev/null
-    wait_exit "$REDIS_PID" 5 || kill -KILL "$REDIS_PID"
-    wait "$REDIS_PID" 2>/dev/null
-    forget_pid "$REDIS_PID"
-}
-rcli() { redis-cli -p "$REDIS_PORT" --raw "$@" 2>/dev/null; }
+source "$(dirname "$0")/cluster_lib.sh"
 start_redis
-CLUSTER="redis://127.0.0.1:$REDIS_PORT"
-
-# Nodes by name: their pid, port, log and data dir.
-declare -A N_PID=() N_PORT=() N_LOG=()
-start_node() { # NAME [EXTRA ARGS...]
-    local name=$1
-    shift
-    mkdir -p "$T_DIR/data-$name"
-    start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" --data-dir "$T_DIR/data-$name" \
-        --node-id "$name" --time-scale "$TIME_SCALE" --cluster "$CLUSTER" "$@" || bail "node $name starts"
-    N_PID[$name]=$AGENT_PID
-    N_PORT[$name]=$AGENT_PORT
-    N_LOG[$name]=$AGENT_LOG
-}
-on() { # NAME: later req/put_json go to that node
-    AGENT_URL="http://127.0.0.1:${N_PORT[$1]}"
-    AGENT_PID=${N_PID[$1]}
-    AGENT_LOG=${N_LOG[$1]}
-}
-stop_node() { on "$1"; stop_agent; }
-
-# wait_conf NODE JQ_EXPR TIMEOUT_S: polls GET /v1/ocsp on NODE until JQ_EXPR holds.
-wait_conf() {
-    local deadline=$((SECONDS + $3))
-    on "$1"
-    while :; do
-        req GET /v1/ocsp
-        [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$2" >/dev/null 2>&1 && return 0
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.02
-    done
-}
-wait_status_on() { # NODE JQ_EXPR TIMEOUT_S
-    local deadline=$((SECONDS + $3))
-    on "$1"
-    while :; do
-        req GET /v1/ocsp/status
-        [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$2" >/dev/null 2>&1 && return 0
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
-wait_http() { # NODE METHOD PATH STATUS TIMEOUT_S
-    local deadline=$((SECONDS + $5))
-    on "$1"
-    while :; do
-        req "$2" "$3"
-        [ "$STATUS" = "$4" ] && return 0
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
-now_ms() { date +%s%3N; }
-assert_between() { # NAME LO HI VALUE (integers)
-    if [[ $4 =~ ^-?[0-9]+$ ]] && [ "$4" -ge "$2" ] && [ "$4" -le "$3" ]; then pass "$1 ($4)"; else
-        fail "$1" "expected a number in [$2, $3], got '$4'"; fi
-}
-
-# The scheduled queries of every node, as "epoch_ms node" lines sorted by time, since epoch ms $1.
-field() { printf '%s\n' "$1" | sed -nE "s/(^|.* )$2=(\"([^\"]*)\"|([^ \"]*)).*/\3\4/p"; }
-scheduled_queries() {
-    local since=$1 name line ts d start
-    for name in "${!N_LOG[@]}"; do
-        grep -E ' event=ocsp_query ' "${N_LOG[$name]}" | grep -E 'trigger=(schedule|recovery)' |
-            while IFS= read -r line; do
-                ts=$(field "$line" ts)
-                d=$(field "$line" duration_ms)
-                start=$(($(date -u -d "$ts" +%s%3N) - ${d:-0}))
-                [ "$start" -ge "$since" ] && echo "$start $name"
-            done
-    done | sort -n
-}
-# gaps between consecutive lines of scheduled_queries output, in ms
-gaps_of() { awk 'NR > 1 { printf "%d ", $1 - prev } { prev = $1 }'; }
 
 # ---------------------------------------------------------------------------------------------------------------
 echo "# start-up refusals"
