@@ -9,7 +9,7 @@
 #include "oa_http.h"
 #include "oa_log.h"
 #include "oa_util.h"
-#include "tls_session.h"
+#include "oa_tls.h"
 
 /* Unparsed input kept while a request waits for its response; past it the socket is not read any more. */
 #define IN_HIGH_WATER (64 * 1024)

@@ -1,27 +1,13 @@
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
-#include <uv.h>
 
 #include "oa_error.h"
 #include "oa_http.h"
-#include "tls_session.h"
-
-/* A key file must never make the daemon stop and ask for a passphrase on its terminal: refusing is the answer. */
-static int no_passphrase(char *buf, int size, int rwflag, void *userdata)
-{
-    (void)buf;
-    (void)size;
-    (void)rwflag;
-    (void)userdata;
-    return 0;
-}
+#include "oa_tls.h"
 
 int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **out, oa_error_t *err)
 {
     SSL_CTX *ctx = NULL;
-    BIO *bio = NULL;
-    EVP_PKEY *key = NULL;
     int rc = -1;
 
     *out = NULL;
@@ -39,162 +25,12 @@ int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **o
     }
     /* Renegotiation only gives a client a way to make the server work harder; the API never needs it. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert_pem) != 1) {
-        oa_error_set(err, OA_E_BAD_FILE, "The certificate file %s could not be loaded", cert_pem);
-        oa_error_add_ssl(err);
+    if (oa_tls_ctx_load_identity(ctx, cert_pem, key_pem, err) != 0)
         goto out;
-    }
-    /* The key is read here rather than with SSL_CTX_use_PrivateKey_file so that an unreadable file and a key
-     * that belongs to another certificate give different sentences. */
-    bio = BIO_new_file(key_pem, "r");
-    if (bio != NULL)
-        key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
-    if (key == NULL) {
-        oa_error_set(err, OA_E_BAD_FILE, "The private key file %s could not be loaded", key_pem);
-        oa_error_add_ssl(err);
-        goto out;
-    }
-    if (SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        oa_error_set(err, OA_E_BAD_FILE, "The private key in %s does not match the certificate in %s", key_pem,
-                     cert_pem);
-        oa_error_add_ssl(err);
-        goto out;
-    }
     *out = ctx;
     ctx = NULL;
     rc = 0;
 out:
-    EVP_PKEY_free(key); /* SSL_CTX_use_PrivateKey took its own reference */
-    BIO_free(bio);
     SSL_CTX_free(ctx);
     return rc;
-}
-
-int oa_tls_session_init(oa_tls_session_t *t, SSL_CTX *ctx)
-{
-    BIO *rbio = NULL, *wbio = NULL;
-
-    t->ssl = NULL;
-    t->rbio = NULL;
-    t->wbio = NULL;
-    t->shutdown_sent = 0;
-    t->ssl = SSL_new(ctx);
-    rbio = BIO_new(BIO_s_mem());
-    wbio = BIO_new(BIO_s_mem());
-    if (t->ssl == NULL || rbio == NULL || wbio == NULL) {
-        BIO_free(rbio);
-        BIO_free(wbio);
-        SSL_free(t->ssl);
-        t->ssl = NULL;
-        ERR_clear_error();
-        return UV_ENOMEM;
-    }
-    /* An empty read BIO must mean "not yet", never end of stream. */
-    BIO_set_mem_eof_return(rbio, -1);
-    BIO_set_mem_eof_return(wbio, -1);
-    SSL_set_bio(t->ssl, rbio, wbio); /* ssl owns both from here */
-    SSL_set_accept_state(t->ssl);
-    t->rbio = rbio;
-    t->wbio = wbio;
-    return 0;
-}
-
-void oa_tls_session_free(oa_tls_session_t *t)
-{
-    SSL_free(t->ssl);
-    t->ssl = NULL;
-    t->rbio = NULL;
-    t->wbio = NULL;
-}
-
-int oa_tls_session_feed(oa_tls_session_t *t, const void *p, size_t n)
-{
-    if (n > (size_t)INT32_MAX)
-        return UV_ENOMEM;
-    if (n == 0)
-        return 0;
-    if (BIO_write(t->rbio, p, (int)n) != (int)n) {
-        ERR_clear_error();
-        return UV_ENOMEM;
-    }
-    return 0;
-}
-
-int oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out)
-{
-    for (;;) {
-        size_t room;
-        int n, rc;
-
-        rc = oa_buf_reserve(out, 16384);
-        if (rc != 0)
-            return rc;
-        room = out->cap - out->len - 1;
-        if (room > (size_t)INT32_MAX)
-            room = (size_t)INT32_MAX;
-        n = SSL_read(t->ssl, out->data + out->len, (int)room);
-        if (n > 0) {
-            out->len += (size_t)n;
-            out->data[out->len] = '\0';
-            continue;
-        }
-        switch (SSL_get_error(t->ssl, n)) {
-        case SSL_ERROR_WANT_READ:
-        case SSL_ERROR_WANT_WRITE: /* a memory BIO never refuses a write; treated as "wait" for completeness */
-            return 0;
-        case SSL_ERROR_ZERO_RETURN:
-            return 1;
-        default:
-            ERR_clear_error();
-            return UV_EPROTO;
-        }
-    }
-}
-
-int oa_tls_session_write(oa_tls_session_t *t, const void *p, size_t n)
-{
-    int w;
-
-    if (n == 0)
-        return 0;
-    if (n > (size_t)INT32_MAX)
-        return UV_EPROTO;
-    w = SSL_write(t->ssl, p, (int)n);
-    if (w != (int)n) {
-        ERR_clear_error();
-        return UV_EPROTO;
-    }
-    return 0;
-}
-
-void oa_tls_session_shutdown(oa_tls_session_t *t)
-{
-    if (t->shutdown_sent || t->ssl == NULL)
-        return;
-    t->shutdown_sent = 1;
-    /* Only our close_notify is queued; waiting for the peer's would need a read we do not care about. */
-    if (SSL_is_init_finished(t->ssl))
-        (void)SSL_shutdown(t->ssl);
-    ERR_clear_error();
-}
-
-int oa_tls_session_drain(oa_tls_session_t *t, oa_buf_t *out)
-{
-    size_t pending = BIO_ctrl_pending(t->wbio);
-    int n, rc;
-
-    if (pending == 0)
-        return 0;
-    if (pending > (size_t)INT32_MAX)
-        pending = (size_t)INT32_MAX;
-    rc = oa_buf_reserve(out, pending);
-    if (rc != 0)
-        return rc;
-    n = BIO_read(t->wbio, out->data + out->len, (int)pending);
-    if (n > 0) {
-        out->len += (size_t)n;
-        out->data[out->len] = '\0';
-    }
-    return 0;
 }

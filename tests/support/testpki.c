@@ -451,3 +451,15 @@ int oa_testpki_request_der(OCSP_REQUEST *req, unsigned char **der, size_t *len)
     n = i2d_OCSP_REQUEST(req, &buf);
     return take_der(buf, n, der, len);
 }
+
+int oa_testpki_tls_leaf_new(const oa_testpki_ident_t *ca, const char *cn, const char *san, oa_testpki_ident_t *out)
+{
+    int nids[5] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage, 0, 0};
+    const char *values[4] = {"critical,CA:FALSE", "critical,digitalSignature", "serverAuth,clientAuth", NULL};
+
+    if (san != NULL) {
+        nids[3] = NID_subject_alt_name;
+        values[3] = san;
+    }
+    return make_cert(ca, cn, next_serial++, nids, values, out);
+}

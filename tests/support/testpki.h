@@ -166,4 +166,13 @@ int oa_testpki_der_append(unsigned char **der, size_t *len, const void *bytes, s
 /* The DER encoding of req, malloc'ed (free()). Returns 0 or -1. */
 int oa_testpki_request_der(OCSP_REQUEST *req, unsigned char **der, size_t *len);
 
+/* TLS peers. */
+
+/*
+ * A certificate for either end of a TLS connection, named CN=<cn>, issued by ca: basicConstraints CA:FALSE, keyUsage
+ * digitalSignature, EKU serverAuth and clientAuth, and the subjectAltName san in OpenSSL's configuration syntax
+ * ("DNS:localhost,IP:127.0.0.1"; none when NULL). Returns 0 or -1.
+ */
+int oa_testpki_tls_leaf_new(const oa_testpki_ident_t *ca, const char *cn, const char *san, oa_testpki_ident_t *out);
+
 #endif

@@ -1,0 +1,717 @@
+/*
+ * One Redis connection on libuv; see oa_redis.h for the contract.
+ *
+ * Life of a connection: resolving (uv_getaddrinfo) -> connecting (each address in turn, a fresh TCP handle for
+ * each) -> handshaking (TLS only) -> ready. A failure at any point, or the deadline, moves it to failed: every
+ * handle is closed at once, and the owner is told from a zero-delay timer, so that a failure found inside
+ * oa_redis_connect or oa_redis_command is still reported from the loop and never before the call returns.
+ *
+ * Teardown follows one rule: memory goes only in the last of the libuv close callbacks (the timer, the TCP handle,
+ * a getaddrinfo request still in the thread pool), and never while one of the owner's callbacks is running
+ * (depth counts them), so oa_redis_free is safe from inside any of them.
+ */
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "oa_error.h"
+#include "oa_redis.h"
+#include "oa_tls.h"
+#include "oa_util.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 2000u
+#define DEFAULT_MAX_REPLY_BYTES    (16u * 1024u * 1024u)
+/* A write buffer that grew past this for one burst is given back rather than kept for the life of the connection. */
+#define KEEP_BUFFER_MAX (1024u * 1024u)
+#define READ_CHUNK      65536
+
+typedef struct pending_s {
+    struct pending_s *next;
+    oa_redis_reply_cb cb; /* NULL: the reply is dropped */
+    void *priv;
+} pending_t;
+
+typedef enum state_e {
+    ST_RESOLVING,
+    ST_CONNECTING,
+    ST_HANDSHAKE,
+    ST_READY,
+} state_t;
+
+struct oa_redis_s {
+    uv_loop_t *loop;
+    char *host;
+    char *tls_name; /* TLS only: what the certificate must name */
+    int port;
+    SSL_CTX *tls_ctx;
+    unsigned timeout_ms;
+    size_t max_reply;
+    void (*on_ready)(oa_redis_t *r, void *data);
+    void (*on_error)(oa_redis_t *r, const char *why, void *data);
+    oa_redis_reply_cb on_push;
+    void *data;
+
+    uv_timer_t timer; /* the deadline while connecting, then the deferred failure report */
+    uv_getaddrinfo_t gai;
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+
+    struct addrinfo *addrs; /* owned; the list being tried */
+    struct addrinfo *next_addr;
+    int last_status;    /* why the last address failed */
+    int write_status;   /* a failed write, reported once the read side had its say */
+    char last_addr[64]; /* that address, for the sentence */
+
+    oa_tls_session_t tls;
+    redisReader *reader;
+    size_t reply_bytes; /* bytes of the reply in progress that the reader already consumed */
+
+    oa_buf_t plain;    /* TLS: command bytes waiting to be encrypted */
+    oa_buf_t out;      /* bytes for the socket not yet handed to uv_write */
+    oa_buf_t inflight; /* the bytes of the one uv_write in flight */
+    oa_buf_t dec;      /* TLS: plaintext decrypted from one read */
+    char rbuf[READ_CHUNK];
+
+    pending_t *head, *tail;
+
+    state_t state;
+    unsigned depth;         /* owner callbacks running now */
+    unsigned failed : 1;    /* no more I/O; set by a failure and by oa_redis_free */
+    unsigned freed : 1;     /* oa_redis_free was called */
+    unsigned finishing : 1; /* the timer is being closed; memory follows */
+    unsigned timer_open : 1;
+    unsigned tcp_open : 1;
+    unsigned gai_active : 1;
+    unsigned writing : 1;
+    unsigned subscribed : 1; /* the server put the connection in Pub/Sub mode */
+    char why[OA_ERROR_TEXT_MAX + 128];
+};
+
+static void fail(oa_redis_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void on_tcp_closed_retry(uv_handle_t *h);
+
+/* ---- teardown ---- */
+
+static void release(oa_redis_t *r)
+{
+    pending_t *p;
+
+    while ((p = r->head) != NULL) {
+        r->head = p->next;
+        free(p);
+    }
+    uv_freeaddrinfo(r->addrs);
+    if (r->reader != NULL)
+        redisReaderFree(r->reader);
+    oa_tls_session_free(&r->tls);
+    oa_buf_free(&r->plain);
+    oa_buf_free(&r->out);
+    oa_buf_free(&r->inflight);
+    oa_buf_free(&r->dec);
+    free(r->host);
+    free(r->tls_name);
+    free(r);
+}
+
+static void maybe_release(oa_redis_t *r)
+{
+    if (r->freed && r->depth == 0 && !r->timer_open && !r->tcp_open && !r->gai_active)
+        release(r);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    oa_redis_t *r = oa_container_of(h, oa_redis_t, timer);
+
+    r->timer_open = 0;
+    maybe_release(r);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    oa_redis_t *r = oa_container_of(h, oa_redis_t, tcp);
+
+    r->tcp_open = 0;
+    maybe_release(r);
+}
+
+/* Stops every source of further events. The request in the thread pool may not be cancellable any more; its
+ * callback then sees failed and only frees the result. */
+static void stop_io(oa_redis_t *r)
+{
+    if (r->gai_active)
+        (void)uv_cancel((uv_req_t *)&r->gai);
+    if (r->tcp_open && !uv_is_closing((uv_handle_t *)&r->tcp))
+        uv_close((uv_handle_t *)&r->tcp, on_tcp_closed);
+    if (r->timer_open)
+        uv_timer_stop(&r->timer);
+}
+
+/* Called once the owner freed r and no owner callback is running any more. */
+static void finish(oa_redis_t *r)
+{
+    if (r->finishing)
+        return;
+    r->finishing = 1;
+    if (r->timer_open && !uv_is_closing((uv_handle_t *)&r->timer))
+        uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+}
+
+static void enter(oa_redis_t *r)
+{
+    r->depth++;
+}
+
+static void leave(oa_redis_t *r)
+{
+    r->depth--;
+    /* Only starts closing: the memory goes in a close callback, which never runs inside the caller's frame. */
+    if (r->depth == 0 && r->freed)
+        finish(r);
+}
+
+/* Hands NULL to every queued callback, oldest first. A callback cannot queue more (commands are refused once
+ * failed is set) but may call oa_redis_free, which empties the same queue: it is re-read after each callback. */
+static void fire_pending_null(oa_redis_t *r)
+{
+    pending_t *p;
+
+    enter(r);
+    while ((p = r->head) != NULL) {
+        r->head = p->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        if (p->cb != NULL)
+            p->cb(r, NULL, p->priv);
+        free(p);
+    }
+    leave(r);
+}
+
+static void on_report_failure(uv_timer_t *t)
+{
+    oa_redis_t *r = oa_container_of(t, oa_redis_t, timer);
+
+    enter(r);
+    fire_pending_null(r);
+    if (!r->freed && r->on_error != NULL)
+        r->on_error(r, r->why, r->data);
+    leave(r);
+}
+
+static void fail(oa_redis_t *r, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (r->failed)
+        return;
+    r->failed = 1;
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof(r->why), fmt, ap);
+    va_end(ap);
+    stop_io(r);
+    /* Reported from the loop even when the failure was found inside a call of the owner's. */
+    uv_timer_start(&r->timer, on_report_failure, 0, 0);
+}
+
+void oa_redis_free(oa_redis_t *r)
+{
+    if (r == NULL || r->freed)
+        return;
+    r->freed = 1;
+    if (!r->failed) {
+        r->failed = 1;
+        stop_io(r);
+    }
+    /* A failure report still waiting on the timer is dropped: after free, only the queued callbacks fire, here. */
+    if (r->timer_open)
+        uv_timer_stop(&r->timer);
+    fire_pending_null(r);
+    if (r->depth == 0)
+        finish(r);
+}
+
+/* ---- writing ---- */
+
+static void on_written(uv_write_t *req, int status);
+
+/* Starts the next uv_write when none is in flight. Commands wait until the connection is ready; before that only
+ * handshake records go out. */
+static int flush(oa_redis_t *r)
+{
+    oa_buf_t tmp;
+    uv_buf_t b;
+    int rc;
+
+    if (r->failed || r->writing || r->write_status != 0 || (r->state != ST_READY && r->state != ST_HANDSHAKE))
+        return 0;
+    if (r->tls_ctx != NULL) {
+        /* Encrypting everything queued in one go makes few large records rather than one per command. */
+        if (r->state == ST_READY && r->plain.len > 0) {
+            rc = oa_tls_session_write(&r->tls, r->plain.data, r->plain.len);
+            if (rc != 0)
+                return rc;
+            oa_buf_reset(&r->plain);
+        }
+        rc = oa_tls_session_drain(&r->tls, &r->out);
+        if (rc != 0)
+            return rc;
+    } else if (r->state != ST_READY) {
+        return 0;
+    }
+    if (r->out.len == 0)
+        return 0;
+    tmp = r->inflight;
+    r->inflight = r->out;
+    r->out = tmp;
+    oa_buf_reset(&r->out);
+    b = uv_buf_init(r->inflight.data, (unsigned)r->inflight.len);
+    rc = uv_write(&r->write_req, (uv_stream_t *)&r->tcp, &b, 1, on_written);
+    if (rc != 0)
+        return rc;
+    r->writing = 1;
+    return 0;
+}
+
+static void on_write_grace(uv_timer_t *t)
+{
+    oa_redis_t *r = oa_container_of(t, oa_redis_t, timer);
+
+    fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(r->write_status));
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    oa_redis_t *r = oa_container_of(req, oa_redis_t, write_req);
+    int rc;
+
+    r->writing = 0;
+    if (r->failed)
+        return; /* the handle is closing; the buffer goes with r */
+    if (status != 0) {
+        /* A write fails when the server has already closed, often right after saying why (a TLS alert, an error
+         * reply) or after answering earlier commands. Those bytes are read first; the write error is the report
+         * only if the read side has nothing to say within a short grace. */
+        r->write_status = status;
+        uv_timer_start(&r->timer, on_write_grace, 100, 0);
+        return;
+    }
+    if (r->inflight.cap > KEEP_BUFFER_MAX)
+        oa_buf_free(&r->inflight);
+    else
+        oa_buf_reset(&r->inflight);
+    rc = flush(r);
+    if (rc != 0)
+        fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+}
+
+/* ---- reading ---- */
+
+static size_t unconsumed(const redisReader *rd)
+{
+    return rd->len - rd->pos;
+}
+
+/* In Pub/Sub mode a message can arrive between a command and its reply; it must not be taken for that reply. */
+static int is_push(const oa_redis_t *r, const redisReply *reply)
+{
+    const char *kind;
+
+    if (!r->subscribed || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return 0;
+    kind = reply->element[0]->str;
+    return strcmp(kind, "message") == 0 || strcmp(kind, "pmessage") == 0 || strcmp(kind, "smessage") == 0;
+}
+
+/* A (un)subscribe confirmation carries the number of subscriptions left: Pub/Sub mode lasts while it is above 0. */
+static void track_subscriptions(oa_redis_t *r, const redisReply *reply)
+{
+    static const char *const kinds[] = {"subscribe",   "psubscribe",   "ssubscribe",
+                                        "unsubscribe", "punsubscribe", "sunsubscribe"};
+    size_t i;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER)
+        return;
+    for (i = 0; i < OA_ARRAY_SIZE(kinds); i++) {
+        if (strcmp(reply->element[0]->str, kinds[i]) == 0) {
+            r->subscribed = reply->element[2]->integer > 0;
+            return;
+        }
+    }
+}
+
+static void deliver(oa_redis_t *r, redisReply *reply)
+{
+    pending_t *p = r->head;
+
+    track_subscriptions(r, reply);
+    if (p == NULL || is_push(r, reply)) {
+        if (r->on_push != NULL) {
+            enter(r);
+            r->on_push(r, reply, r->data);
+            leave(r);
+        }
+        return;
+    }
+    r->head = p->next;
+    if (r->head == NULL)
+        r->tail = NULL;
+    if (p->cb != NULL) {
+        enter(r);
+        p->cb(r, reply, p->priv);
+        leave(r);
+    }
+    free(p);
+}
+
+static void feed_replies(oa_redis_t *r, const char *p, size_t n)
+{
+    if (redisReaderFeed(r->reader, p, n) != REDIS_OK) {
+        fail(r, "Redis at %s:%d: the reply could not be buffered (%s)", r->host, r->port, r->reader->errstr);
+        return;
+    }
+    while (!r->failed) {
+        void *reply = NULL;
+        size_t before = unconsumed(r->reader), size;
+
+        if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
+            fail(r, "Redis at %s:%d sent something that is not the Redis protocol (%s)", r->host, r->port,
+                 r->reader->errstr);
+            return;
+        }
+        /* The reader compacts its buffer as it goes, so what it consumed is measured on the unconsumed rest. */
+        r->reply_bytes += before - unconsumed(r->reader);
+        if (reply == NULL) {
+            if (r->reply_bytes + unconsumed(r->reader) > r->max_reply)
+                fail(r, "A reply from Redis at %s:%d is larger than the limit of %zu bytes", r->host, r->port,
+                     r->max_reply);
+            return;
+        }
+        size = r->reply_bytes;
+        r->reply_bytes = 0;
+        if (size > r->max_reply) {
+            freeReplyObject(reply);
+            fail(r, "A reply from Redis at %s:%d is larger than the limit of %zu bytes", r->host, r->port,
+                 r->max_reply);
+            return;
+        }
+        deliver(r, reply);
+        freeReplyObject(reply);
+    }
+}
+
+static void become_ready(oa_redis_t *r)
+{
+    int rc;
+
+    r->state = ST_READY;
+    if (r->write_status == 0)
+        uv_timer_stop(&r->timer); /* the deadline is met */
+    rc = flush(r);
+    if (rc != 0) {
+        fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+        return;
+    }
+    if (r->on_ready != NULL) {
+        enter(r);
+        r->on_ready(r, r->data);
+        leave(r);
+    }
+}
+
+/* Runs the TLS engine over what was fed: handshake progress, records to send, plaintext replies. */
+static void tls_pump(oa_redis_t *r)
+{
+    oa_error_t e;
+    int rc, wrc;
+
+    oa_error_clear(&e);
+    oa_buf_reset(&r->dec);
+    rc = oa_tls_session_read_err(&r->tls, &r->dec, &e);
+    if (rc < 0) {
+        if (rc == UV_EPROTO)
+            fail(r, "TLS with Redis at %s:%d failed: %s", r->host, r->port, e.text);
+        else
+            fail(r, "TLS with Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+        return;
+    }
+    wrc = flush(r);
+    if (wrc != 0) {
+        fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(wrc));
+        return;
+    }
+    if (r->state == ST_HANDSHAKE && oa_tls_session_established(&r->tls)) {
+        become_ready(r);
+        if (r->failed)
+            return;
+    }
+    if (r->dec.len > 0)
+        feed_replies(r, r->dec.data, r->dec.len);
+    if (!r->failed && rc == 1)
+        fail(r, "Redis at %s:%d closed the TLS session", r->host, r->port);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    oa_redis_t *r = oa_container_of(h, oa_redis_t, tcp);
+
+    (void)suggested;
+    *buf = uv_buf_init(r->rbuf, sizeof(r->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    oa_redis_t *r = oa_container_of(s, oa_redis_t, tcp);
+    int rc;
+
+    if (r->failed || nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF && r->state == ST_HANDSHAKE)
+            fail(r, "Redis at %s:%d closed the connection during the TLS handshake", r->host, r->port);
+        else if (nread == UV_EOF)
+            fail(r, "Redis at %s:%d closed the connection", r->host, r->port);
+        else
+            fail(r, "Reading from Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror((int)nread));
+        return;
+    }
+    if (r->tls_ctx == NULL) {
+        feed_replies(r, buf->base, (size_t)nread);
+        return;
+    }
+    rc = oa_tls_session_feed(&r->tls, buf->base, (size_t)nread);
+    if (rc != 0) {
+        fail(r, "TLS with Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+        return;
+    }
+    tls_pump(r);
+}
+
+/* ---- connecting ---- */
+
+static void on_connected(uv_connect_t *req, int status);
+
+static void try_next_address(oa_redis_t *r)
+{
+    struct addrinfo *ai;
+    int rc;
+
+    while ((ai = r->next_addr) != NULL) {
+        r->next_addr = ai->ai_next;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        if (uv_ip_name(ai->ai_addr, r->last_addr, sizeof(r->last_addr)) != 0)
+            snprintf(r->last_addr, sizeof(r->last_addr), "?");
+        rc = uv_tcp_init(r->loop, &r->tcp);
+        if (rc != 0) {
+            fail(r, "Could not connect to Redis at %s:%d (%s)", r->host, r->port, uv_strerror(rc));
+            return;
+        }
+        r->tcp_open = 1;
+        rc = uv_tcp_connect(&r->connect_req, &r->tcp, ai->ai_addr, on_connected);
+        if (rc == 0)
+            return;
+        r->last_status = rc;
+        uv_close((uv_handle_t *)&r->tcp, on_tcp_closed_retry);
+        return;
+    }
+    fail(r, "Could not connect to Redis at %s:%d (%s: %s)", r->host, r->port, r->last_addr,
+         uv_strerror(r->last_status));
+}
+
+/* A socket whose connect failed cannot be connected again, so every address gets a fresh handle. */
+static void on_tcp_closed_retry(uv_handle_t *h)
+{
+    oa_redis_t *r = oa_container_of(h, oa_redis_t, tcp);
+
+    r->tcp_open = 0;
+    if (r->failed) {
+        maybe_release(r);
+        return;
+    }
+    try_next_address(r);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    oa_redis_t *r = oa_container_of(req, oa_redis_t, connect_req);
+    int rc;
+
+    if (r->failed)
+        return; /* the handle is closing */
+    if (status != 0) {
+        r->last_status = status;
+        uv_close((uv_handle_t *)&r->tcp, on_tcp_closed_retry);
+        return;
+    }
+    /* Commands are small and pipelined: Nagle would only hold them back. Keep-alive notices a vanished server on an
+     * idle Pub/Sub connection. Neither is worth failing the connection over. */
+    (void)uv_tcp_nodelay(&r->tcp, 1);
+    (void)uv_tcp_keepalive(&r->tcp, 1, 60);
+    rc = uv_read_start((uv_stream_t *)&r->tcp, on_alloc, on_read);
+    if (rc != 0) {
+        fail(r, "Reading from Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+        return;
+    }
+    if (r->tls_ctx == NULL) {
+        become_ready(r);
+        return;
+    }
+    r->state = ST_HANDSHAKE;
+    rc = oa_tls_session_init_client(&r->tls, r->tls_ctx, r->tls_name);
+    if (rc != 0) {
+        fail(r, "TLS with Redis at %s:%d could not start (%s, name \"%s\")", r->host, r->port, uv_strerror(rc),
+             r->tls_name);
+        return;
+    }
+    tls_pump(r); /* sends the ClientHello */
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    oa_redis_t *r = oa_container_of(req, oa_redis_t, gai);
+
+    r->gai_active = 0;
+    if (r->failed) {
+        uv_freeaddrinfo(res);
+        maybe_release(r);
+        return;
+    }
+    if (status != 0) {
+        fail(r, "The Redis host %s could not be resolved (%s)", r->host, uv_strerror(status));
+        return;
+    }
+    r->addrs = res;
+    r->next_addr = res;
+    r->last_status = UV_EADDRNOTAVAIL;
+    snprintf(r->last_addr, sizeof(r->last_addr), "%s", r->host);
+    r->state = ST_CONNECTING;
+    try_next_address(r);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    oa_redis_t *r = oa_container_of(t, oa_redis_t, timer);
+    const char *phase = r->state == ST_RESOLVING    ? "while resolving the name"
+                        : r->state == ST_CONNECTING ? "while connecting"
+                                                    : "during the TLS handshake";
+
+    fail(r, "Redis at %s:%d was not ready within %u ms (timed out %s)", r->host, r->port, r->timeout_ms, phase);
+}
+
+int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **out, oa_error_t *err)
+{
+    struct addrinfo hints;
+    char port[16];
+    oa_redis_t *r = NULL;
+    int rc;
+
+    *out = NULL;
+    if (o == NULL || o->host == NULL || o->host[0] == '\0')
+        return oa_error_set(err, OA_E_BAD_OPTION, "The Redis host is empty");
+    if (o->port < 1 || o->port > 65535)
+        return oa_error_set(err, OA_E_BAD_OPTION, "The Redis port %d is out of range (1 to 65535)", o->port);
+    r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        goto nomem;
+    r->loop = loop;
+    r->port = o->port;
+    r->tls_ctx = o->tls;
+    r->timeout_ms = o->connect_timeout_ms != 0 ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    r->max_reply = o->max_reply_bytes != 0 ? o->max_reply_bytes : DEFAULT_MAX_REPLY_BYTES;
+    r->on_ready = o->on_ready;
+    r->on_error = o->on_error;
+    r->on_push = o->on_push;
+    r->data = o->data;
+    r->state = ST_RESOLVING;
+    r->host = strdup(o->host);
+    r->reader = redisReaderCreate();
+    if (r->host == NULL || r->reader == NULL)
+        goto nomem;
+    if (o->tls != NULL) {
+        r->tls_name = strdup(o->tls_name != NULL ? o->tls_name : o->host);
+        if (r->tls_name == NULL)
+            goto nomem;
+    }
+    rc = uv_timer_init(loop, &r->timer);
+    if (rc != 0) {
+        oa_error_set(err, OA_E_INTERNAL, "The Redis connection timer could not be created (%s)", uv_strerror(rc));
+        release(r);
+        return -1;
+    }
+    r->timer_open = 1;
+    uv_timer_start(&r->timer, on_deadline, r->timeout_ms, 0);
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%d", o->port);
+    rc = uv_getaddrinfo(loop, &r->gai, on_resolved, r->host, port, &hints);
+    if (rc == 0)
+        r->gai_active = 1;
+    else
+        fail(r, "The Redis host %s could not be resolved (%s)", r->host, uv_strerror(rc));
+    *out = r;
+    return 0;
+nomem:
+    if (r != NULL)
+        release(r);
+    return oa_error_set(err, OA_E_NOMEM, "Out of memory for a Redis connection");
+}
+
+int oa_redis_command(oa_redis_t *r, oa_redis_reply_cb cb, void *priv, const char *fmt, ...)
+{
+    va_list ap;
+    char *cmd = NULL;
+    pending_t *p;
+    int len, rc;
+
+    if (r == NULL || r->failed)
+        return -1;
+    va_start(ap, fmt);
+    len = redisvFormatCommand(&cmd, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return -1;
+    p = malloc(sizeof(*p));
+    if (p == NULL) {
+        redisFreeCommand(cmd);
+        return -1;
+    }
+    /* With TLS the bytes wait in plain and are encrypted when the next write starts. */
+    rc = oa_buf_append(r->tls_ctx != NULL ? &r->plain : &r->out, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    if (rc != 0) {
+        free(p);
+        return -1;
+    }
+    p->next = NULL;
+    p->cb = cb;
+    p->priv = priv;
+    if (r->tail != NULL)
+        r->tail->next = p;
+    else
+        r->head = p;
+    r->tail = p;
+    rc = flush(r);
+    if (rc != 0) /* the callback is queued: it gets NULL from the loop, as the contract says */
+        fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+    return 0;
+}
+
+int oa_redis_ready(const oa_redis_t *r)
+{
+    return r != NULL && !r->failed && r->state == ST_READY;
+}
+
+void *oa_redis_data(const oa_redis_t *r)
+{
+    return r->data;
+}

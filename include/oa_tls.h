@@ -1,0 +1,80 @@
+/*
+ * TLS over two memory BIOs, for the HTTP server (server side) and the Redis connection (client side), and the
+ * client context the Redis connection uses.
+ *
+ * A session never touches a socket: ciphertext read from the network is fed in with oa_tls_session_feed,
+ * plaintext comes out of oa_tls_session_read, plaintext to send goes in with oa_tls_session_write, and the
+ * ciphertext OpenSSL produced (handshake records, application data, alerts) is taken out with
+ * oa_tls_session_drain and written to the socket by the caller. None of these calls blocks.
+ */
+#ifndef OA_TLS_H
+#define OA_TLS_H
+
+#include <openssl/ssl.h>
+#include <stddef.h>
+
+#include "oa_error.h"
+#include "oa_util.h"
+
+typedef struct oa_tls_session_s {
+    SSL *ssl;  /* owns both BIOs once set */
+    BIO *rbio; /* ciphertext from the peer, borrowed from ssl */
+    BIO *wbio; /* ciphertext for the peer, borrowed from ssl */
+    int shutdown_sent;
+} oa_tls_session_t;
+
+/* Creates the SSL object in server mode on ctx (which the session does not own). Returns 0 or UV_ENOMEM; on
+ * failure t holds nothing to free. */
+int oa_tls_session_init(oa_tls_session_t *t, SSL_CTX *ctx);
+
+/* Creates the SSL object in client mode on ctx (which the session does not own). name is what the server's
+ * certificate must carry: a DNS name (also sent as SNI) or an IPv4/IPv6 literal (matched against the IP address
+ * entries; no SNI). Verification itself happens only if ctx asks for it (oa_tls_client_ctx_new does). The first
+ * oa_tls_session_read starts the handshake. Returns 0, UV_ENOMEM, or UV_EINVAL (name empty or refused by
+ * OpenSSL); on failure t holds nothing to free. */
+int oa_tls_session_init_client(oa_tls_session_t *t, SSL_CTX *ctx, const char *name);
+
+/* Frees the SSL object and its BIOs. Safe on a session that was never initialised (zeroed). */
+void oa_tls_session_free(oa_tls_session_t *t);
+
+/* Hands n bytes of ciphertext from the peer to the session. Returns 0 or UV_ENOMEM. */
+int oa_tls_session_feed(oa_tls_session_t *t, const void *p, size_t n);
+
+/* Runs the handshake as far as the fed bytes allow and appends every plaintext byte they carry to out.
+ * Returns 0 when more ciphertext is needed, 1 when the peer sent close_notify, UV_EPROTO when the handshake or
+ * a record failed (the queued alert can still be drained), UV_ENOMEM. OpenSSL's error queue is emptied. */
+int oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out);
+
+/* As oa_tls_session_read; when it returns UV_EPROTO, err (if not NULL) also says why in one sentence: the result of
+ * the peer certificate's verification when that failed, then OpenSSL's reasons (a received alert among them). */
+int oa_tls_session_read_err(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err);
+
+/* 1 once the handshake has completed. */
+int oa_tls_session_established(const oa_tls_session_t *t);
+
+/* Encrypts n bytes of plaintext. The memory BIO takes every record, so the write is complete or failed.
+ * Returns 0 or UV_EPROTO. */
+int oa_tls_session_write(oa_tls_session_t *t, const void *p, size_t n);
+
+/* Queues close_notify once. */
+void oa_tls_session_shutdown(oa_tls_session_t *t);
+
+/* Moves all pending ciphertext for the peer to the end of out. Returns 0 or UV_ENOMEM. */
+int oa_tls_session_drain(oa_tls_session_t *t, oa_buf_t *out);
+
+/* Loads a certificate chain (PEM, leaf first) and its unencrypted PEM private key into ctx, and checks that they
+ * belong together. Returns 0, or -1 with err filled (OA_E_BAD_FILE naming the file that could not be read or the
+ * key and certificate files that do not match, with OpenSSL's reason). Used by both server and client contexts. */
+int oa_tls_ctx_load_identity(SSL_CTX *ctx, const char *cert_pem, const char *key_pem, oa_error_t *err);
+
+/*
+ * A client-side TLS context: TLS 1.2 minimum, the server's certificate verified (SSL_VERIFY_PEER) against the CAs
+ * in ca_file (PEM; NULL: OpenSSL's default locations), and, when cert_file is not NULL, a client certificate chain
+ * with its key key_file (both or neither) for servers that ask for one. Returns 0 with *out set (free with
+ * SSL_CTX_free), or -1 with err filled (OA_E_BAD_FILE naming the file, with OpenSSL's reason; OA_E_BAD_OPTION when
+ * only one of cert_file and key_file is given).
+ */
+int oa_tls_client_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, SSL_CTX **out,
+                          oa_error_t *err);
+
+#endif
