@@ -14,14 +14,14 @@
 # HTTP Basic credentials (verified once, then remembered by the agent), requests to nginx carry none.
 # Everything the script starts is stopped when it ends.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 duration=10
 connections=50
-build=1
 warmup=2
 
-usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { bench_usage 9; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,85 +31,35 @@ while [ $# -gt 0 ]; do
     --connections=*) connections=${1#--connections=} ;;
     --no-build) build=0 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "bench_api.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) bench_bad_option "$1" ;;
   esac
   shift
 done
-for v in "$duration" "$connections"; do
-  if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then echo "bench_api.sh: expected a positive integer, got '$v'" >&2; exit 2; fi
-done
-for tool in wrk nginx curl jq openssl; do
-  command -v "$tool" >/dev/null || { echo "bench_api.sh: $tool is missing (run scripts/setup.sh)" >&2; exit 1; }
-done
-
-bin=$root/build-bench/ocsp-agent
-if [ "$build" = 1 ]; then
-  echo "building $root/build-bench (Release, no sanitizers)"
-  cmake -S "$root" -B "$root/build-bench" -DCMAKE_BUILD_TYPE=Release -DOA_SANITIZE=OFF -DOA_TESTS=OFF >/dev/null
-  cmake --build "$root/build-bench" -j"$(nproc)" --target ocsp-agent >/dev/null
-fi
-[ -x "$bin" ] || { echo "bench_api.sh: $bin is missing: run without --no-build" >&2; exit 1; }
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/oa-bench.XXXXXX")
-pids=()
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    port_open "$p" || { echo "$p"; return 0; }
-  done
-  return 1
-}
-wait_port() { # PORT PID
-  for _ in $(seq 1 100); do
-    port_open "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+bench_positive "$duration" "$connections"
+bench_need wrk nginx curl jq openssl ss
+bench_build
+bench_tmp oa-bench
 
 # With two or more CPUs the server gets CPU 0 and wrk CPU 1, so the two never compete for one core.
-server_cpu=()
-client_cpu=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  client_cpu=(taskset -c 1)
-fi
+bench_pin
 
 # --- the agent
 password=$(openssl rand -hex 16)
 hash=$(printf '%s\n' "$password" | "$bin" passwd)
 (umask 077 && jq -n --arg h "$hash" '{users: [{name: "bench@example.com", role: "admin", password: $h}]}' >"$tmp/users.json")
 mkdir -p "$tmp/data"
-agent_port=$(free_port)
+agent_port=$(free_port) || die "no free port"
 "${server_cpu[@]}" "$bin" --listen "127.0.0.1:$agent_port" --users "$tmp/users.json" --data-dir "$tmp/data" \
   --log-level warn </dev/null >/dev/null 2>"$tmp/agent.log" &
 agent_pid=$!
 pids+=("$agent_pid")
-wait_port "$agent_port" "$agent_pid" || { echo "bench_api.sh: the agent did not start:" >&2; cat "$tmp/agent.log" >&2; exit 1; }
+wait_port "$agent_port" "$agent_pid" || { echo "$bench: the agent did not start:" >&2; cat "$tmp/agent.log" >&2; exit 1; }
 auth="Authorization: Basic $(printf 'bench@example.com:%s' "$password" | base64 -w0)"
 curl -sf --max-time 10 -H "$auth" -o "$tmp/ocsp.json" "http://127.0.0.1:$agent_port/v1/ocsp" ||
-  { echo "bench_api.sh: GET /v1/ocsp on the agent failed" >&2; exit 1; }
+  die "GET /v1/ocsp on the agent failed"
 
 # --- nginx, serving the same body
-nginx_port=$(free_port)
+nginx_port=$(free_port) || die "no free port"
 while [ "$nginx_port" = "$agent_port" ]; do nginx_port=$(free_port); done
 mkdir -p "$tmp/nginx/logs" "$tmp/nginx/temp" "$tmp/www/v1"
 cp "$tmp/ocsp.json" "$tmp/www/v1/ocsp"
@@ -144,10 +94,9 @@ EOF
 nginx_pid=$!
 pids+=("$nginx_pid")
 wait_port "$nginx_port" "$nginx_pid" ||
-  { echo "bench_api.sh: nginx did not start:" >&2; cat "$tmp/nginx/logs/error.log" >&2; exit 1; }
-curl -sf --max-time 10 -o "$tmp/nginx.json" "http://127.0.0.1:$nginx_port/v1/ocsp" ||
-  { echo "bench_api.sh: GET /v1/ocsp on nginx failed" >&2; exit 1; }
-cmp -s "$tmp/ocsp.json" "$tmp/nginx.json" || { echo "bench_api.sh: nginx does not serve the same body" >&2; exit 1; }
+  { echo "$bench: nginx did not start:" >&2; cat "$tmp/nginx/logs/error.log" >&2; exit 1; }
+curl -sf --max-time 10 -o "$tmp/nginx.json" "http://127.0.0.1:$nginx_port/v1/ocsp" || die "GET /v1/ocsp on nginx failed"
+cmp -s "$tmp/ocsp.json" "$tmp/nginx.json" || die "nginx does not serve the same body"
 
 # run_wrk NAME URL [wrk args...]: a warm-up, then the measured run into $tmp/NAME.wrk.
 run_wrk() {
@@ -187,7 +136,7 @@ n_p99=$(wrk_p99_ms "$tmp/nginx.wrk")
 a_err=$(wrk_errors "$tmp/agent.wrk")
 n_err=$(wrk_errors "$tmp/nginx.wrk")
 if [ -z "$a_rps" ] || [ -z "$n_rps" ]; then
-  echo "bench_api.sh: could not read wrk's report" >&2
+  echo "$bench: could not read wrk's report" >&2
   cat "$tmp/agent.wrk" "$tmp/nginx.wrk" >&2
   exit 1
 fi

@@ -21,15 +21,14 @@
 # the script starts is stopped when it ends (OA_KEEP_TMP=1 keeps its temporary directory). Exit status 0 when every
 # figure was measured (a MISS is a figure, not an error); 1 when something could not be measured.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 rounds=50
 idle=60
-build=1
 pin=0
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { echo "bench_engine.sh: $*" >&2; exit 1; }
+usage() { bench_usage 11; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,70 +39,17 @@ while [ $# -gt 0 ]; do
     --no-build) build=0 ;;
     --pin) pin=1 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "bench_engine.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) bench_bad_option "$1" ;;
   esac
   shift
 done
-for v in "$rounds" "$idle"; do
-  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench_engine.sh: expected a positive integer, got '$v'" >&2; exit 2; }
-done
-for tool in curl jq openssl ss awk; do
-  command -v "$tool" >/dev/null || die "$tool is missing (run scripts/setup.sh)"
-done
-export LC_ALL=C
-
-bin=$root/build-bench/ocsp-agent
-if [ "$build" = 1 ]; then
-  echo "building $root/build-bench (Release, no sanitizers)"
-  cmake -S "$root" -B "$root/build-bench" -DCMAKE_BUILD_TYPE=Release -DOA_SANITIZE=OFF -DOA_TESTS=OFF >/dev/null
-  cmake --build "$root/build-bench" -j2 --target ocsp-agent >/dev/null
-fi
-[ -x "$bin" ] || die "$bin is missing: run without --no-build"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/oa-bench-engine.XXXXXX")
-pids=()
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "${OA_KEEP_TMP:-0}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    listening "$p" || { echo "$p"; return 0; }
-  done
-  return 1
-}
-# wait_listen PORT PID: the openssl responder stalls on a bare connect, so readiness is read from ss for both.
-wait_listen() {
-  for _ in $(seq 1 200); do
-    listening "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
+bench_positive "$rounds" "$idle"
+bench_need curl jq openssl ss awk
+bench_build
+bench_tmp oa-bench-engine
 
 # With --pin: servers on CPU 0, clients (curl, the openssl client) on CPU 1.
-server_cpu=()
-client_cpu=()
-if [ "$pin" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  client_cpu=(taskset -c 1)
-fi
+if [ "$pin" = 1 ]; then bench_pin; fi
 
 # --- the PKI and the responder
 resp_port=$(free_port) || die "no free port"
@@ -115,7 +61,7 @@ pki=$tmp/pki
   -rkey "$pki/ocsp.key" -CA "$pki/ca.pem" -nmin 5 -ignore_err </dev/null >"$tmp/responder.log" 2>&1 &
 resp_pid=$!
 pids+=("$resp_pid")
-wait_listen "$resp_port" "$resp_pid" || { cat "$tmp/responder.log" >&2; die "openssl ocsp did not start"; }
+wait_port "$resp_port" "$resp_pid" || { cat "$tmp/responder.log" >&2; die "openssl ocsp did not start"; }
 
 # --- the agent
 password=$(openssl rand -hex 16)
@@ -129,7 +75,7 @@ while [ "$agent_port" = "$resp_port" ]; do agent_port=$(free_port); done
   --cert "$pki/proxy-chain.pem" --log-level info </dev/null >/dev/null 2>"$tmp/agent.log" &
 agent_pid=$!
 pids+=("$agent_pid")
-wait_listen "$agent_port" "$agent_pid" || { cat "$tmp/agent.log" >&2; die "the agent did not start"; }
+wait_port "$agent_port" "$agent_pid" || { cat "$tmp/agent.log" >&2; die "the agent did not start"; }
 agent_url="http://127.0.0.1:$agent_port"
 auth="Authorization: Basic $(printf 'bench@example.com:%s' "$password" | base64 -w0)"
 

@@ -3,8 +3,11 @@
 #
 #   start_redis / stop_redis    the store on $REDIS_PORT (chosen here), no persistence: a restart empties it
 #   rcli ARGS...                redis-cli against it
+#   REDIS_ARGS=(...)            extra redis-server options (a later --port or --tls-port wins), REDIS_CLI_ARGS=(...)
+#                               extra redis-cli options, for a store with TLS or a password
 #   start_node NAME [ARGS...]   an agent in cluster mode (--cluster $CLUSTER, --time-scale $TIME_SCALE, its own
-#                               data dir, node id NAME); on NAME points req/put_json/wait_log at it
+#                               data dir, node id NAME; --cluster ${NODE_CLUSTER:-$CLUSTER}); on NAME points
+#                               req/put_json/wait_log at it
 #   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches
 #   scheduled_queries SINCE_MS  the scheduled and recovery queries of every node, "epoch_ms node" lines by time
 
@@ -17,8 +20,10 @@ REDIS_PORT=$(free_port) || bail "no free port for redis"
 REDIS_PID=
 CLUSTER="redis://127.0.0.1:$REDIS_PORT"
 TIME_SCALE=${TIME_SCALE:-0.02}
+REDIS_ARGS=()
+REDIS_CLI_ARGS=()
 start_redis() {
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no "${REDIS_ARGS[@]}" \
         >>"$T_DIR/redis.log" 2>&1 &
     REDIS_PID=$!
     T_PIDS+=("$REDIS_PID")
@@ -30,7 +35,7 @@ stop_redis() {
     wait "$REDIS_PID" 2>/dev/null
     forget_pid "$REDIS_PID"
 }
-rcli() { redis-cli -p "$REDIS_PORT" --raw "$@" 2>/dev/null; }
+rcli() { redis-cli -p "$REDIS_PORT" "${REDIS_CLI_ARGS[@]}" --raw "$@" 2>/dev/null; }
 
 # Nodes by name: their pid, port, log and data dir.
 declare -A N_PID=() N_PORT=() N_LOG=()
@@ -39,7 +44,7 @@ start_node() { # NAME [EXTRA ARGS...]
     shift
     mkdir -p "$T_DIR/data-$name"
     start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" --data-dir "$T_DIR/data-$name" \
-        --node-id "$name" --time-scale "$TIME_SCALE" --cluster "$CLUSTER" "$@" || bail "node $name starts"
+        --node-id "$name" --time-scale "$TIME_SCALE" --cluster "${NODE_CLUSTER:-$CLUSTER}" "$@" || bail "node $name starts"
     N_PID[$name]=$AGENT_PID
     N_PORT[$name]=$AGENT_PORT
     N_LOG[$name]=$AGENT_LOG
