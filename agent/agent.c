@@ -129,6 +129,31 @@ static void on_cluster_status(void *data, const unsigned char *der, size_t len, 
                OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
 }
 
+/* The poller's view of the schedule: every node shows it, and an invalidation removes this node's staple too. */
+static void on_cluster_state(void *data, const oa_sched_view_t *v, const char *from)
+{
+    oa_agent_t *a = data;
+    oa_sched_state_t before;
+    oa_error_t err;
+
+    if (a->sched == NULL)
+        return;
+    before = oa_sched_state(a->sched);
+    if (oa_sched_apply_remote_state(a->sched, v, &err) != 0) {
+        OA_LOG(OA_LOG_WARN, "cluster_state_rejected", OA_KV_STR("from", from),
+               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
+        return;
+    }
+    if (v->state == OA_STATE_INVALIDATED && before != OA_STATE_INVALIDATED)
+        OA_LOG(OA_LOG_ERROR, "cluster_status_invalidated", OA_KV_STR("from", from),
+               OA_KV_STR("error_code", v->last_error_code), OA_KV_STR("error", v->last_error),
+               OA_KV_STR("effect", "the cached response is dropped and the staple file removed"));
+    else
+        OA_LOG(before != oa_sched_state(a->sched) ? OA_LOG_INFO : OA_LOG_DEBUG, "cluster_state_applied",
+               OA_KV_STR("from", from), OA_KV_STR("state", oa_sched_state_name(oa_sched_state(a->sched))),
+               OA_KV_INT("consecutive_failures", v->consecutive_failures));
+}
+
 static void on_cluster_role(void *data, bool poller)
 {
     oa_agent_t *a = data;
@@ -145,6 +170,16 @@ static void on_sched_result(void *data, const oa_ocsp_result_t *res)
         oa_cluster_publish_result(a->cluster, res);
 }
 
+/* Only the poller speaks for the cluster: a follower's own expiry or a query that was in flight when it lost the
+ * lease is its own business. */
+static void on_sched_state(void *data, const oa_sched_view_t *v)
+{
+    oa_agent_t *a = data;
+
+    if (a->cluster != NULL && oa_cluster_is_poller(a->cluster))
+        oa_cluster_publish_state(a->cluster, v);
+}
+
 static int start_cluster(oa_agent_t *a, oa_error_t *err)
 {
     const oa_options_t *o = a->opts;
@@ -159,13 +194,21 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
     co.api_address = api;
     co.capabilities = o->capabilities;
     co.data_dir = o->data_dir;
+    /* One knob: a node's registry entry lives as long as the lease, and both are renewed three times per term. */
+    if (o->cluster_lease_ms > 0) {
+        co.lease_ms = (unsigned)o->cluster_lease_ms;
+        co.node_ttl_ms = (unsigned)o->cluster_lease_ms;
+        co.heartbeat_ms = (unsigned)o->cluster_lease_ms / 3;
+    }
     co.hooks.conf = on_cluster_conf;
     co.hooks.status = on_cluster_status;
+    co.hooks.state = on_cluster_state;
     co.hooks.role = on_cluster_role;
     co.hooks.data = a;
     /* Every node starts as a follower; the lease decides who queries. */
     oa_sched_set_follower(a->sched, true);
     oa_sched_set_result_hook(a->sched, on_sched_result, a);
+    oa_sched_set_state_hook(a->sched, on_sched_state, a);
     return oa_cluster_new(a->loop, &co, &a->conf, &a->cluster, err);
 }
 

@@ -13,7 +13,11 @@
  * Every write that must be atomic is one Lua script: the configuration's compare-and-set on its version (with the
  * PUBLISH inside, so no node can see the write without the message or the reverse), the seed after a store restart,
  * the lease renewal, the heartbeat (SET the node's key, prune the dead from the node set and return the live), and
- * the status (SET and PUBLISH).
+ * the status and state records (number, SET and PUBLISH).
+ *
+ * The status and state records are numbered by the store, not by the nodes: two nodes' clocks never have to agree,
+ * and a poller that takes over continues the same sequence. A node forgets the highest number it has seen when it
+ * reconnects, because a store that restarted empty starts counting again.
  */
 #include <ctype.h>
 #include <hiredis/async.h>
@@ -46,6 +50,8 @@
 #define K_NODES OA_CLUSTER_KEY_PREFIX "nodes"
 #define K_LEASE OA_CLUSTER_KEY_PREFIX "lease"
 #define K_STATUS OA_CLUSTER_KEY_PREFIX "status"
+#define K_SCHED OA_CLUSTER_KEY_PREFIX "sched"
+#define K_SEQ OA_CLUSTER_KEY_PREFIX "seq"
 #define K_EVENTS OA_CLUSTER_KEY_PREFIX "events"
 
 /* KEYS: conf, events. ARGV: expected version, conf JSON, node id as a JSON string. Returns {1, new version, conf}
@@ -96,10 +102,23 @@ static const char lua_heartbeat[] =
     "end\n"
     "return out\n";
 
-/* KEYS: status, events. ARGV: the status message. */
-static const char lua_status[] = "redis.call('SET', KEYS[1], ARGV[1])\n"
-                                 "redis.call('PUBLISH', KEYS[2], ARGV[1])\n"
-                                 "return 1\n";
+/* KEYS: seq, events, then every key that stores the record. ARGV: the record, a JSON object of at least one member.
+ * The record gets the next number as its first member, "seq"; it is stored and published as one text. Returns the
+ * number. */
+static const char lua_publish[] =
+    "local seq = redis.call('INCR', KEYS[1])\n"
+    "local msg = '{\"seq\":' .. seq .. ',' .. string.sub(ARGV[1], 2)\n"
+    "for i = 3, #KEYS do redis.call('SET', KEYS[i], msg) end\n"
+    "redis.call('PUBLISH', KEYS[2], msg)\n"
+    "return seq\n";
+
+/* Messages counted by type, for the metrics. */
+enum { MSG_CONF, MSG_STATUS, MSG_STATE, MSG_INVALID, MSG_TYPES };
+static const char *const msg_type_names[MSG_TYPES] = {"conf", "status", "state", "invalid"};
+
+/* Rounds of PUT /v1/ocsp by outcome, for the metrics. */
+enum { PUT_COMMITTED, PUT_CONFLICT_RETRY, PUT_UNAVAILABLE, PUT_TIMEOUT, PUT_RESULTS };
+static const char *const put_result_names[PUT_RESULTS] = {"committed", "conflict_retry", "unavailable", "timeout"};
 
 typedef struct put_s {
     oa_cluster_t *cluster;
@@ -154,6 +173,15 @@ struct oa_cluster_s {
     uint64_t lease_sent;
     bool hb_owed;
     uint64_t hb_sent;
+
+    uint64_t last_seq; /* the highest status/state number seen since the last (re)connection */
+
+    /* Metrics. */
+    unsigned live_nodes;
+    unsigned lacking_nodes;
+    uint64_t disconnects;
+    uint64_t messages[MSG_TYPES];
+    uint64_t put_counts[PUT_RESULTS];
 
     put_t *puts;
 
@@ -556,6 +584,7 @@ static void on_put_timeout(uv_timer_t *t)
 {
     put_t *p = oa_container_of(t, put_t, timeout);
 
+    p->cluster->put_counts[PUT_TIMEOUT]++;
     put_fail(p, OA_E_STORE_UNAVAILABLE, "The cluster store did not confirm the change in time; it may or may not "
                                         "have been applied.");
 }
@@ -580,6 +609,7 @@ static void on_put_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     if (reply == NULL || c->closing) {
+        c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "The connection to the cluster store was lost before it confirmed the "
                                             "change; it may or may not have been applied.");
         return;
@@ -588,26 +618,32 @@ static void on_put_reply(redisAsyncContext *ac, void *r, void *priv)
         reply->element[1]->type != REDIS_REPLY_INTEGER || reply->element[2]->type != REDIS_REPLY_STRING) {
         OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "conf_cas"),
                OA_KV_STR("reply", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply"));
+        c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "The cluster store refused the change.");
         return;
     }
     v = (uint64_t)reply->element[1]->integer;
     if (reply->element[0]->integer == 1) {
+        c->put_counts[PUT_COMMITTED]++;
         if (v > c->version || oa_conf_diff(&c->conf, &p->next_conf) != 0)
             adopt_conf(c, &p->next_conf, v, p->user, c->node_id);
         put_answer(p, NULL);
         return;
     }
     /* Another node's change came first: take it, then judge the request again against it. */
+    c->put_counts[PUT_CONFLICT_RETRY]++;
     if (reply->element[2]->len > 0 && conf_from_text(reply->element[2]->str, reply->element[2]->len, &stored) == 0)
         adopt_conf(c, &stored, v, NULL, "store");
     else
         c->version = v;
     if (++p->rounds >= PUT_MAX_ROUNDS) {
+        c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "Too many concurrent changes of the cluster configuration; retry.");
         return;
     }
     rc = put_attempt(p, &err);
+    if (rc < 0 && err.code == OA_E_STORE_UNAVAILABLE)
+        c->put_counts[PUT_UNAVAILABLE]++;
     if (rc != 0)
         put_answer(p, rc > 0 ? NULL : &err);
 }
@@ -648,9 +684,11 @@ int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const cha
     put_t *p;
     int rc;
 
-    if (ready_cmd(c) == NULL || !c->synced)
+    if (ready_cmd(c) == NULL || !c->synced) {
+        c->put_counts[PUT_UNAVAILABLE]++;
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration "
                                                          "cannot be changed now.");
+    }
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
@@ -681,6 +719,8 @@ int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const cha
         uv_timer_start(&p->timeout, on_put_timeout, PUT_TIMEOUT_MS, 0);
         return 0;
     }
+    if (rc < 0 && err->code == OA_E_STORE_UNAVAILABLE)
+        c->put_counts[PUT_UNAVAILABLE]++;
     /* Nothing was sent: undo without calling cb. */
     p->answered = true;
     if (p->prev != NULL)
@@ -715,7 +755,8 @@ void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
     text = msg != NULL ? json_dumps(msg, JSON_COMPACT) : NULL;
     if (text == NULL)
         goto out;
-    if (redisAsyncCommand(ac, NULL, NULL, "EVAL %s 2 %s %s %s", lua_status, K_STATUS, K_EVENTS, text) == REDIS_OK)
+    if (redisAsyncCommand(ac, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_STATUS, text) ==
+        REDIS_OK)
         OA_LOG(OA_LOG_INFO, "cluster_status_published", OA_KV_STR("cert_status", oa_cert_status_name(res->cert_status)),
                OA_KV_INT("der_bytes", res->der_len));
 out:
@@ -733,7 +774,7 @@ static void handle_status(oa_cluster_t *c, json_t *o, bool from_store)
     size_t len, pad = 0;
     int n;
 
-    if (node == NULL || b64 == NULL || (!from_store && strcmp(node, c->node_id) == 0))
+    if (node == NULL || b64 == NULL || (strcmp(node, c->node_id) == 0 && (!from_store || c->poller)))
         return;
     len = strlen(b64);
     if (len == 0 || len % 4 != 0)
@@ -751,6 +792,149 @@ static void handle_status(oa_cluster_t *c, json_t *o, bool from_store)
     free(der);
 }
 
+/* A record's number decides whether it is news: 0 (a record without one) always is. */
+static bool seq_is_new(oa_cluster_t *c, json_t *o)
+{
+    int64_t seq = json_int(o, "seq", 0);
+
+    if (seq <= 0)
+        return true;
+    if ((uint64_t)seq <= c->last_seq)
+        return false;
+    c->last_seq = (uint64_t)seq;
+    return true;
+}
+
+/* Kept apart from the status so that the state can travel without the response, and the reverse. */
+void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v)
+{
+    redisAsyncContext *ac = ready_cmd(c);
+    bool invalidated = v->state == OA_STATE_INVALIDATED;
+    json_t *msg;
+    char *text = NULL;
+    int rc;
+
+    if (ac == NULL || !c->synced)
+        return;
+    msg = json_pack("{s:s, s:s, s:I, s:s, s:b, s:i, s:i, s:I, s:s, s:s}", "type", "state", "node", c->node_id, "ts",
+                    (json_int_t)oa_time_now_ms(), "state", oa_sched_state_name(v->state), "recovering",
+                    (int)v->recovering, "consecutive_failures", v->consecutive_failures, "recovery_tries",
+                    v->recovery_tries, "last_attempt_ms", (json_int_t)v->last_attempt_ms, "last_error_code",
+                    v->last_error_code != NULL ? v->last_error_code : "", "last_error",
+                    v->last_error != NULL ? v->last_error : "");
+    text = msg != NULL ? json_dumps(msg, JSON_COMPACT) : NULL;
+    if (text == NULL)
+        goto out;
+    /* An invalidation replaces the stored response too: a node that reads the store later must not serve it. */
+    if (invalidated)
+        rc = redisAsyncCommand(ac, NULL, NULL, "EVAL %s 4 %s %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED,
+                               K_STATUS, text);
+    else
+        rc = redisAsyncCommand(ac, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED, text);
+    if (rc == REDIS_OK)
+        OA_LOG(invalidated ? OA_LOG_INFO : OA_LOG_DEBUG, "cluster_state_published",
+               OA_KV_STR("state", oa_sched_state_name(v->state)), OA_KV_STR("error_code", v->last_error_code),
+               OA_KV_INT("consecutive_failures", v->consecutive_failures));
+out:
+    free(text);
+    json_decref(msg);
+}
+
+static int state_from_name(const char *name, oa_sched_state_t *out)
+{
+    static const oa_sched_state_t all[] = {OA_STATE_DISABLED, OA_STATE_PENDING, OA_STATE_VALID, OA_STATE_RECOVERING,
+                                           OA_STATE_INVALIDATED};
+    size_t i;
+
+    for (i = 0; name != NULL && i < OA_ARRAY_SIZE(all); i++) {
+        if (strcmp(name, oa_sched_state_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A state message, from the channel or read back at resynchronisation. */
+static void handle_state(oa_cluster_t *c, json_t *o, bool from_store)
+{
+    const char *node = json_string_value(json_object_get(o, "node"));
+    oa_sched_view_t v;
+
+    if (node == NULL || state_from_name(json_string_value(json_object_get(o, "state")), &v.state) != 0)
+        return;
+    /* The poller's own memory is the truth; a record it wrote earlier may be older than what it knows now. */
+    if (strcmp(node, c->node_id) == 0 && (!from_store || c->poller))
+        return;
+    v.recovering = json_is_true(json_object_get(o, "recovering"));
+    v.consecutive_failures = (int)json_int(o, "consecutive_failures", 0);
+    v.recovery_tries = (int)json_int(o, "recovery_tries", 0);
+    v.last_attempt_ms = json_int(o, "last_attempt_ms", 0);
+    v.last_error_code = json_string_value(json_object_get(o, "last_error_code"));
+    v.last_error = json_string_value(json_object_get(o, "last_error"));
+    if (v.last_error_code == NULL)
+        v.last_error_code = "";
+    if (v.last_error == NULL)
+        v.last_error = "";
+    if (c->hooks.state != NULL)
+        c->hooks.state(c->hooks.data, &v, node);
+}
+
+/* A stored record (status or sched) of either type. */
+static void handle_record(oa_cluster_t *c, json_t *o)
+{
+    const char *type = json_string_value(json_object_get(o, "type"));
+
+    if (type == NULL || !seq_is_new(c, o))
+        return;
+    if (strcmp(type, "status") == 0)
+        handle_status(c, o, true);
+    else if (strcmp(type, "state") == 0)
+        handle_state(c, o, true);
+}
+
+int oa_cluster_metrics(const oa_cluster_t *c, oa_buf_t *out)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } gauges[] = {
+        {"ocsp_agent_cluster_store_up", "gauge",
+         "1 while the cluster store is reachable and this node is synchronised with it."},
+        {"ocsp_agent_cluster_poller", "gauge", "1 while this node holds the lease and queries the responder."},
+        {"ocsp_agent_cluster_conf_version", "gauge", "The version of the shared configuration in force here."},
+        {"ocsp_agent_cluster_nodes", "gauge", "Live nodes seen by the last heartbeat."},
+        {"ocsp_agent_cluster_nodes_lacking_ocsp", "gauge", "Live nodes without the ocsp capability."},
+        {"ocsp_agent_cluster_store_disconnects_total", "counter",
+         "Times the connection to a synchronised store was lost."},
+    };
+    uint64_t values[OA_ARRAY_SIZE(gauges)];
+    size_t i;
+    int rc = 0;
+
+    values[0] = (uint64_t)oa_cluster_available(c);
+    values[1] = c->poller ? 1 : 0;
+    values[2] = c->version;
+    values[3] = c->live_nodes;
+    values[4] = c->lacking_nodes;
+    values[5] = c->disconnects;
+    for (i = 0; i < OA_ARRAY_SIZE(gauges); i++)
+        rc |= oa_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", gauges[i].name, gauges[i].help,
+                            gauges[i].name, gauges[i].type, gauges[i].name, values[i]);
+    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_cluster_messages_received_total Messages received on the "
+                                 "cluster channel, by type.\n"
+                                 "# TYPE ocsp_agent_cluster_messages_received_total counter\n");
+    for (i = 0; i < MSG_TYPES; i++)
+        rc |= oa_buf_printf(out, "ocsp_agent_cluster_messages_received_total{type=\"%s\"} %" PRIu64 "\n",
+                            msg_type_names[i], c->messages[i]);
+    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_cluster_puts_total Configuration writes to the cluster store, "
+                                 "by result.\n"
+                                 "# TYPE ocsp_agent_cluster_puts_total counter\n");
+    for (i = 0; i < PUT_RESULTS; i++)
+        rc |= oa_buf_printf(out, "ocsp_agent_cluster_puts_total{result=\"%s\"} %" PRIu64 "\n", put_result_names[i],
+                            c->put_counts[i]);
+    return rc != 0 ? UV_ENOMEM : 0;
+}
+
 /* ---- the registry and the lease ---- */
 
 static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -758,6 +942,7 @@ static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
     oa_cluster_t *c = priv;
     char lacking[LACKING_MAX] = "", members[LACKING_MAX] = "";
+    unsigned live = 0, lacking_count = 0;
     size_t i, j;
 
     (void)ac;
@@ -780,15 +965,18 @@ static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
         id = json_string_value(json_object_get(o, "node_id"));
         caps = json_object_get(o, "capabilities");
         if (id != NULL) {
+            live++;
             for (j = 0; json_is_array(caps) && j < json_array_size(caps); j++)
                 if (json_is_string(json_array_get(caps, j)) &&
                     strcmp(json_string_value(json_array_get(caps, j)), "ocsp") == 0)
                     has = true;
             snprintf(members + strlen(members), sizeof(members) - strlen(members), "%s%s", members[0] ? "," : "",
                      id);
-            if (!has)
+            if (!has) {
+                lacking_count++;
                 snprintf(lacking + strlen(lacking), sizeof(lacking) - strlen(lacking), "%s%s",
                          lacking[0] ? ", " : "", id);
+            }
         }
         json_decref(o);
     }
@@ -797,6 +985,8 @@ static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
         OA_LOG(OA_LOG_INFO, "cluster_membership", OA_KV_STR("nodes", members), OA_KV_STR("lacking_ocsp", lacking));
     memcpy(c->members, members, sizeof(members));
     memcpy(c->lacking, lacking, sizeof(lacking));
+    c->live_nodes = live;
+    c->lacking_nodes = lacking_count;
 }
 
 static void on_lease_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -891,11 +1081,24 @@ static void on_status_read(redisAsyncContext *ac, void *r, void *priv)
     (void)ac;
     if (reply == NULL || c->closing)
         return;
-    if (reply->type == REDIS_REPLY_STRING) {
-        o = json_loadb(reply->str, reply->len, 0, NULL);
-        if (o != NULL)
-            handle_status(c, o, true);
-        json_decref(o);
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        json_t *rec[2] = {NULL, NULL};
+        size_t i;
+
+        for (i = 0; i < 2; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                rec[i] = json_loadb(reply->element[i]->str, reply->element[i]->len, 0, NULL);
+        /* The older record first, so that the newer one has the last word. */
+        if (rec[0] != NULL && rec[1] != NULL && json_int(rec[1], "seq", 0) < json_int(rec[0], "seq", 0)) {
+            o = rec[0];
+            rec[0] = rec[1];
+            rec[1] = o;
+        }
+        for (i = 0; i < 2; i++)
+            if (rec[i] != NULL)
+                handle_record(c, rec[i]);
+        json_decref(rec[0]);
+        json_decref(rec[1]);
     }
     c->synced = true;
     c->backoff_ms = BACKOFF_MIN_MS;
@@ -936,7 +1139,7 @@ static void on_seed_reply(redisAsyncContext *ac, void *r, void *priv)
         c->version = v;
         save_version(c);
     }
-    if (redisAsyncCommand(ac, on_status_read, c, "GET %s", K_STATUS) != REDIS_OK)
+    if (redisAsyncCommand(ac, on_status_read, c, "MGET %s %s", K_STATUS, K_SCHED) != REDIS_OK)
         lost(c, "the status could not be read");
 }
 
@@ -961,9 +1164,12 @@ static void handle_message(oa_cluster_t *c, const char *text, size_t len)
     oa_conf_t conf;
     int64_t v;
 
-    if (type == NULL || node == NULL)
+    if (type == NULL || node == NULL) {
+        c->messages[MSG_INVALID]++;
         goto out;
+    }
     if (strcmp(type, "conf") == 0) {
+        c->messages[MSG_CONF]++;
         /* This node's own change is put in force by the reply to its write, with the user's name. */
         v = json_int(o, "version", -1);
         if (strcmp(node, c->node_id) == 0 || v < 0 || (uint64_t)v <= c->version)
@@ -971,7 +1177,15 @@ static void handle_message(oa_cluster_t *c, const char *text, size_t len)
         if (conf_from_json(json_object_get(o, "conf"), &conf) == 0)
             adopt_conf(c, &conf, (uint64_t)v, NULL, node);
     } else if (strcmp(type, "status") == 0) {
-        handle_status(c, o, false);
+        c->messages[MSG_STATUS]++;
+        if (seq_is_new(c, o))
+            handle_status(c, o, false);
+    } else if (strcmp(type, "state") == 0) {
+        c->messages[MSG_STATE]++;
+        if (seq_is_new(c, o))
+            handle_state(c, o, false);
+    } else {
+        c->messages[MSG_INVALID]++;
     }
 out:
     json_decref(o);
@@ -1005,6 +1219,8 @@ static void lost(oa_cluster_t *c, const char *why)
         finish_close(c);
         return;
     }
+    if (was_up)
+        c->disconnects++;
     if (!c->outage_logged) {
         OA_LOG(OA_LOG_ERROR, "store_unavailable", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
                OA_KV_STR("reason", why), OA_KV_STR("effect", "PUT answers 503; the last known configuration is "
@@ -1106,6 +1322,8 @@ static void connect_store(oa_cluster_t *c)
     if (c->closing || c->cmd != NULL || c->sub != NULL)
         return;
     c->connect_started = uv_now(c->loop);
+    /* The store may have restarted empty and count from 1 again; what it holds is read once subscribed. */
+    c->last_seq = 0;
     c->cmd = open_context(c);
     c->sub = c->cmd != NULL ? open_context(c) : NULL;
     if (c->cmd == NULL || c->sub == NULL) {
@@ -1209,8 +1427,10 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
     }
     /* Until the first heartbeat answers, the only node known is this one. */
-    if (!oa_cluster_caps_have(c->caps, "ocsp"))
+    if (!oa_cluster_caps_have(c->caps, "ocsp")) {
         snprintf(c->lacking, sizeof(c->lacking), "%s", c->node_id);
+        c->lacking_nodes = 1;
+    }
     load_version(c);
     uv_timer_init(loop, &c->tick);
     uv_timer_init(loop, &c->retry);

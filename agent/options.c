@@ -31,6 +31,8 @@
 #define MAX_CONNECTIONS_MIN     1
 #define MAX_CONNECTIONS_MAX     65536
 #define NODE_ID_MAX             255
+#define CLUSTER_LEASE_MIN       1000
+#define CLUSTER_LEASE_MAX       60000
 #define CONFIG_FILE_MAX         (1u << 20)
 
 typedef enum kind_e {
@@ -45,6 +47,7 @@ typedef enum kind_e {
     K_LOG_LEVEL,
     K_TIME_SCALE,
     K_MAX_CONNECTIONS,
+    K_CLUSTER_LEASE, /* milliseconds */
     K_COMMAND, /* --help, --version */
 } kind_t;
 
@@ -77,6 +80,7 @@ static const optdef_t optdefs[] = {
     {"cluster-password", K_STRING, FIELD(cluster_password), 1},
     {"cluster-tls", K_FLAG, FIELD(cluster_tls), 1},
     {"capabilities", K_CAPS, FIELD(capabilities), 1},
+    {"cluster-lease", K_CLUSTER_LEASE, FIELD(cluster_lease_ms), 1},
     {"help", K_COMMAND, OA_CMD_HELP, 0},
     {"version", K_COMMAND, OA_CMD_VERSION, 0},
 };
@@ -121,6 +125,8 @@ static const char usage[] =
     "  --cluster-password P    the Redis AUTH password\n"
     "  --cluster-tls           TLS to Redis: not available in this build (hiredis without TLS)\n"
     "  --capabilities LIST     capabilities this node advertises, comma-separated (default ocsp)\n"
+    "  --cluster-lease MS      the poller's lease and a node's registry lifetime in milliseconds, 1000 to\n"
+    "                          60000; heartbeats every third of it (default 3000)\n"
     "  --version               print the version and exit\n"
     "  --help                  print this text and exit\n";
 
@@ -185,6 +191,14 @@ static int set_max_connections(ctx_t *c, const optdef_t *d, long long v, const c
     return 0;
 }
 
+static int set_cluster_lease(ctx_t *c, const optdef_t *d, long long v, const char *shown)
+{
+    if (v < CLUSTER_LEASE_MIN || v > CLUSTER_LEASE_MAX)
+        return value_error(c, d, "expected milliseconds from 1000 to 60000, got %s", shown);
+    c->o->cluster_lease_ms = (int)v;
+    return 0;
+}
+
 /* Applies a value given as text: any option's value on the command line, or a string-valued key of the file. */
 static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
 {
@@ -243,6 +257,12 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
         }
         n = strtoll(s, NULL, 10);
         return set_max_connections(c, d, n, shown);
+    case K_CLUSTER_LEASE:
+        for (i = 0; s[i] != '\0'; i++) {
+            if (!isdigit((unsigned char)s[i]) || i >= 9)
+                return value_error(c, d, "expected milliseconds from 1000 to 60000, got %s", shown);
+        }
+        return set_cluster_lease(c, d, strtoll(s, NULL, 10), shown);
     case K_CLUSTER_URL: {
         char rhost[OA_CLUSTER_HOST_MAX];
         int rport, rdb;
@@ -281,6 +301,11 @@ static int apply_json(ctx_t *c, const optdef_t *d, json_t *v)
             return value_error(c, d, "expected an integer");
         snprintf(shown, sizeof(shown), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         return set_max_connections(c, d, json_integer_value(v), shown);
+    case K_CLUSTER_LEASE:
+        if (!json_is_integer(v))
+            return value_error(c, d, "expected an integer");
+        snprintf(shown, sizeof(shown), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return set_cluster_lease(c, d, json_integer_value(v), shown);
     default:
         break;
     }
@@ -422,6 +447,8 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
             return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-tls: needs --cluster");
         if (o->capabilities != NULL)
             return oa_error_set(err, OA_E_BAD_OPTION, "--capabilities: needs --cluster");
+        if (o->cluster_lease_ms != 0)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-lease: needs --cluster");
     }
     if (o->cluster_tls)
         return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-tls: not supported: this build's hiredis (0.14.1, as "

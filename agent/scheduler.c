@@ -35,6 +35,12 @@
  * - Anchors. Every interval runs from the start of the last attempt that counted, on uv_now (monotonic). The
  *   midpoint rule applies only to the nextUpdate of the cached response and is never sooner than 1 s after that
  *   attempt; the regular interval itself is not floored, so a small --time-scale still gives short intervals.
+ *
+ * - Cluster mode. The poller reports its view (state, recovery flags, operator fields) after every attempt that
+ *   counted and when its cached response expires; a follower takes that view as its own, so every node shows
+ *   what the poller knows. An invalidation reported by the poller drops a follower's cache and staple even when
+ *   the follower's copy has not expired yet: it must never serve a status the poller gave up on. "valid" is shown
+ *   only with a response in the cache, which arrives separately (oa_sched_apply_remote).
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -105,6 +111,7 @@ struct oa_sched_s {
 
     /* Operator fields. */
     time_t last_attempt;
+    int64_t last_attempt_ms; /* the same, wall-clock ms, as shared with the cluster */
     time_t last_success;
     bool have_error;
     char last_error_code[64];
@@ -119,6 +126,8 @@ struct oa_sched_s {
     bool follower;
     oa_sched_result_hook result_hook;
     void *result_hook_data;
+    oa_sched_state_hook state_hook;
+    void *state_hook_data;
 
     uv_timer_t timer;  /* the next query */
     uv_timer_t expiry; /* the cached response's nextUpdate */
@@ -164,6 +173,17 @@ static const char *responder_of(const oa_sched_t *s)
     if (s->target == NULL || s->target->responder_url == NULL)
         return "";
     return s->target->responder_url;
+}
+
+/* Tells the cluster (when it listens) what the schedule looks like now. */
+static void notify_state(oa_sched_t *s)
+{
+    oa_sched_view_t v;
+
+    if (s->state_hook == NULL || s->closing)
+        return;
+    oa_sched_view(s, &v);
+    s->state_hook(s->state_hook_data, &v);
 }
 
 static uint64_t scaled_ms(const oa_sched_t *s, int seconds)
@@ -298,8 +318,10 @@ static void expire_if_due(oa_sched_t *s)
     drop_cache(s, "the cached response reached its nextUpdate");
     OA_LOG(OA_LOG_ERROR, "staple_expired", OA_KV_STR("responder", responder_of(s)), OA_KV_STR("next_update", nu),
            OA_KV_STR("state", oa_sched_state_name(s->state)));
-    if (s->state == OA_STATE_VALID || s->state == OA_STATE_RECOVERING)
+    if (s->state == OA_STATE_VALID || s->state == OA_STATE_RECOVERING) {
         s->state = OA_STATE_INVALIDATED;
+        notify_state(s);
+    }
 }
 
 static void on_expiry(uv_timer_t *t)
@@ -459,6 +481,7 @@ static void anchor_attempt(oa_sched_t *s)
     s->have_anchor = true;
     s->anchor_mono = s->query_start_mono;
     s->last_attempt = s->query_start_wall;
+    s->last_attempt_ms = oa_time_now_ms() - (int64_t)(uv_now(s->loop) - s->query_start_mono);
 }
 
 static void invalidate(oa_sched_t *s)
@@ -696,10 +719,13 @@ static void finish_attempt(oa_sched_t *s, int err, const char *errtext, const oa
         code = err != 0 ? oa_errcode_name((oa_errcode_t)err) : unknown ? UNKNOWN_OUTCOME : "ok";
         count_outcome(s, err, unknown);
         log_attempt(s, code, err == 0 ? res : NULL, errtext, duration_ms, !ok);
-        if (ok && (s->query_regular || s->enabled))
+        if (ok && (s->query_regular || s->enabled)) {
             apply_success(s, res);
-        else if (!ok && s->query_regular)
+            notify_state(s);
+        } else if (!ok && s->query_regular) {
             apply_failure(s, code, unknown ? "responder answered UNKNOWN" : errtext);
+            notify_state(s);
+        }
         answer_attached(s, err, errtext, err == 0 ? res : NULL);
     }
     if (s->closing)
@@ -907,6 +933,7 @@ int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, i
     s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
     s->last_success = (time_t)(at_ms / 1000);
     s->last_attempt = s->last_success;
+    s->last_attempt_ms = at_ms;
     s->due_now = false;
     s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
     s->recovering = false;
@@ -932,6 +959,69 @@ int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, i
                                                                    : ""),
                OA_KV_STR("responder", responder_of(s)), OA_KV_STR("source", "cluster"));
     }
+    return 0;
+}
+
+void oa_sched_view(const oa_sched_t *s, oa_sched_view_t *v)
+{
+    v->state = s->state;
+    v->recovering = s->recovering;
+    v->consecutive_failures = s->consecutive_failures;
+    v->recovery_tries = s->recovery_tries;
+    v->last_attempt_ms = s->last_attempt != 0 ? s->last_attempt_ms : 0;
+    v->last_error_code = s->have_error ? s->last_error_code : "";
+    v->last_error = s->have_error ? s->last_error : "";
+}
+
+void oa_sched_set_state_hook(oa_sched_t *s, oa_sched_state_hook hook, void *data)
+{
+    s->state_hook = hook;
+    s->state_hook_data = data;
+}
+
+int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_error_t *err)
+{
+    int64_t age_ms;
+    uint64_t mono = uv_now(s->loop);
+
+    if (s->closing)
+        return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
+    if (v->state != OA_STATE_PENDING && v->state != OA_STATE_VALID && v->state != OA_STATE_RECOVERING &&
+        v->state != OA_STATE_INVALIDATED)
+        return oa_error_set(err, OA_E_INVALID_SCHEMA, "the shared state \"%s\" is not one a poller reports",
+                            oa_sched_state_name(v->state));
+    /* The poller gave up on the response: serving it here, or leaving its staple for a TLS server, would show
+     * a status the cluster no longer stands behind. */
+    if (v->state == OA_STATE_INVALIDATED)
+        drop_cache(s, "the cluster's poller invalidated the status");
+    if (s->enabled) {
+        if (v->state == OA_STATE_RECOVERING || v->state == OA_STATE_INVALIDATED)
+            s->state = v->state;
+        else if (s->have_cache)
+            s->state = OA_STATE_VALID;
+        else if (v->state == OA_STATE_PENDING)
+            s->state = OA_STATE_PENDING;
+        /* "valid" while nothing is cached here (this node refused the response): the state keeps saying what
+         * this node serves. */
+    }
+    s->recovering = v->recovering;
+    s->exhausted = v->state == OA_STATE_INVALIDATED && !v->recovering;
+    s->recovery_tries = v->recovery_tries;
+    s->consecutive_failures = v->consecutive_failures;
+    if (v->last_error_code != NULL && v->last_error_code[0] != '\0')
+        set_last_error(s, v->last_error_code, v->last_error);
+    if (v->last_attempt_ms > 0) {
+        /* Anchored like a remote response: a follower that takes over retries on the poller's cadence. */
+        age_ms = oa_time_now_ms() - v->last_attempt_ms;
+        if (age_ms < 0)
+            age_ms = 0;
+        s->have_anchor = true;
+        s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
+        s->last_attempt = (time_t)(v->last_attempt_ms / 1000);
+        s->last_attempt_ms = v->last_attempt_ms;
+        s->due_now = false;
+    }
+    rearm(s);
     return 0;
 }
 

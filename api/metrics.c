@@ -1,7 +1,8 @@
 /*
- * GET /metrics: the engine's metrics and the API's own, in Prometheus' text format.
+ * GET /metrics: the engine's metrics, the cluster's (in cluster mode) and the API's own, in Prometheus' text format.
  */
 #include "oa_api.h"
+#include "oa_cluster.h"
 
 void oa_api_metrics_get(const oa_api_call_t *call)
 {
@@ -11,6 +12,8 @@ void oa_api_metrics_get(const oa_api_call_t *call)
 
     oa_buf_init(&out);
     rc = oa_sched_metrics(agent->sched, &out);
+    if (rc == 0 && agent->cluster != NULL)
+        rc = oa_cluster_metrics(agent->cluster, &out);
     if (rc == 0)
         rc = oa_buf_printf(&out,
                            "# HELP ocsp_agent_http_connections Open API connections.\n"

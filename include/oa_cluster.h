@@ -9,8 +9,21 @@
  *              compare-and-set on the version, which also publishes the change
  *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a Lua
  *              compare-and-renew); the holder is "the poller", every other node "a follower"
- *   status     the poller's last valid response: {"node","ts","der": base64}; written and published together
- *   events     the Pub/Sub channel of "conf" and "status" messages, read on a second connection
+ *   seq        a counter that numbers every status and state message (INCR in the script that writes it)
+ *   status     what every node must serve, the latest of two records: the poller's last valid response
+ *              {"seq","type":"status","node","ts","der": base64}, or, once the poller has given up on it, its
+ *              invalidation: the state record below with "state":"invalidated"
+ *   sched      the poller's last schedule state {"seq","type":"state","node","ts","state","recovering",
+ *              "consecutive_failures","recovery_tries","last_attempt_ms","last_error_code","last_error"},
+ *              written after every attempt that counted and when its cached response expired
+ *   events     the Pub/Sub channel of "conf", "status" and "state" messages, read on a second connection; a status
+ *              or state message is the very text stored, published by the same script
+ *
+ * A node applies a status or state message only when its seq is above the highest it has seen since it last
+ * (re)connected, so a record read back at resynchronisation never undoes a newer message that overtook it on the
+ * other connection; at resynchronisation it reads status and sched together and applies them in seq order. An
+ * invalidation makes every node drop its cached response and remove its staple file; the next valid response
+ * restores "valid" everywhere.
  *
  * Two asynchronous hiredis connections run on the agent's libuv loop; no call here ever blocks. While the store
  * is unreachable the module reconnects with a doubling backoff (100 ms to 2 s), logs `store_unavailable` once and
@@ -29,6 +42,8 @@
 #include "oa_conf.h"
 #include "oa_error.h"
 #include "oa_ocsp.h"
+#include "oa_sched.h"
+#include "oa_util.h"
 
 #define OA_CLUSTER_HOST_MAX 256
 #define OA_CLUSTER_KEY_PREFIX "ocsp-agent:"
@@ -54,6 +69,9 @@ typedef struct oa_cluster_hooks_s {
     /* A response the poller stored (DER bytes, borrowed for the call), obtained at at_ms (wall clock, ms). The
      * daemon verifies it before serving. */
     void (*status)(void *data, const unsigned char *der, size_t len, int64_t at_ms, const char *from_node);
+    /* The poller's schedule state (oa_cluster_publish_state on another node, or read back at resynchronisation),
+     * v and its strings borrowed for the call; "invalidated" means: drop the cached response and the staple. */
+    void (*state)(void *data, const oa_sched_view_t *v, const char *from_node);
     /* This node became the poller (true) or stopped being it (false). */
     void (*role)(void *data, bool poller);
     void *data;
@@ -97,6 +115,11 @@ int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const cha
  * Does nothing while the store is unreachable. */
 void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res);
 
+/* Stores and publishes this node's schedule state (the poller's, after every attempt that counted and when its
+ * response expired): always in the sched key, and in the status key too when v says "invalidated", so that a node
+ * that synchronises later drops the response as well. Does nothing while the store is unreachable. */
+void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v);
+
 /* 0 when every live node advertises "ocsp", else -1 with err filled (OA_E_UNSUPPORTED_BY_CAPABILITY) naming the
  * nodes that lack it. Reads the view the heartbeat refreshes; never blocks. */
 int oa_cluster_capability_check(const oa_cluster_t *c, oa_error_t *err);
@@ -107,6 +130,18 @@ int oa_cluster_available(const oa_cluster_t *c);
 int oa_cluster_is_poller(const oa_cluster_t *c);
 /* The configuration version this node has in force. */
 uint64_t oa_cluster_conf_version(const oa_cluster_t *c);
+
+/*
+ * Appends the Prometheus text of the cluster's metrics to out: ocsp_agent_cluster_store_up, _poller,
+ * _conf_version, _nodes and _nodes_lacking_ocsp (from the last heartbeat; before the first: 0 nodes, and this
+ * node alone lacking ocsp when it does not advertise it),
+ * _store_disconnects_total (a synchronised connection lost), _messages_received_total{type="conf|status|state|
+ * invalid"} (every message on the channel, this node's own included) and _puts_total{result="committed|
+ * conflict_retry|unavailable|timeout"} (compare-and-set rounds of PUT /v1/ocsp: written, lost to another node's
+ * write and retried, refused or failed because the store was unreachable, not confirmed in time). Returns 0 or
+ * UV_ENOMEM.
+ */
+int oa_cluster_metrics(const oa_cluster_t *c, oa_buf_t *out);
 
 /* Deletes this node's registry key and releases the lease (when the store is reachable), answers pending PUTs
  * with OA_E_STORE_UNAVAILABLE, closes the connections and timers; done fires once everything is closed and c is

@@ -4,7 +4,8 @@
  *   ocsp-agent [--config FILE] [--listen ADDR:PORT] [--tls-cert PEM --tls-key PEM] [--users FILE] [--no-auth]
  *              [--cert PEM] [--issuer PEM] [--responder-url URL] [--data-dir DIR] [--node-id NAME]
  *              [--log-format text|json] [--log-level debug|info|warn|error] [--time-scale F]
- *              [--max-connections N] [--cluster redis://HOST:PORT[/DB] [--cluster-password P] [--capabilities LIST]]
+ *              [--max-connections N] [--cluster redis://HOST:PORT[/DB] [--cluster-password P] [--capabilities LIST]
+ *              [--cluster-lease MS]]
  *   ocsp-agent passwd
  *   ocsp-agent --version | --help
  *
@@ -47,6 +48,8 @@ typedef struct oa_options_s {
     char *cluster_password; /* AUTH password of the store */
     bool cluster_tls;       /* refused: Debian 12's hiredis 0.14.1 has no TLS */
     char *capabilities;     /* advertised capabilities, comma-separated, may be ""; NULL means "ocsp" */
+    int cluster_lease_ms;   /* 0: the cluster's default (3000); else 1000..60000, the lease and the node TTL, with
+                               a heartbeat of a third of it */
 
     /* listen split into its parts (filled by oa_options_parse). */
     char listen_host[64]; /* "127.0.0.1" or "::1" (no brackets) */

@@ -98,6 +98,42 @@ void oa_sched_set_follower(oa_sched_t *s, bool follower);
  */
 int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err);
 
+/*
+ * The schedule's state as the poller shares it with the followers: what GET /v1/ocsp/status shows besides the
+ * response itself. recovering says whether retries continue at recovery_frequency (it can be true while the state
+ * reads "invalidated", after the cached response expired during recovery). Strings are borrowed: "" when there is
+ * no error yet. last_attempt_ms is wall-clock milliseconds, 0 when nothing was attempted.
+ */
+typedef struct oa_sched_view_s {
+    oa_sched_state_t state;
+    bool recovering;
+    int consecutive_failures;
+    int recovery_tries;
+    int64_t last_attempt_ms;
+    const char *last_error_code;
+    const char *last_error;
+} oa_sched_view_t;
+
+/* Fills v with s's current view; the strings point into s and stay valid until its next change. */
+void oa_sched_view(const oa_sched_t *s, oa_sched_view_t *v);
+
+/* Fires after every attempt that counted for the schedule (a scheduled query, or a test while enabled whose valid
+ * answer was cached), after the result hook when there is one, and when the cached response expired and the state
+ * became "invalidated". v is borrowed for the call. Never fires for oa_sched_apply_remote_state. */
+typedef void (*oa_sched_state_hook)(void *data, const oa_sched_view_t *v);
+void oa_sched_set_state_hook(oa_sched_t *s, oa_sched_state_hook hook, void *data);
+
+/*
+ * Takes the poller's view v (from another node) as this node's own. "invalidated" drops the cached response and
+ * removes the staple file, whatever is cached here, because the poller no longer stands behind it; "valid" is
+ * shown only while a response is cached (the response itself arrives with oa_sched_apply_remote); "recovering"
+ * and "pending" are taken as they are. The operator fields are copied, the recovery flags too (so a follower that
+ * becomes the poller carries on the same recovery), and the schedule is anchored on last_attempt_ms. While OCSP is
+ * disabled here the state stays "disabled" (an invalidation still drops the cache). Returns 0 when applied, or -1
+ * with err filled (a "disabled" view or a closing scheduler; nothing changes).
+ */
+int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_error_t *err);
+
 /* Cancels everything, answers pending tests with OA_E_OCSP_CANCELLED, closes the timers; done fires once all is
  * closed and s is freed. */
 void oa_sched_close(oa_sched_t *s, void (*done)(void *arg), void *arg);

@@ -1,8 +1,10 @@
 /*
  * Cluster mode's store logic against a real redis-server on a free loopback port: the URL and capability parsers,
  * a configuration change seen by another node with the same version, concurrent changes merged by the version's
- * compare-and-set, one lease holder and its takeover, the capability view, the shared status, and a store that is
- * not there. Skipped, saying so, when redis-server is not installed.
+ * compare-and-set, one lease holder and its takeover, the capability view, the shared status, the poller's shared
+ * schedule state (its invalidation, the numbering that orders records, resynchronisation from the store, a store
+ * restarted empty), the metrics after known events, and a store that is not there. Skipped, saying so, when
+ * redis-server is not installed.
  */
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
@@ -158,8 +160,25 @@ typedef struct node_s {
     int role_calls;
     unsigned char der[64];
     size_t der_len;
+    int status_calls;
+    int state_calls;
+    oa_sched_view_t view; /* the last state, its strings copied below */
+    char view_code[64];
+    char view_text[128];
+    char view_from[32];
+    char events[32]; /* 'S' per status, then the first letter of each state's name, in order of arrival */
     bool closed;
 } node_t;
+
+static void note_event(node_t *n, char e)
+{
+    size_t len = strlen(n->events);
+
+    if (len + 1 < sizeof(n->events)) {
+        n->events[len] = e;
+        n->events[len + 1] = '\0';
+    }
+}
 
 static void on_conf(void *data, const oa_conf_t *conf, unsigned changed, const char *user, const char *from)
 {
@@ -180,6 +199,22 @@ static void on_status(void *data, const unsigned char *der, size_t len, int64_t 
     (void)from;
     n->der_len = len < sizeof(n->der) ? len : sizeof(n->der);
     memcpy(n->der, der, n->der_len);
+    n->status_calls++;
+    note_event(n, 'S');
+}
+
+static void on_state(void *data, const oa_sched_view_t *v, const char *from)
+{
+    node_t *n = data;
+
+    n->state_calls++;
+    n->view = *v;
+    snprintf(n->view_code, sizeof(n->view_code), "%s", v->last_error_code);
+    snprintf(n->view_text, sizeof(n->view_text), "%s", v->last_error);
+    snprintf(n->view_from, sizeof(n->view_from), "%s", from);
+    n->view.last_error_code = n->view_code;
+    n->view.last_error = n->view_text;
+    note_event(n, oa_sched_state_name(v->state)[0]);
 }
 
 static void on_role(void *data, bool poller)
@@ -214,6 +249,7 @@ static void node_start(uv_loop_t *loop, node_t *n, const char *id, const char *c
     o.lease_ms = SHORT_LEASE_MS;
     o.hooks.conf = on_conf;
     o.hooks.status = on_status;
+    o.hooks.state = on_state;
     o.hooks.role = on_role;
     o.hooks.data = n;
     assert_int_equal(oa_cluster_new(loop, &o, &n->conf, &n->c, &err), 0);
@@ -455,6 +491,17 @@ static int pred_one_poller(void *arg)
     return (nodes[0]->poller ? 1 : 0) + (nodes[1]->poller ? 1 : 0) == 1;
 }
 
+/* Exactly one poller in a NULL-terminated list of nodes. */
+static int pred_one_poller_of(void *arg)
+{
+    node_t **nodes = arg;
+    int i, n = 0;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        n += nodes[i]->poller ? 1 : 0;
+    return n == 1;
+}
+
 static int pred_poller(void *arg)
 {
     return ((node_t *)arg)->poller;
@@ -556,6 +603,276 @@ static void test_lease_registry_status(void **state)
     close_all_and_finish(&loop, rest);
 }
 
+/* ---- the poller's schedule state, and the metrics ---- */
+
+/* The value of the metrics line that starts with name (labels included), or -1 when there is none. */
+static long long metric(node_t *n, const char *name)
+{
+    oa_buf_t b;
+    char want[160];
+    const char *at;
+    long long v = -1;
+
+    oa_buf_init(&b);
+    assert_int_equal(oa_cluster_metrics(n->c, &b), 0);
+    snprintf(want, sizeof(want), "\n%s ", name);
+    at = b.len > 0 ? strstr(b.data, want) : NULL;
+    if (at != NULL)
+        v = strtoll(at + strlen(want), NULL, 10);
+    oa_buf_free(&b);
+    return v;
+}
+
+typedef struct metric_wait_s {
+    node_t *n;
+    const char *name;
+    long long value;
+} metric_wait_t;
+
+static int pred_metric(void *arg)
+{
+    metric_wait_t *w = arg;
+
+    return metric(w->n, w->name) == w->value;
+}
+
+/* Runs the loop until n's metric name has value (each node reads its messages on its own connection, in its own
+ * time); returns the value then. */
+static long long metric_after(uv_loop_t *loop, node_t *n, const char *name, long long value)
+{
+    metric_wait_t w = {n, name, value};
+
+    run_until(loop, pred_metric, &w, 1000);
+    return metric(n, name);
+}
+
+typedef struct count_wait_s {
+    node_t **nodes;
+    int min;
+} count_wait_t;
+
+static int pred_states(void *arg)
+{
+    count_wait_t *w = arg;
+    int i;
+
+    for (i = 0; w->nodes[i] != NULL; i++)
+        if (w->nodes[i]->state_calls < w->min)
+            return 0;
+    return 1;
+}
+
+static int pred_statuses(void *arg)
+{
+    count_wait_t *w = arg;
+    int i;
+
+    for (i = 0; w->nodes[i] != NULL; i++)
+        if (w->nodes[i]->status_calls < w->min)
+            return 0;
+    return 1;
+}
+
+static int pred_two_live(void *arg)
+{
+    node_t **nodes = arg;
+
+    return metric(nodes[0], "ocsp_agent_cluster_nodes") == 2 && metric(nodes[1], "ocsp_agent_cluster_nodes") == 2;
+}
+
+static int pred_down(void *arg)
+{
+    node_t **nodes = arg;
+    int i;
+
+    for (i = 0; nodes[i] != NULL; i++)
+        if (oa_cluster_available(nodes[i]->c))
+            return 0;
+    return 1;
+}
+
+static oa_sched_view_t view_of(oa_sched_state_t st, bool recovering, int failures, int tries, const char *code,
+                               const char *text)
+{
+    oa_sched_view_t v = {.state = st,
+                         .recovering = recovering,
+                         .consecutive_failures = failures,
+                         .recovery_tries = tries,
+                         .last_attempt_ms = 1700000000123LL,
+                         .last_error_code = code,
+                         .last_error = text};
+
+    return v;
+}
+
+static void test_state_invalidation_and_metrics(void **state)
+{
+    uv_loop_t loop;
+    node_t a, b, late1, late2;
+    node_t *pair[] = {&a, &b, NULL};
+    node_t *all[] = {&a, &b, &late1, &late2, NULL};
+    node_t *followers[3] = {NULL, NULL, NULL};
+    node_t *poller, *follower;
+    count_wait_t w;
+    oa_ocsp_result_t res;
+    unsigned char der[] = {0x30, 0x03, 0x0a, 0x01, 0x00};
+    oa_sched_view_t v;
+    put_result_t puts[2] = {{0, 0}, {0, 0}};
+    oa_error_t err;
+    char *text;
+    int i;
+
+    (void)state;
+    NEED_REDIS();
+    flush_store();
+    uv_loop_init(&loop);
+    node_start(&loop, &a, "a", NULL, redis_port);
+    node_start(&loop, &b, "b", NULL, redis_port);
+    assert_true(run_until(&loop, pred_available, pair, 3000));
+    assert_true(run_until(&loop, pred_one_poller, pair, 2000));
+    assert_true(run_until(&loop, pred_two_live, pair, 2000));
+    poller = a.poller ? &a : &b;
+    follower = a.poller ? &b : &a;
+    followers[0] = follower;
+
+    /* The metrics of a quiet cluster of two. */
+    assert_int_equal(metric(poller, "ocsp_agent_cluster_store_up"), 1);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_store_up"), 1);
+    assert_int_equal(metric(poller, "ocsp_agent_cluster_poller"), 1);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_poller"), 0);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_conf_version"), 0);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_nodes_lacking_ocsp"), 0);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_store_disconnects_total"), 0);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"state\"}"), 0);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 0);
+
+    /* A response, the start of recovery, the invalidation: the follower sees each, in order, as published. */
+    memset(&res, 0, sizeof(res));
+    res.der = der;
+    res.der_len = sizeof(der);
+    oa_cluster_publish_result(poller->c, &res);
+    v = view_of(OA_STATE_RECOVERING, true, 1, 0, "ocsp_responder_http_status", "HTTP 500");
+    oa_cluster_publish_state(poller->c, &v);
+    v = view_of(OA_STATE_INVALIDATED, false, 3, 2, "ocsp_responder_connection_failed", "connection refused");
+    oa_cluster_publish_state(poller->c, &v);
+    w.nodes = followers;
+    w.min = 2;
+    assert_true(run_until(&loop, pred_states, &w, 1000));
+    assert_string_equal(follower->events, "Sri");
+    assert_int_equal(follower->view.state, OA_STATE_INVALIDATED);
+    assert_false(follower->view.recovering);
+    assert_int_equal(follower->view.consecutive_failures, 3);
+    assert_int_equal(follower->view.recovery_tries, 2);
+    assert_int_equal(follower->view.last_attempt_ms, 1700000000123LL);
+    assert_string_equal(follower->view_code, "ocsp_responder_connection_failed");
+    assert_string_equal(follower->view_text, "connection refused");
+    assert_string_equal(follower->view_from, poller == &a ? "a" : "b");
+    assert_string_equal(poller->events, ""); /* its own messages are not applied again */
+    /* The store: numbered records, the invalidation in both keys. */
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "seq");
+    assert_string_equal(text, "3");
+    free(text);
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "status");
+    assert_non_null(strstr(text, "{\"seq\":3,\"type\":\"state\""));
+    assert_non_null(strstr(text, "\"state\":\"invalidated\""));
+    free(text);
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "sched");
+    assert_non_null(strstr(text, "{\"seq\":3,\"type\":\"state\""));
+    free(text);
+    /* Messages are counted on every node, its own included. */
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"status\"}"), 1);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"state\"}"), 2);
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}"), 0);
+    assert_int_equal(metric_after(&loop, poller, "ocsp_agent_cluster_messages_received_total{type=\"state\"}", 2),
+                     2);
+
+    /* A node that joins now reads the invalidation from the store: one state, no response. */
+    node_start(&loop, &late1, "late1", NULL, redis_port);
+    followers[1] = &late1;
+    w.min = 1;
+    followers[0] = &late1;
+    followers[1] = NULL;
+    assert_true(run_until(&loop, pred_states, &w, 2000));
+    run_until(&loop, pred_never, NULL, 100);
+    assert_string_equal(late1.events, "i");
+    assert_string_equal(late1.view_code, "ocsp_responder_connection_failed");
+    assert_int_equal(late1.der_len, 0);
+
+    /* A message older than what a node has seen is ignored: only the store's numbering counts. */
+    text = redis_get("PUBLISH " OA_CLUSTER_KEY_PREFIX "events %s",
+                     "{\"seq\":2,\"type\":\"state\",\"node\":\"x\",\"ts\":1,\"state\":\"valid\"}");
+    free(text);
+    /* The poller's next response: the status key holds it again, the sched key still the invalidation. */
+    oa_cluster_publish_result(poller->c, &res);
+    followers[0] = follower;
+    followers[1] = NULL;
+    w.min = 2;
+    assert_true(run_until(&loop, pred_statuses, &w, 1000));
+    followers[0] = &late1;
+    w.min = 1;
+    assert_true(run_until(&loop, pred_statuses, &w, 1000));
+    run_until(&loop, pred_never, NULL, 100);
+    assert_string_equal(follower->events, "SriS");
+    assert_string_equal(late1.events, "iS");
+    assert_int_equal(metric_after(&loop, follower, "ocsp_agent_cluster_messages_received_total{type=\"state\"}",
+                                  3),
+                     3);
+
+    /* A node that joins now applies the older record first: invalidated, then the response. */
+    node_start(&loop, &late2, "late2", NULL, redis_port);
+    followers[0] = &late2;
+    assert_true(run_until(&loop, pred_statuses, &w, 2000));
+    run_until(&loop, pred_never, NULL, 100);
+    assert_string_equal(late2.events, "iS");
+    assert_int_equal(late2.der_len, sizeof(der));
+
+    /* Two PUTs at once: both committed, one after losing a round. */
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"response_timeout\": 7}", 23, "http://r/", "u", on_put, &puts[0],
+                                         &err), 0);
+    assert_int_equal(oa_cluster_conf_put(b.c, "{\"recovery_max_tries\": 9}", 25, "http://r/", "u", on_put, &puts[1],
+                                         &err), 0);
+    assert_true(run_until(&loop, pred_put_fired, puts, 3000));
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
+    assert_int_equal(metric(&b, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"conflict_retry\"}") +
+                         metric(&b, "ocsp_agent_cluster_puts_total{result=\"conflict_retry\"}"),
+                     1);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"unavailable\"}"), 0);
+    assert_int_equal(metric_after(&loop, &late2, "ocsp_agent_cluster_conf_version", 2), 2);
+    assert_int_equal(metric_after(&loop, &late2, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}", 2), 2);
+
+    /* The store restarts empty: one disconnect each, and the numbering starts again at 1, which every node
+     * accepts because it forgot the old numbers when it reconnected. */
+    redis_stop();
+    assert_true(run_until(&loop, pred_down, all, 3000));
+    assert_int_equal(metric(&late1, "ocsp_agent_cluster_store_up"), 0);
+    assert_int_equal(oa_cluster_conf_put(a.c, "{\"response_timeout\": 8}", 23, "http://r/", "u", on_put, &puts[0],
+                                         &err), -1);
+    assert_int_equal(err.code, OA_E_STORE_UNAVAILABLE);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"unavailable\"}"), 1);
+    redis_start();
+    assert_true(run_until(&loop, pred_available, all, 5000));
+    /* Any of the four may hold the lease now; the state goes from it to another. */
+    assert_true(run_until(&loop, pred_one_poller_of, all, 3000));
+    for (i = 0; all[i] != NULL; i++)
+        if (all[i]->poller)
+            poller = all[i];
+    follower = poller == &late1 ? &late2 : &late1;
+    assert_int_equal(metric(follower, "ocsp_agent_cluster_store_disconnects_total"), 1);
+    assert_int_equal(metric(poller, "ocsp_agent_cluster_store_disconnects_total"), 1);
+    follower->state_calls = 0;
+    v = view_of(OA_STATE_RECOVERING, true, 1, 0, "ocsp_responder_timeout", "no answer");
+    oa_cluster_publish_state(poller->c, &v);
+    followers[0] = follower;
+    assert_true(run_until(&loop, pred_states, &w, 1000));
+    assert_int_equal(follower->view.state, OA_STATE_RECOVERING);
+    assert_string_equal(follower->view_code, "ocsp_responder_timeout");
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "seq");
+    assert_string_equal(text, "1");
+    free(text);
+    close_all_and_finish(&loop, all);
+}
+
 static void test_store_unreachable(void **state)
 {
     uv_loop_t loop;
@@ -576,6 +893,49 @@ static void test_store_unreachable(void **state)
     assert_int_equal(res.fired, 0);
     assert_int_equal(a.conf_calls, 0);
     assert_false(a.poller);
+    /* Never up, so never disconnected; the refused PUT is counted. */
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_store_up"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_poller"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_nodes"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_store_disconnects_total"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"unavailable\"}"), 1);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"timeout\"}"), 0);
+    {
+        static const char want[] =
+            "# HELP ocsp_agent_cluster_store_up 1 while the cluster store is reachable and this node is synchronised "
+            "with it.\n# TYPE ocsp_agent_cluster_store_up gauge\nocsp_agent_cluster_store_up 0\n"
+            "# HELP ocsp_agent_cluster_poller 1 while this node holds the lease and queries the responder.\n"
+            "# TYPE ocsp_agent_cluster_poller gauge\nocsp_agent_cluster_poller 0\n"
+            "# HELP ocsp_agent_cluster_conf_version The version of the shared configuration in force here.\n"
+            "# TYPE ocsp_agent_cluster_conf_version gauge\nocsp_agent_cluster_conf_version 0\n"
+            "# HELP ocsp_agent_cluster_nodes Live nodes seen by the last heartbeat.\n"
+            "# TYPE ocsp_agent_cluster_nodes gauge\nocsp_agent_cluster_nodes 0\n"
+            "# HELP ocsp_agent_cluster_nodes_lacking_ocsp Live nodes without the ocsp capability.\n"
+            "# TYPE ocsp_agent_cluster_nodes_lacking_ocsp gauge\nocsp_agent_cluster_nodes_lacking_ocsp 0\n"
+            "# HELP ocsp_agent_cluster_store_disconnects_total Times the connection to a synchronised store was "
+            "lost.\n# TYPE ocsp_agent_cluster_store_disconnects_total counter\n"
+            "ocsp_agent_cluster_store_disconnects_total 0\n"
+            "# HELP ocsp_agent_cluster_messages_received_total Messages received on the cluster channel, by type.\n"
+            "# TYPE ocsp_agent_cluster_messages_received_total counter\n"
+            "ocsp_agent_cluster_messages_received_total{type=\"conf\"} 0\n"
+            "ocsp_agent_cluster_messages_received_total{type=\"status\"} 0\n"
+            "ocsp_agent_cluster_messages_received_total{type=\"state\"} 0\n"
+            "ocsp_agent_cluster_messages_received_total{type=\"invalid\"} 0\n"
+            "# HELP ocsp_agent_cluster_puts_total Configuration writes to the cluster store, by result.\n"
+            "# TYPE ocsp_agent_cluster_puts_total counter\n"
+            "ocsp_agent_cluster_puts_total{result=\"committed\"} 0\n"
+            "ocsp_agent_cluster_puts_total{result=\"conflict_retry\"} 0\n"
+            "ocsp_agent_cluster_puts_total{result=\"unavailable\"} 1\n"
+            "ocsp_agent_cluster_puts_total{result=\"timeout\"} 0\n";
+        oa_buf_t b;
+
+        /* The whole exposition, byte for byte: names, types, help and label sets. */
+        oa_buf_init(&b);
+        assert_int_equal(oa_cluster_metrics(a.c, &b), 0);
+        assert_int_equal(b.len, strlen(want));
+        assert_memory_equal(b.data, want, b.len);
+        oa_buf_free(&b);
+    }
     close_all_and_finish(&loop, nodes);
 }
 
@@ -586,6 +946,7 @@ int main(void)
         cmocka_unit_test(test_caps),
         cmocka_unit_test(test_conf_put_propagates),
         cmocka_unit_test(test_lease_registry_status),
+        cmocka_unit_test(test_state_invalidation_and_metrics),
         cmocka_unit_test(test_store_unreachable),
     };
 

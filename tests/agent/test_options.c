@@ -524,6 +524,7 @@ static void test_usage(void **state)
         "--log-level",
         "--time-scale F",
         "--max-connections N",
+        "--cluster-lease MS",
         "--version",
         "--help",
         "passwd",
@@ -600,6 +601,130 @@ static void test_cluster_options(void **state)
     }
 }
 
+/* --cluster-lease: on the command line and in the file, its range, its type in the file, and that it needs
+ * --cluster. Config files are written to a temporary directory, "%s" in args standing for it. */
+static void test_cluster_lease(void **state)
+{
+    static const struct {
+        const char *args[8];
+        const char *file; /* the --config file's text, or NULL */
+        int lease;        /* the parsed value when accepted */
+        oa_errcode_t code;
+        const char *text; /* NULL: accepted; "%s" stands for the config file's path */
+    } cases[] = {
+        {{"--users", "u", "--cluster", "redis://h", NULL}, NULL, 0, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", "1500", NULL}, NULL, 1500, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease=1000", NULL}, NULL, 1000, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", "60000", NULL}, NULL, 60000, OA_OK, NULL},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_lease\": 9000}",
+         9000,
+         OA_OK,
+         NULL},
+        /* The command line wins over the file. */
+        {{"--users", "u", "--config", "%s", "--cluster-lease", "4000", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_lease\": 9000}",
+         4000,
+         OA_OK,
+         NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", "999", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: expected milliseconds from 1000 to 60000, got \"999\""},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", "60001", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: expected milliseconds from 1000 to 60000, got \"60001\""},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", "3s", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: expected milliseconds from 1000 to 60000, got \"3s\""},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease=-1500", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: expected milliseconds from 1000 to 60000, got \"-1500\""},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease=", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: expected a value, got an empty string"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-lease", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: missing value"},
+        {{"--users", "u", "--cluster-lease", "1500", NULL},
+         NULL,
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: needs --cluster"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_lease\": \"1500\"}",
+         0,
+         OA_E_BAD_FILE,
+         "config file %s: \"cluster_lease\": expected an integer"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_lease\": 1500.5}",
+         0,
+         OA_E_BAD_FILE,
+         "config file %s: \"cluster_lease\": expected an integer"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_lease\": 500}",
+         0,
+         OA_E_BAD_FILE,
+         "config file %s: \"cluster_lease\": expected milliseconds from 1000 to 60000, got 500"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster_lease\": 1500}",
+         0,
+         OA_E_BAD_OPTION,
+         "--cluster-lease: needs --cluster"},
+    };
+    char dir[] = "/tmp/oa-options-XXXXXX", path[64], want[256];
+    const char *args[8], *at;
+    oa_options_t o;
+    oa_error_t err;
+    size_t i, j;
+    FILE *f;
+    int rc;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/lease.json", dir);
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        for (j = 0; j < OA_ARRAY_SIZE(args); j++)
+            args[j] = cases[i].args[j] != NULL && strcmp(cases[i].args[j], "%s") == 0 ? path : cases[i].args[j];
+        if (cases[i].file != NULL) {
+            f = fopen(path, "w");
+            assert_non_null(f);
+            fputs(cases[i].file, f);
+            fclose(f);
+        }
+        oa_error_clear(&err);
+        rc = parse(args, &o, &err);
+        if (cases[i].text == NULL) {
+            if (rc != 0)
+                fail_msg("case %zu: %s", i, err.text);
+            assert_int_equal(o.cluster_lease_ms, cases[i].lease);
+        } else {
+            at = strstr(cases[i].text, "%s");
+            if (at != NULL)
+                snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - cases[i].text), cases[i].text, path, at + 2);
+            else
+                snprintf(want, sizeof(want), "%s", cases[i].text);
+            if (rc != -1 || err.code != cases[i].code || strcmp(err.text, want) != 0)
+                fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err.code, err.text,
+                         cases[i].code, want);
+        }
+        oa_options_free(&o);
+    }
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -607,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_config_not_json),    cmocka_unit_test(test_split_listen),
         cmocka_unit_test(test_is_loopback),        cmocka_unit_test(test_usage),
         cmocka_unit_test(test_cluster_options),
+        cmocka_unit_test(test_cluster_lease),
     };
     const char *data = getenv("OA_TEST_DATA");
 

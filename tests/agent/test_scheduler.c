@@ -1173,6 +1173,257 @@ static void test_staple_discarded_when_expired_or_bad(void **state)
     pki_teardown(&p);
 }
 
+/* ---- cluster mode: the poller's view ---- */
+
+typedef struct state_log_s {
+    int calls;
+    int results;          /* result hook calls */
+    int results_at_state; /* result hook calls seen by the last state hook call */
+    oa_sched_view_t last;
+    char code[64];
+    char text[OA_ERROR_TEXT_MAX];
+    oa_sched_state_t states[8];
+} state_log_t;
+
+static void on_state_hook(void *data, const oa_sched_view_t *v)
+{
+    state_log_t *l = data;
+
+    if (l->calls < (int)OA_ARRAY_SIZE(l->states))
+        l->states[l->calls] = v->state;
+    l->calls++;
+    l->results_at_state = l->results;
+    l->last = *v;
+    snprintf(l->code, sizeof(l->code), "%s", v->last_error_code);
+    snprintf(l->text, sizeof(l->text), "%s", v->last_error);
+    l->last.last_error_code = l->code;
+    l->last.last_error = l->text;
+}
+
+static void on_result_hook(void *data, const oa_ocsp_result_t *res)
+{
+    (void)res;
+    ((state_log_t *)data)->results++;
+}
+
+/* The poller reports its view after every attempt that counted: a success after its result, each failure, the
+ * invalidation; a failed test reports nothing. */
+static void test_state_hook_reports_attempts(void **state)
+{
+    ctx_t c;
+    oa_conf_t conf = conf_of(true, 60, 60, 1); /* 0.3 s regular and recovery, one retry */
+    state_log_t log;
+    test_answer_t a;
+    int64_t before;
+
+    (void)state;
+    memset(&log, 0, sizeof(log));
+    ctx_setup(&c);
+    oa_sched_set_state_hook(c.s, on_state_hook, &log);
+    oa_sched_set_result_hook(c.s, on_result_hook, &log);
+    script(&c, 3, good(), failing(OA_E_OCSP_HTTP_STATUS), failing(OA_E_OCSP_CONNECT));
+    c.fake.dflt = failing(OA_E_OCSP_CONNECT);
+    before = oa_time_now_ms();
+    oa_sched_apply_conf(c.s, &conf);
+
+    RUN_UNTIL(&c, log.calls >= 1, 1000);
+    assert_int_equal(log.calls, 1);
+    assert_int_equal(log.results_at_state, 1); /* the response went out first */
+    assert_int_equal(log.last.state, OA_STATE_VALID);
+    assert_false(log.last.recovering);
+    assert_int_equal(log.last.consecutive_failures, 0);
+    assert_string_equal(log.code, "");
+    assert_true(log.last.last_attempt_ms >= before - 1000 && log.last.last_attempt_ms <= oa_time_now_ms());
+
+    RUN_UNTIL(&c, log.calls >= 2, 1000);
+    assert_int_equal(log.calls, 2);
+    assert_int_equal(log.last.state, OA_STATE_RECOVERING);
+    assert_true(log.last.recovering);
+    assert_int_equal(log.last.consecutive_failures, 1);
+    assert_int_equal(log.last.recovery_tries, 0);
+    assert_string_equal(log.code, "ocsp_responder_http_status");
+    assert_string_equal(log.text, "a scripted failure");
+
+    RUN_UNTIL(&c, log.calls >= 3, 1000);
+    assert_int_equal(log.calls, 3);
+    assert_int_equal(log.last.state, OA_STATE_INVALIDATED);
+    assert_false(log.last.recovering);
+    assert_int_equal(log.last.consecutive_failures, 2);
+    assert_int_equal(log.last.recovery_tries, 1);
+    assert_string_equal(log.code, "ocsp_responder_connection_failed");
+    assert_int_equal(log.results, 1);
+
+    /* A test that fails changes nothing and reports nothing. */
+    c.fake.dflt.delay_ms = 10;
+    start_test(&c, &a);
+    RUN_UNTIL(&c, a.fired == 1, 1000);
+    assert_int_equal(a.fired, 1);
+    assert_int_equal(a.err, OA_E_OCSP_CONNECT);
+    /* The next scheduled attempt is 300 ms away, far beyond the test's 10 ms, so nothing adopted its query. */
+    assert_int_equal(log.calls, 3);
+    assert_int_equal(log.states[0], OA_STATE_VALID);
+    assert_int_equal(log.states[1], OA_STATE_RECOVERING);
+    assert_int_equal(log.states[2], OA_STATE_INVALIDATED);
+    ctx_teardown(&c);
+}
+
+static oa_sched_view_t view_of(oa_sched_state_t st, bool recovering, int failures, int tries, int64_t at_ms,
+                               const char *code, const char *text)
+{
+    oa_sched_view_t v = {.state = st,
+                         .recovering = recovering,
+                         .consecutive_failures = failures,
+                         .recovery_tries = tries,
+                         .last_attempt_ms = at_ms,
+                         .last_error_code = code,
+                         .last_error = text};
+
+    return v;
+}
+
+static void assert_staple_bytes(const ctx_t *c, const unsigned char *der, size_t len)
+{
+    oa_buf_t b;
+
+    oa_buf_init(&b);
+    assert_int_equal(oa_file_read(c->staple, 1 << 16, &b), 0);
+    assert_int_equal(b.len, len);
+    assert_memory_equal(b.data, der, len);
+    oa_buf_free(&b);
+}
+
+/* A follower takes the poller's view: recovering keeps the response, invalidated drops it and its staple, and the
+ * next response from the poller makes it valid again. */
+static void test_remote_state_invalidation_and_restore(void **state)
+{
+    ctx_t c;
+    pki_ctx_t p;
+    oa_testpki_resp_opts_t o;
+    oa_conf_t conf = conf_of(true, 3600, 60, 3);
+    oa_sched_view_t v;
+    unsigned char *der1, *der2;
+    size_t len1, len2;
+    oa_error_t err;
+    int64_t at_ms = (oa_time_now_ms() / 1000 - 5) * 1000;
+    json_t *st;
+
+    (void)state;
+    pki_setup(&p);
+    ctx_init_loop(&c);
+    ctx_new_sched(&c, p.target);
+    oa_sched_set_follower(c.s, true);
+    oa_sched_apply_conf(c.s, &conf);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_PENDING);
+
+    oa_testpki_resp_opts_init(&o, &p.pki);
+    assert_int_equal(oa_testpki_response(&o, &der1, &len1), 0);
+    o.this_update_offset = -30;
+    o.produced_at_offset = -30;
+    o.next_update_offset = 7200;
+    assert_int_equal(oa_testpki_response(&o, &der2, &len2), 0);
+
+    assert_int_equal(oa_sched_apply_remote(c.s, der1, len1, oa_time_now_ms(), &err), 0);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_VALID);
+    assert_staple_bytes(&c, der1, len1);
+
+    /* Recovering: the response is still served, the counters and the error are the poller's. */
+    v = view_of(OA_STATE_RECOVERING, true, 1, 0, at_ms, "ocsp_responder_http_status", "HTTP 500 from the responder");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), 0);
+    st = status(&c);
+    assert_key_str(st, "cert_status", "GOOD");
+    assert_key_str(st, "state", "recovering");
+    assert_key_int(st, "consecutive_failures", 1);
+    assert_key_int(st, "recovery_tries", 0);
+    assert_key_str(st, "last_error_code", "ocsp_responder_http_status");
+    assert_key_str(st, "last_error", "HTTP 500 from the responder");
+    assert_key_time(st, "last_attempt", (time_t)(at_ms / 1000));
+    json_decref(st);
+    assert_staple_bytes(&c, der1, len1);
+
+    /* Invalidated: the cache and the staple go at once, though the response is hours from its nextUpdate. */
+    v = view_of(OA_STATE_INVALIDATED, false, 4, 3, at_ms + 3000, "ocsp_responder_connection_failed",
+                "connection refused");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), 0);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_INVALIDATED);
+    assert_false(staple_exists(&c));
+    st = status(&c);
+    assert_key_str(st, "cert_status", "UNKNOWN");
+    assert_key_str(st, "state", "invalidated");
+    assert_key_str(st, "produced_at", NULL);
+    assert_key_str(st, "next_update", NULL);
+    assert_key_int(st, "consecutive_failures", 4);
+    assert_key_int(st, "recovery_tries", 3);
+    assert_key_str(st, "last_error_code", "ocsp_responder_connection_failed");
+    assert_key_str(st, "last_error", "connection refused");
+    assert_key_time(st, "last_attempt", (time_t)(at_ms / 1000 + 3));
+    json_decref(st);
+    assert_metrics_line(&c, "ocsp_agent_state{state=\"invalidated\"} 1");
+    assert_metrics_line(&c, "ocsp_agent_cert_status{status=\"UNKNOWN\"} 1");
+
+    /* "valid" without a response here cannot be shown; a "disabled" view is refused. */
+    v = view_of(OA_STATE_VALID, false, 0, 0, at_ms + 4000, "", "");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), 0);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_INVALIDATED);
+    v = view_of(OA_STATE_DISABLED, false, 0, 0, 0, "", "");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), -1);
+    assert_int_equal(err.code, OA_E_INVALID_SCHEMA);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_INVALIDATED);
+
+    /* The poller's next response restores everything; the last error stays for the operator. */
+    assert_int_equal(oa_sched_apply_remote(c.s, der2, len2, oa_time_now_ms(), &err), 0);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_VALID);
+    assert_staple_bytes(&c, der2, len2);
+    st = status(&c);
+    assert_key_str(st, "cert_status", "GOOD");
+    assert_key_str(st, "state", "valid");
+    assert_key_int(st, "consecutive_failures", 0);
+    assert_key_int(st, "recovery_tries", 0);
+    assert_key_str(st, "last_error_code", "ocsp_responder_connection_failed");
+    json_decref(st);
+    /* The poller's own "valid" report that follows keeps it valid. */
+    v = view_of(OA_STATE_VALID, false, 0, 0, oa_time_now_ms(), "ocsp_responder_connection_failed",
+                "connection refused");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), 0);
+    assert_int_equal(oa_sched_state(c.s), OA_STATE_VALID);
+    assert_staple_bytes(&c, der2, len2);
+    /* A follower never queried. */
+    RUN_FOR(&c, 50);
+    assert_int_equal(c.fake.starts, 0);
+    free(der1);
+    free(der2);
+    ctx_teardown(&c);
+    pki_teardown(&p);
+}
+
+/* While OCSP is off here, an invalidation still removes the response, and the state stays "disabled". */
+static void test_remote_invalidation_while_disabled(void **state)
+{
+    ctx_t c;
+    pki_ctx_t p;
+    oa_testpki_resp_opts_t o;
+    oa_sched_view_t v = view_of(OA_STATE_INVALIDATED, false, 2, 1, oa_time_now_ms(), "ocsp_responder_timeout",
+                                "no answer");
+    unsigned char *der;
+    size_t len;
+    oa_error_t err;
+
+    (void)state;
+    pki_setup(&p);
+    ctx_init_loop(&c);
+    oa_testpki_resp_opts_init(&o, &p.pki);
+    write_response(&c, &o, &der, &len);
+    ctx_new_sched(&c, p.target);
+    oa_sched_set_follower(c.s, true);
+    oa_sched_apply_conf(c.s, &(oa_conf_t){false, 3600, 1, 60, 5});
+    assert_status(&c, "GOOD", "disabled");
+    assert_int_equal(oa_sched_apply_remote_state(c.s, &v, &err), 0);
+    assert_status(&c, "UNKNOWN", "disabled");
+    assert_false(staple_exists(&c));
+    free(der);
+    ctx_teardown(&c);
+    pki_teardown(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1198,6 +1449,9 @@ int main(void)
         cmocka_unit_test(test_no_responder_url),
         cmocka_unit_test(test_staple_reloaded_when_valid),
         cmocka_unit_test(test_staple_discarded_when_expired_or_bad),
+        cmocka_unit_test(test_state_hook_reports_attempts),
+        cmocka_unit_test(test_remote_state_invalidation_and_restore),
+        cmocka_unit_test(test_remote_invalidation_while_disabled),
     };
 
     oa_log_setup(OA_LOG_TEXT, OA_LOG_DEBUG, NULL);
