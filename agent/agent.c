@@ -13,6 +13,7 @@
 #include "oa_api.h"
 #include "oa_cluster.h"
 #include "oa_log.h"
+#include "oa_tls.h"
 
 static int ensure_data_dir(const char *dir, oa_error_t *err)
 {
@@ -180,6 +181,30 @@ static void on_sched_state(void *data, const oa_sched_view_t *v)
         oa_cluster_publish_state(a->cluster, v);
 }
 
+/* The TLS context for the store, made once at start-up so that a bad file stops it. The one error line names the
+ * option whose file is at fault: the CA file, else the certificate when it could not be loaded, else the key. */
+static int cluster_tls_ctx(const oa_options_t *o, SSL_CTX **out, oa_error_t *err)
+{
+    SSL_CTX *ctx = NULL;
+    oa_error_t e;
+    const char *opt;
+
+    *out = NULL;
+    if (oa_tls_client_ctx_new(o->cluster_ca, NULL, NULL, &ctx, &e) != 0) {
+        opt = o->cluster_ca != NULL ? "--cluster-ca" : "--cluster-tls";
+        goto fail;
+    }
+    if (o->cluster_cert != NULL && oa_tls_ctx_load_identity(ctx, o->cluster_cert, o->cluster_key, &e) != 0) {
+        opt = SSL_CTX_get0_certificate(ctx) == NULL ? "--cluster-cert" : "--cluster-key";
+        goto fail;
+    }
+    *out = ctx;
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    return oa_error_set(err, e.code, "%s: %s", opt, e.text);
+}
+
 static int start_cluster(oa_agent_t *a, oa_error_t *err)
 {
     const oa_options_t *o = a->opts;
@@ -190,6 +215,7 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
     memset(&co, 0, sizeof(co));
     co.url = o->cluster_url;
     co.password = o->cluster_password;
+    co.tls = a->cluster_tls; /* the cluster takes its own reference */
     co.node_id = o->node_id;
     co.api_address = api;
     co.capabilities = o->capabilities;
@@ -282,6 +308,8 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     }
     if (opts->tls_cert != NULL && oa_tls_server_ctx_new(opts->tls_cert, opts->tls_key, &a->tls, err) != 0)
         return -1;
+    if (opts->cluster_tls && cluster_tls_ctx(opts, &a->cluster_tls, err) != 0)
+        return -1;
     /* Bind before anything is logged or created, so a taken port is one line too. Requests wait for the loop, which
      * runs only once start-up is complete. */
     oa_http_limits_default(&limits);
@@ -369,6 +397,7 @@ void oa_agent_free(oa_agent_t *a)
     if (a->target != NULL)
         oa_ocsp_target_free(a->target);
     SSL_CTX_free(a->tls);
+    SSL_CTX_free(a->cluster_tls);
     free(a->conf_path);
     oa_buf_free(&a->conf_body);
     free(a->spare_check);

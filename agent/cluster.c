@@ -1,36 +1,68 @@
 /*
  * Cluster mode over Redis: the node registry, the shared configuration, the poller lease and the shared status.
  *
- * Two hiredis asynchronous contexts share the agent's loop: `cmd` for commands, `sub` subscribed to the events
+ * Two Redis connections (oa_redis.h) share the agent's loop: `cmd` for commands, `sub` subscribed to the events
  * channel (a subscribed connection can send nothing else). Either one failing takes both down, because a node that
  * misses messages must resynchronise anyway; the reconnect then subscribes first and reads the store second, so a
  * change published in between is never lost (at worst it is applied twice, which versions make harmless).
  *
- * Teardown follows hiredis's rules: a context is forgotten (its pointer set to NULL) before redisAsyncFree, whose
- * callbacks run with a NULL reply and must touch nothing but their own request; a context freed from inside one of
- * its own callbacks is freed by hiredis when the callback returns.
+ * Teardown follows oa_redis's rules: a connection is forgotten (its pointer set to NULL) before oa_redis_free, whose
+ * queued callbacks run with a NULL reply before it returns and must touch nothing but their own request; a
+ * connection may be freed from inside one of its own callbacks.
  *
  * Every write that must be atomic is one Lua script: the configuration's compare-and-set on its version (with the
  * PUBLISH inside, so no node can see the write without the message or the reverse), the seed after a store restart,
  * the lease renewal, the heartbeat (SET the node's key, prune the dead from the node set and return the live), and
  * the status and state records (number, SET and PUBLISH).
  *
+ * The configuration is identified by (epoch, version). The epoch names one life of the stored configuration: a
+ * random id (16 hex digits) made by the node whose script finds the conf hash empty (a new store, or one that
+ * restarted without persistence), kept by every later write until the store loses it again. Within an epoch the
+ * version only grows, by one per committed PUT. The hash also carries "seeded": 1 while what it holds was only
+ * seeded (copied from a node's memory into the empty store, or replaced by a better-informed seed), 0 once a PUT
+ * committed in that epoch. The rules, exactly:
+ *   - the seed (each node, once per (re)connection, after subscribing): on an empty hash it writes the node's
+ *     configuration and version under a new epoch with seeded=1; on a hash with seeded=1 it replaces the
+ *     configuration and version (keeping the epoch) only when the node's version is higher, so that the
+ *     best-informed node wins while nothing was written yet; on seeded=0 it never writes: an acknowledged PUT is
+ *     never overwritten by a seed. A hash without an epoch (written before epochs existed) is given one, seeded=0;
+ *   - the compare-and-set of a PUT writes only when the stored epoch and version are the node's; on an empty hash
+ *     it writes anyway, at the node's version + 1 under a new epoch, as a seed and the PUT at once; a write always
+ *     sets seeded=0;
+ *   - a node adopts what its seed returns (the store's configuration after the seed) whatever the versions, because
+ *     the store is the truth once it has been read; the one exception is a newer configuration of the same epoch
+ *     applied from a message while the seed was on its way;
+ *   - a configuration seen on a live connection (a message, the reply to a compare-and-set) is applied when its
+ *     epoch differs from the node's, even at a lower version (the store lost what the node knew, and its new life
+ *     wins), or when it has the node's epoch and a higher version; never when its epoch is the one the node has
+ *     just left (a message written before the store was emptied, overtaken on the other connection);
+ *   - a committed write is applied from the reply to it even when its PUT was answered "not confirmed in time"; this
+ *     node's own conf message is applied only while no compare-and-set reply is owed, because that reply puts the
+ *     write in force itself, under the PUT's user, and must not find it already applied (or be applied twice).
+ * <data_dir>/cluster.json keeps the epoch with the version. What these rules cannot do is bring back everything a
+ * store without persistence lost: after it restarts empty, what it held returns only through seeds, and seeds count
+ * only until the first PUT of the new epoch commits. A node that comes back after that with a newer configuration
+ * from before the restart (acknowledged PUTs included) adopts the store's instead; a PUT acknowledged by a store
+ * that lost it before any node applied it is gone at once. Run the store with persistence where that matters.
+ *
  * The status and state records are numbered by the store, not by the nodes: two nodes' clocks never have to agree,
  * and a poller that takes over continues the same sequence. A node forgets the highest number it has seen when it
  * reconnects, because a store that restarted empty starts counting again.
  */
 #include <ctype.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "oa_cluster.h"
 #include "oa_log.h"
+#include "oa_redis.h"
 #include "oa_util.h"
 
 #define DEFAULT_PORT 6379
@@ -44,6 +76,7 @@
 #define PUT_MAX_ROUNDS 5
 #define LACKING_MAX 512
 #define HANDSHAKE_TIMEOUT_MS 2000
+#define EPOCH_LEN 16
 
 #define K_CONF OA_CLUSTER_KEY_PREFIX "conf"
 #define K_NODE OA_CLUSTER_KEY_PREFIX "node:"
@@ -54,29 +87,48 @@
 #define K_SEQ OA_CLUSTER_KEY_PREFIX "seq"
 #define K_EVENTS OA_CLUSTER_KEY_PREFIX "events"
 
-/* KEYS: conf, events. ARGV: expected version, conf JSON, node id as a JSON string. Returns {1, new version, conf}
- * when written, {0, stored version, stored conf or ""} when the version did not match. */
+/* KEYS: conf, events. ARGV: this node's epoch, its version (the one expected), the new conf JSON, the node id as a
+ * JSON string, a fresh epoch (used when the hash is empty). Writes when the stored epoch and version are the node's,
+ * or when the hash is empty (a seed and the write at once, under the fresh epoch); every write clears "seeded".
+ * Returns {1, new version, conf, epoch} when written, {0, stored version, stored conf, stored epoch} when not. */
 static const char lua_conf_cas[] =
-    "local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "if v ~= tonumber(ARGV[1]) then return {0, v, redis.call('HGET', KEYS[1], 'conf') or ''} end\n"
-    "v = v + 1\n"
-    "redis.call('HSET', KEYS[1], 'version', v, 'conf', ARGV[2])\n"
-    "redis.call('PUBLISH', KEYS[2], '{\"type\":\"conf\",\"version\":' .. v .. ',\"node\":' .. ARGV[3] .. "
-    "',\"conf\":' .. ARGV[2] .. '}')\n"
-    "return {1, v, ARGV[2]}\n";
-
-/* Same KEYS and ARGV (ARGV[1] is this node's version): writes this node's configuration only when the store holds
- * an older version or none, as after a restart of a store without persistence. Returns {version, conf or ""}. */
-static const char lua_conf_seed[] =
-    "local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
-    "local mine = tonumber(ARGV[1])\n"
-    "if mine > v then\n"
-    "  redis.call('HSET', KEYS[1], 'version', mine, 'conf', ARGV[2])\n"
-    "  redis.call('PUBLISH', KEYS[2], '{\"type\":\"conf\",\"version\":' .. mine .. ',\"node\":' .. ARGV[3] .. "
-    "',\"conf\":' .. ARGV[2] .. '}')\n"
-    "  return {mine, ARGV[2]}\n"
+    "local h = redis.call('HMGET', KEYS[1], 'version', 'conf', 'epoch')\n"
+    "local epoch = h[3]\n"
+    "if not h[1] then\n"
+    "  epoch = ARGV[5]\n"
+    "elseif epoch ~= ARGV[1] or tonumber(h[1]) ~= tonumber(ARGV[2]) then\n"
+    "  return {0, tonumber(h[1]) or 0, h[2] or '', epoch or ''}\n"
     "end\n"
-    "return {v, redis.call('HGET', KEYS[1], 'conf') or ''}\n";
+    "local v = tonumber(ARGV[2]) + 1\n"
+    "redis.call('HSET', KEYS[1], 'version', v, 'conf', ARGV[3], 'epoch', epoch, 'seeded', '0')\n"
+    "redis.call('PUBLISH', KEYS[2], '{\"type\":\"conf\",\"epoch\":\"' .. epoch .. '\",\"version\":' .. v .. "
+    "',\"node\":' .. ARGV[4] .. ',\"conf\":' .. ARGV[3] .. '}')\n"
+    "return {1, v, ARGV[3], epoch}\n";
+
+/* Same KEYS and ARGV, ARGV[2] being this node's version. The seed at every (re)connection: an empty hash gets the
+ * node's configuration under the fresh epoch, seeded=1; a hash still seeded=1 gets it only when the node's version
+ * is higher (the epoch stays); a hash with seeded=0 (a PUT committed in its epoch) is never written. A hash without
+ * an epoch gets one, seeded=0. Returns {version, conf or "", epoch, written}: written is 0 when nothing was
+ * written, 1 when the hash was empty, 2 when a seeded configuration of a lower version was replaced. */
+static const char lua_conf_seed[] =
+    "local h = redis.call('HMGET', KEYS[1], 'version', 'conf', 'epoch', 'seeded')\n"
+    "local mine = tonumber(ARGV[2])\n"
+    "local epoch = h[3]\n"
+    "local write = 0\n"
+    "if not h[1] then\n"
+    "  epoch = ARGV[5]\n"
+    "  write = 1\n"
+    "elseif not epoch then\n"
+    "  epoch = ARGV[5]\n"
+    "  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seeded', '0')\n"
+    "elseif h[4] == '1' and mine > (tonumber(h[1]) or 0) then\n"
+    "  write = 2\n"
+    "end\n"
+    "if write == 0 then return {tonumber(h[1]) or 0, h[2] or '', epoch, 0} end\n"
+    "redis.call('HSET', KEYS[1], 'version', mine, 'conf', ARGV[3], 'epoch', epoch, 'seeded', '1')\n"
+    "redis.call('PUBLISH', KEYS[2], '{\"type\":\"conf\",\"epoch\":\"' .. epoch .. '\",\"version\":' .. mine .. "
+    "',\"node\":' .. ARGV[4] .. ',\"conf\":' .. ARGV[3] .. '}')\n"
+    "return {mine, ARGV[3], epoch, write}\n";
 
 /* KEYS: lease. ARGV: node id, lease ms. 1 when renewed, 0 when the lease is someone else's. A lease that vanished
  * (a store restarted empty) is taken back by its holder if nobody took it meanwhile. */
@@ -149,11 +201,12 @@ struct oa_cluster_s {
     char *node_json;    /* this node's registry entry */
     char *caps;
     char *version_path;
+    SSL_CTX *tls; /* a reference of our own; NULL: plain TCP */
     unsigned heartbeat_ms, node_ttl_ms, lease_ms;
     oa_cluster_hooks_t hooks;
 
-    redisAsyncContext *cmd;
-    redisAsyncContext *sub;
+    oa_redis_t *cmd;
+    oa_redis_t *sub;
     bool cmd_connected;
     bool synced; /* subscribed, and the store was read: PUTs may go */
     bool outage_logged;
@@ -163,6 +216,11 @@ struct oa_cluster_s {
 
     oa_conf_t conf;
     uint64_t version;
+    char epoch[EPOCH_LEN + 1];      /* the epoch of conf and version; "" before this node ever read one */
+    char prev_epoch[EPOCH_LEN + 1]; /* the epoch this node left last, whose late messages are ignored */
+    unsigned cas_owed;              /* compare-and-set replies still to come, answered PUTs' included */
+    bool conf_live;                 /* a configuration was applied from a message since the seed was sent */
+    uint64_t refused_base;          /* put_counts[PUT_UNAVAILABLE] when the store was last synchronised */
 
     char lacking[LACKING_MAX]; /* nodes without "ocsp", ", "-separated; "" when none */
     char members[LACKING_MAX]; /* live node ids, for the membership log line */
@@ -196,117 +254,8 @@ struct oa_cluster_s {
 
 static void connect_store(oa_cluster_t *c);
 static void tick_now(oa_cluster_t *c);
-static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
 static void on_retry(uv_timer_t *t);
 static void release(oa_cluster_t *c);
-
-/* ---- hiredis on libuv ----
- *
- * hiredis 0.14's own libuv adapter ignores the status libuv hands a poll callback. A refused connection shows up
- * exactly there (libuv reports POLLERR as an error status and stops the handle), so with that adapter hiredis never
- * learns that the connection failed and the node would wait forever. This adapter passes errors on: before the
- * connection is up hiredis checks the socket's error on a write event, afterwards it sees the failure on a read.
- */
-
-typedef struct poll_s {
-    redisAsyncContext *ac; /* NULL once hiredis let go of it */
-    uv_poll_t handle;
-    int events;
-} poll_t;
-
-static void on_poll(uv_poll_t *h, int status, int events)
-{
-    poll_t *p = h->data;
-
-    if (p->ac == NULL)
-        return;
-    if (status != 0) {
-        if (!(p->ac->c.flags & REDIS_CONNECTED))
-            redisAsyncHandleWrite(p->ac);
-        else
-            redisAsyncHandleRead(p->ac);
-        return;
-    }
-    if (events & UV_READABLE)
-        redisAsyncHandleRead(p->ac);
-    if (p->ac != NULL && (events & UV_WRITABLE))
-        redisAsyncHandleWrite(p->ac);
-}
-
-static void poll_update(poll_t *p)
-{
-    if (p->events != 0)
-        uv_poll_start(&p->handle, p->events, on_poll);
-    else
-        uv_poll_stop(&p->handle);
-}
-
-static void ev_add_read(void *d)
-{
-    poll_t *p = d;
-
-    p->events |= UV_READABLE;
-    poll_update(p);
-}
-
-static void ev_del_read(void *d)
-{
-    poll_t *p = d;
-
-    p->events &= ~UV_READABLE;
-    poll_update(p);
-}
-
-static void ev_add_write(void *d)
-{
-    poll_t *p = d;
-
-    p->events |= UV_WRITABLE;
-    poll_update(p);
-}
-
-static void ev_del_write(void *d)
-{
-    poll_t *p = d;
-
-    p->events &= ~UV_WRITABLE;
-    poll_update(p);
-}
-
-static void on_poll_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-/* hiredis is done with the context (it closes the socket right after): the handle goes, its memory with it. */
-static void ev_cleanup(void *d)
-{
-    poll_t *p = d;
-
-    p->ac = NULL;
-    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
-}
-
-static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
-{
-    poll_t *p = calloc(1, sizeof(*p));
-
-    if (p == NULL)
-        return -1;
-    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
-        free(p);
-        return -1;
-    }
-    p->ac = ac;
-    p->handle.data = p;
-    ac->ev.data = p;
-    ac->ev.addRead = ev_add_read;
-    ac->ev.delRead = ev_del_read;
-    ac->ev.addWrite = ev_add_write;
-    ac->ev.delWrite = ev_del_write;
-    ac->ev.cleanup = ev_cleanup;
-    return 0;
-}
 
 /* ---- small helpers ---- */
 
@@ -317,10 +266,13 @@ int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *p
     size_t hl;
     char *end;
 
-    if (url == NULL || strncmp(url, "redis://", 8) != 0)
-        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: expected redis://HOST:PORT[/DB], got \"%.64s\"",
+    if (oa_cluster_url_is_tls(url))
+        p = url + 9;
+    else if (url != NULL && strncmp(url, "redis://", 8) == 0)
+        p = url + 8;
+    else
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: expected redis[s]://HOST:PORT[/DB], got \"%.64s\"",
                             url ? url : "");
-    p = url + 8;
     if (strchr(p, '@') != NULL)
         return oa_error_set(err, OA_E_BAD_OPTION,
                             "--cluster: credentials in the URL are not accepted; use --cluster-password");
@@ -360,9 +312,15 @@ int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *p
                                 "\"%.64s\"", url);
         *db = (int)v;
     } else if (*q != '\0' && strcmp(q, "/") != 0) {
-        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: expected redis://HOST:PORT[/DB], got \"%.64s\"", url);
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: expected redis[s]://HOST:PORT[/DB], got \"%.64s\"",
+                            url);
     }
     return 0;
+}
+
+int oa_cluster_url_is_tls(const char *url)
+{
+    return url != NULL && strncmp(url, "rediss://", 9) == 0;
 }
 
 int oa_cluster_caps_valid(const char *caps)
@@ -470,46 +428,101 @@ static int conf_from_text(const char *text, size_t len, oa_conf_t *out)
     return rc;
 }
 
+/* The epoch comes first, so that the file always ends with the version. */
 static void save_version(oa_cluster_t *c)
 {
-    char text[64];
+    char text[96];
     int rc, n;
 
     if (c->version_path == NULL)
         return;
-    n = snprintf(text, sizeof(text), "{\"conf_version\":%" PRIu64 "}\n", c->version);
+    n = snprintf(text, sizeof(text), "{\"conf_epoch\":\"%s\",\"conf_version\":%" PRIu64 "}\n", c->epoch,
+                 c->version);
     rc = oa_file_write_atomic(c->version_path, text, (size_t)n, 0600);
     if (rc != 0)
         OA_LOG(OA_LOG_ERROR, "cluster_version_persist_failed", OA_KV_STR("path", c->version_path),
                OA_KV_STR("reason", uv_strerror(rc)));
 }
 
+/* 1 when s is an epoch as the scripts store it: 1 to EPOCH_LEN characters of [0-9a-f]. */
+static int epoch_valid(const char *s, size_t len)
+{
+    size_t i;
+
+    if (s == NULL || len == 0 || len > EPOCH_LEN)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (!isdigit((unsigned char)s[i]) && (s[i] < 'a' || s[i] > 'f'))
+            return 0;
+    return 1;
+}
+
+/* A file without an epoch (written before epochs existed) gives "": whatever the store holds then differs. */
 static void load_version(oa_cluster_t *c)
 {
     oa_buf_t buf;
     json_t *o;
+    const char *e;
 
     oa_buf_init(&buf);
     if (c->version_path != NULL && oa_file_read(c->version_path, 4096, &buf) == 0) {
         o = json_loadb(buf.data, buf.len, 0, NULL);
         c->version = (uint64_t)(json_int(o, "conf_version", 0) > 0 ? json_int(o, "conf_version", 0) : 0);
+        e = json_string_value(json_object_get(o, "conf_epoch"));
+        if (e != NULL && epoch_valid(e, strlen(e)))
+            snprintf(c->epoch, sizeof(c->epoch), "%s", e);
         json_decref(o);
     }
     oa_buf_free(&buf);
 }
 
-/* Puts a configuration from the store in force; version is the store's. */
-static void adopt_conf(oa_cluster_t *c, const oa_conf_t *conf, uint64_t version, const char *user, const char *from)
+/* A fresh epoch for a script that may find the hash empty. */
+static void new_epoch(char out[EPOCH_LEN + 1])
+{
+    unsigned char raw[EPOCH_LEN / 2];
+    size_t i;
+
+    if (RAND_bytes(raw, (int)sizeof(raw)) != 1) {
+        /* Uniqueness is all an epoch needs; the clock and the address of a stack variable will do. */
+        uint64_t x = (uint64_t)oa_time_now_ms() ^ ((uint64_t)(uintptr_t)raw << 16);
+
+        ERR_clear_error();
+        for (i = 0; i < sizeof(raw); i++)
+            raw[i] = (unsigned char)(x >> (8 * i));
+    }
+    for (i = 0; i < sizeof(raw); i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+/* Whether a configuration seen on a live connection, of epoch and version, is news here (see the header). */
+static bool conf_is_news(const oa_cluster_t *c, const char *epoch, uint64_t version)
+{
+    if (strcmp(epoch, c->epoch) != 0)
+        return strcmp(epoch, c->prev_epoch) != 0;
+    return version > c->version;
+}
+
+/* Puts a configuration from the store in force; epoch and version are the store's. A configuration that differs from
+ * the one in force only by its epoch is recorded silently: nothing changed for the daemon. */
+static void adopt_conf(oa_cluster_t *c, const oa_conf_t *conf, const char *epoch, uint64_t version, const char *user,
+                       const char *from)
 {
     unsigned changed = oa_conf_diff(&c->conf, conf);
+    bool same = changed == 0 && version == c->version;
 
     c->conf = *conf;
-    if (version != c->version) {
+    if (strcmp(epoch, c->epoch) != 0 || version != c->version) {
+        if (strcmp(epoch, c->epoch) != 0) {
+            memcpy(c->prev_epoch, c->epoch, sizeof(c->prev_epoch));
+            snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+        }
         c->version = version;
         save_version(c);
     }
-    OA_LOG(OA_LOG_INFO, "cluster_conf_applied", OA_KV_INT("version", (int64_t)version), OA_KV_STR("from", from),
-           OA_KV_INT("changed", changed != 0));
+    if (same)
+        return;
+    OA_LOG(OA_LOG_INFO, "cluster_conf_applied", OA_KV_INT("version", (int64_t)version), OA_KV_STR("epoch", epoch),
+           OA_KV_STR("from", from), OA_KV_INT("changed", changed != 0));
     if (c->hooks.conf != NULL)
         c->hooks.conf(c->hooks.data, conf, changed, user, from);
 }
@@ -524,7 +537,7 @@ static void set_role(oa_cluster_t *c, bool poller, const char *why)
         c->hooks.role(c->hooks.data, poller);
 }
 
-static redisAsyncContext *ready_cmd(oa_cluster_t *c)
+static oa_redis_t *ready_cmd(oa_cluster_t *c)
 {
     return c->cmd != NULL && c->cmd_connected && !c->closing ? c->cmd : NULL;
 }
@@ -591,51 +604,76 @@ static void on_put_timeout(uv_timer_t *t)
 
 static int put_attempt(put_t *p, oa_error_t *err);
 
-static void on_put_reply(redisAsyncContext *ac, void *r, void *priv)
+/* The reply of the compare-and-set script: {written, version, conf, epoch}, the epoch valid. */
+static bool cas_reply_valid(const redisReply *reply)
 {
-    redisReply *reply = r;
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements == 4 && reply->element[0]->type == REDIS_REPLY_INTEGER &&
+           reply->element[1]->type == REDIS_REPLY_INTEGER && reply->element[1]->integer >= 0 &&
+           reply->element[2]->type == REDIS_REPLY_STRING && reply->element[3]->type == REDIS_REPLY_STRING &&
+           (reply->element[3]->len == 0 || epoch_valid(reply->element[3]->str, reply->element[3]->len));
+}
+
+static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
+{
     put_t *p = priv;
     oa_cluster_t *c = p->cluster;
     oa_conf_t stored;
     oa_error_t err;
+    const char *epoch;
     uint64_t v;
     int rc;
 
-    (void)ac;
+    (void)r;
     p->reply_owed = false;
-    if (p->answered) {
-        /* Timed out already; a committed write still arrives to every node through its message. */
-        put_maybe_free(p);
-        return;
-    }
+    c->cas_owed--;
     if (reply == NULL || c->closing) {
+        /* Whatever happened to the write, the next resynchronisation reads it from the store. */
+        if (p->answered) {
+            put_maybe_free(p);
+            return;
+        }
         c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "The connection to the cluster store was lost before it confirmed the "
                                             "change; it may or may not have been applied.");
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
-        reply->element[1]->type != REDIS_REPLY_INTEGER || reply->element[2]->type != REDIS_REPLY_STRING) {
+    if (!cas_reply_valid(reply)) {
         OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "conf_cas"),
                OA_KV_STR("reply", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply"));
+        if (p->answered) {
+            put_maybe_free(p);
+            return;
+        }
         c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "The cluster store refused the change.");
         return;
     }
     v = (uint64_t)reply->element[1]->integer;
+    epoch = reply->element[3]->str;
     if (reply->element[0]->integer == 1) {
-        c->put_counts[PUT_COMMITTED]++;
-        if (v > c->version || oa_conf_diff(&c->conf, &p->next_conf) != 0)
-            adopt_conf(c, &p->next_conf, v, p->user, c->node_id);
-        put_answer(p, NULL);
+        /* Committed: the store and every other node have it, so this node puts it in force too, even when the PUT
+         * was already answered "not confirmed in time". A round is counted once, as its answer said. Not when a newer
+         * configuration is already in force (applied from a message that overtook this reply). */
+        if (!p->answered)
+            c->put_counts[PUT_COMMITTED]++;
+        if (conf_is_news(c, epoch, v))
+            adopt_conf(c, &p->next_conf, epoch, v, p->user, c->node_id);
+        if (p->answered)
+            put_maybe_free(p);
+        else
+            put_answer(p, NULL);
+        return;
+    }
+    if (p->answered) {
+        /* Not written, and nobody waits for it any more. */
+        put_maybe_free(p);
         return;
     }
     /* Another node's change came first: take it, then judge the request again against it. */
     c->put_counts[PUT_CONFLICT_RETRY]++;
-    if (reply->element[2]->len > 0 && conf_from_text(reply->element[2]->str, reply->element[2]->len, &stored) == 0)
-        adopt_conf(c, &stored, v, NULL, "store");
-    else
-        c->version = v;
+    if (reply->element[2]->len > 0 && conf_from_text(reply->element[2]->str, reply->element[2]->len, &stored) == 0 &&
+        conf_is_news(c, epoch, v))
+        adopt_conf(c, &stored, epoch, v, NULL, "store");
     if (++p->rounds >= PUT_MAX_ROUNDS) {
         c->put_counts[PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "Too many concurrent changes of the cluster configuration; retry.");
@@ -653,11 +691,11 @@ static void on_put_reply(redisAsyncContext *ac, void *r, void *priv)
 static int put_attempt(put_t *p, oa_error_t *err)
 {
     oa_cluster_t *c = p->cluster;
-    redisAsyncContext *ac = ready_cmd(c);
-    char ver[32], *json;
+    oa_redis_t *r = ready_cmd(c);
+    char ver[32], fresh[EPOCH_LEN + 1], *json;
     int rc;
 
-    if (ac == NULL || !c->synced)
+    if (r == NULL || !c->synced)
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration "
                                                          "cannot be changed now.");
     if (oa_conf_patch(&c->conf, p->responder_url, p->body != NULL ? p->body : "", p->len, &p->next_conf,
@@ -669,12 +707,14 @@ static int put_attempt(put_t *p, oa_error_t *err)
     if (json == NULL)
         return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
     snprintf(ver, sizeof(ver), "%" PRIu64, c->version);
-    rc = redisAsyncCommand(ac, on_put_reply, p, "EVAL %s 2 %s %s %s %s %s", lua_conf_cas, K_CONF, K_EVENTS, ver, json,
-                           c->node_id_json);
+    new_epoch(fresh);
+    rc = oa_redis_command(r, on_put_reply, p, "EVAL %s 2 %s %s %s %s %s %s %s", lua_conf_cas, K_CONF, K_EVENTS,
+                          c->epoch, ver, json, c->node_id_json, fresh);
     free(json);
-    if (rc != REDIS_OK)
+    if (rc != 0)
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable.");
     p->reply_owed = true;
+    c->cas_owed++;
     return 0;
 }
 
@@ -738,12 +778,12 @@ int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const cha
 
 void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
 {
-    redisAsyncContext *ac = ready_cmd(c);
+    oa_redis_t *r = ready_cmd(c);
     json_t *msg = NULL;
     char *b64 = NULL, *text = NULL;
     int n;
 
-    if (ac == NULL || !c->synced || res == NULL || res->der == NULL || res->der_len > 256 * 1024)
+    if (r == NULL || !c->synced || res == NULL || res->der == NULL || res->der_len > 256 * 1024)
         return;
     b64 = malloc(4 * ((res->der_len + 2) / 3) + 1);
     if (b64 == NULL)
@@ -755,8 +795,7 @@ void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
     text = msg != NULL ? json_dumps(msg, JSON_COMPACT) : NULL;
     if (text == NULL)
         goto out;
-    if (redisAsyncCommand(ac, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_STATUS, text) ==
-        REDIS_OK)
+    if (oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_STATUS, text) == 0)
         OA_LOG(OA_LOG_INFO, "cluster_status_published", OA_KV_STR("cert_status", oa_cert_status_name(res->cert_status)),
                OA_KV_INT("der_bytes", res->der_len));
 out:
@@ -808,13 +847,13 @@ static bool seq_is_new(oa_cluster_t *c, json_t *o)
 /* Kept apart from the status so that the state can travel without the response, and the reverse. */
 void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v)
 {
-    redisAsyncContext *ac = ready_cmd(c);
+    oa_redis_t *r = ready_cmd(c);
     bool invalidated = v->state == OA_STATE_INVALIDATED;
     json_t *msg;
     char *text = NULL;
     int rc;
 
-    if (ac == NULL || !c->synced)
+    if (r == NULL || !c->synced)
         return;
     msg = json_pack("{s:s, s:s, s:I, s:s, s:b, s:i, s:i, s:I, s:s, s:s}", "type", "state", "node", c->node_id, "ts",
                     (json_int_t)oa_time_now_ms(), "state", oa_sched_state_name(v->state), "recovering",
@@ -827,11 +866,11 @@ void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v)
         goto out;
     /* An invalidation replaces the stored response too: a node that reads the store later must not serve it. */
     if (invalidated)
-        rc = redisAsyncCommand(ac, NULL, NULL, "EVAL %s 4 %s %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED,
-                               K_STATUS, text);
+        rc = oa_redis_command(r, NULL, NULL, "EVAL %s 4 %s %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED,
+                              K_STATUS, text);
     else
-        rc = redisAsyncCommand(ac, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED, text);
-    if (rc == REDIS_OK)
+        rc = oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", lua_publish, K_SEQ, K_EVENTS, K_SCHED, text);
+    if (rc == 0)
         OA_LOG(invalidated ? OA_LOG_INFO : OA_LOG_DEBUG, "cluster_state_published",
                OA_KV_STR("state", oa_sched_state_name(v->state)), OA_KV_STR("error_code", v->last_error_code),
                OA_KV_INT("consecutive_failures", v->consecutive_failures));
@@ -937,15 +976,14 @@ int oa_cluster_metrics(const oa_cluster_t *c, oa_buf_t *out)
 
 /* ---- the registry and the lease ---- */
 
-static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
+static void on_heartbeat_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
     oa_cluster_t *c = priv;
     char lacking[LACKING_MAX] = "", members[LACKING_MAX] = "";
     unsigned live = 0, lacking_count = 0;
     size_t i, j;
 
-    (void)ac;
+    (void)r;
     c->hb_owed = false;
     if (reply == NULL || c->closing)
         return;
@@ -989,13 +1027,12 @@ static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
     c->lacking_nodes = lacking_count;
 }
 
-static void on_lease_reply(redisAsyncContext *ac, void *r, void *priv)
+static void on_lease_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
     oa_cluster_t *c = priv;
     bool got;
 
-    (void)ac;
+    (void)r;
     c->lease_owed = false;
     if (reply == NULL || c->closing)
         return;
@@ -1022,7 +1059,7 @@ static void on_tick(uv_timer_t *t)
 
 static void tick_now(oa_cluster_t *c)
 {
-    redisAsyncContext *ac;
+    oa_redis_t *r;
     uint64_t now = uv_now(c->loop);
     char ttl[16], lease[16];
 
@@ -1034,8 +1071,8 @@ static void tick_now(oa_cluster_t *c)
         lost(c, "the store did not complete the handshake in time");
         return;
     }
-    ac = ready_cmd(c);
-    if (ac == NULL || !c->synced)
+    r = ready_cmd(c);
+    if (r == NULL || !c->synced)
         return;
     /* A store that accepts the connection but answers nothing is as good as gone. */
     if ((c->hb_owed && now - c->hb_sent > c->node_ttl_ms) || (c->lease_owed && now - c->lease_sent > c->lease_ms)) {
@@ -1044,17 +1081,17 @@ static void tick_now(oa_cluster_t *c)
     }
     snprintf(ttl, sizeof(ttl), "%u", c->node_ttl_ms);
     snprintf(lease, sizeof(lease), "%u", c->lease_ms);
-    if (!c->hb_owed && redisAsyncCommand(ac, on_heartbeat_reply, c, "EVAL %s 2 %s %s %s %s %s", lua_heartbeat, K_NODE,
-                                         K_NODES, c->node_id, c->node_json, ttl) == REDIS_OK) {
+    if (!c->hb_owed && oa_redis_command(r, on_heartbeat_reply, c, "EVAL %s 2 %s %s %s %s %s", lua_heartbeat, K_NODE,
+                                        K_NODES, c->node_id, c->node_json, ttl) == 0) {
         c->hb_owed = true;
         c->hb_sent = now;
     }
     if (!c->lease_owed) {
-        int rc = c->poller ? redisAsyncCommand(ac, on_lease_reply, c, "EVAL %s 1 %s %s %s", lua_lease_renew, K_LEASE,
-                                               c->node_id, lease)
-                           : redisAsyncCommand(ac, on_lease_reply, c, "SET %s %s NX PX %s", K_LEASE, c->node_id,
-                                               lease);
-        if (rc == REDIS_OK) {
+        int rc = c->poller ? oa_redis_command(r, on_lease_reply, c, "EVAL %s 1 %s %s %s", lua_lease_renew, K_LEASE,
+                                              c->node_id, lease)
+                           : oa_redis_command(r, on_lease_reply, c, "SET %s %s NX PX %s", K_LEASE, c->node_id,
+                                              lease);
+        if (rc == 0) {
             c->lease_owed = true;
             c->lease_sent = now;
         }
@@ -1072,13 +1109,12 @@ int oa_cluster_capability_check(const oa_cluster_t *c, oa_error_t *err)
 
 /* ---- resynchronisation ---- */
 
-static void on_status_read(redisAsyncContext *ac, void *r, void *priv)
+static void on_status_read(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
     oa_cluster_t *c = priv;
     json_t *o;
 
-    (void)ac;
+    (void)r;
     if (reply == NULL || c->closing)
         return;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
@@ -1103,55 +1139,76 @@ static void on_status_read(redisAsyncContext *ac, void *r, void *priv)
     c->synced = true;
     c->backoff_ms = BACKOFF_MIN_MS;
     if (c->outage_logged) {
+        /* The refusals of the outage, counted rather than logged one by one. */
         OA_LOG(OA_LOG_INFO, "store_reconnected", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
-               OA_KV_INT("conf_version", (int64_t)c->version));
+               OA_KV_INT("conf_version", (int64_t)c->version),
+               OA_KV_INT("puts_refused", (int64_t)(c->put_counts[PUT_UNAVAILABLE] - c->refused_base)));
         c->outage_logged = false;
     } else if (!c->ever_synced) {
         OA_LOG(OA_LOG_INFO, "store_connected", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
                OA_KV_INT("conf_version", (int64_t)c->version));
     }
     c->ever_synced = true;
+    c->refused_base = c->put_counts[PUT_UNAVAILABLE];
     tick_now(c);
 }
 
-static void on_seed_reply(redisAsyncContext *ac, void *r, void *priv)
+/* The reply of the seed script: {version, conf or "", epoch, written (0, 1: into an empty hash, 2: replacing)}. */
+static void on_seed_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
     oa_cluster_t *c = priv;
     oa_conf_t stored;
+    const char *epoch;
     uint64_t v;
 
     if (reply == NULL || c->closing)
         return;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
-        reply->element[1]->type != REDIS_REPLY_STRING) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[0]->integer < 0 || reply->element[1]->type != REDIS_REPLY_STRING ||
+        reply->element[2]->type != REDIS_REPLY_STRING ||
+        !epoch_valid(reply->element[2]->str, reply->element[2]->len) ||
+        reply->element[3]->type != REDIS_REPLY_INTEGER) {
         OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "resync"),
                OA_KV_STR("reply", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply"));
         lost(c, "the store refused the resynchronisation");
         return;
     }
     v = (uint64_t)reply->element[0]->integer;
-    if (reply->element[1]->len > 0 &&
-        conf_from_text(reply->element[1]->str, reply->element[1]->len, &stored) == 0) {
-        if (v != c->version || oa_conf_diff(&stored, &c->conf) != 0)
-            adopt_conf(c, &stored, v, NULL, "store");
-    } else if (v != c->version) {
+    epoch = reply->element[2]->str;
+    if (reply->element[3]->integer != 0)
+        OA_LOG(OA_LOG_INFO, "cluster_conf_seeded", OA_KV_INT("version", (int64_t)v), OA_KV_STR("epoch", epoch),
+               OA_KV_STR("over", reply->element[3]->integer == 1 ? "an empty store"
+                                                                   : "a seeded configuration of a lower version"));
+    if (c->conf_live && strcmp(epoch, c->epoch) == 0 && v < c->version) {
+        /* A message applied while the seed was on its way was newer than what the seed read. */
+    } else if (reply->element[1]->len > 0 &&
+               conf_from_text(reply->element[1]->str, reply->element[1]->len, &stored) == 0) {
+        adopt_conf(c, &stored, epoch, v, NULL, "store");
+    } else if (v != c->version || strcmp(epoch, c->epoch) != 0) {
+        /* An unreadable stored configuration: keep ours, but compare-and-set against the store's epoch and version,
+         * so that the next PUT replaces it. */
+        if (strcmp(epoch, c->epoch) != 0) {
+            memcpy(c->prev_epoch, c->epoch, sizeof(c->prev_epoch));
+            snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+        }
         c->version = v;
         save_version(c);
     }
-    if (redisAsyncCommand(ac, on_status_read, c, "MGET %s %s", K_STATUS, K_SCHED) != REDIS_OK)
+    if (oa_redis_command(r, on_status_read, c, "MGET %s %s", K_STATUS, K_SCHED) != 0)
         lost(c, "the status could not be read");
 }
 
 static void resync(oa_cluster_t *c)
 {
-    redisAsyncContext *ac = ready_cmd(c);
-    char ver[32], *json = conf_dump(&c->conf);
+    oa_redis_t *r = ready_cmd(c);
+    char ver[32], fresh[EPOCH_LEN + 1], *json = conf_dump(&c->conf);
 
     snprintf(ver, sizeof(ver), "%" PRIu64, c->version);
-    if (ac == NULL || json == NULL ||
-        redisAsyncCommand(ac, on_seed_reply, c, "EVAL %s 2 %s %s %s %s %s", lua_conf_seed, K_CONF, K_EVENTS, ver,
-                          json, c->node_id_json) != REDIS_OK)
+    new_epoch(fresh);
+    c->conf_live = false;
+    if (r == NULL || json == NULL ||
+        oa_redis_command(r, on_seed_reply, c, "EVAL %s 2 %s %s %s %s %s %s %s", lua_conf_seed, K_CONF, K_EVENTS,
+                         c->epoch, ver, json, c->node_id_json, fresh) != 0)
         lost(c, "the resynchronisation could not be sent");
     free(json);
 }
@@ -1161,6 +1218,7 @@ static void handle_message(oa_cluster_t *c, const char *text, size_t len)
     json_t *o = json_loadb(text, len, 0, NULL);
     const char *type = json_string_value(json_object_get(o, "type"));
     const char *node = json_string_value(json_object_get(o, "node"));
+    const char *epoch;
     oa_conf_t conf;
     int64_t v;
 
@@ -1170,12 +1228,19 @@ static void handle_message(oa_cluster_t *c, const char *text, size_t len)
     }
     if (strcmp(type, "conf") == 0) {
         c->messages[MSG_CONF]++;
-        /* This node's own change is put in force by the reply to its write, with the user's name. */
         v = json_int(o, "version", -1);
-        if (strcmp(node, c->node_id) == 0 || v < 0 || (uint64_t)v <= c->version)
+        epoch = json_string_value(json_object_get(o, "epoch"));
+        if (v < 0 || epoch == NULL || !epoch_valid(epoch, strlen(epoch)) || !conf_is_news(c, epoch, (uint64_t)v))
             goto out;
-        if (conf_from_json(json_object_get(o, "conf"), &conf) == 0)
-            adopt_conf(c, &conf, (uint64_t)v, NULL, node);
+        /* This node's own write is put in force by the reply to it, under the PUT's user: while a reply is owed the
+         * message waits for it (or, if the connection goes first, for the resynchronisation that follows). A message
+         * of its own with no reply owed is a write whose reply it will never see. */
+        if (strcmp(node, c->node_id) == 0 && c->cas_owed > 0)
+            goto out;
+        if (conf_from_json(json_object_get(o, "conf"), &conf) == 0) {
+            adopt_conf(c, &conf, epoch, (uint64_t)v, NULL, node);
+            c->conf_live = true;
+        }
     } else if (strcmp(type, "status") == 0) {
         c->messages[MSG_STATUS]++;
         if (seq_is_new(c, o))
@@ -1193,13 +1258,12 @@ out:
 
 /* ---- connections ---- */
 
-static void drop_context(redisAsyncContext **slot)
+static void drop_context(oa_redis_t **slot)
 {
-    redisAsyncContext *ac = *slot;
+    oa_redis_t *r = *slot;
 
     *slot = NULL;
-    if (ac != NULL)
-        redisAsyncFree(ac);
+    oa_redis_free(r);
 }
 
 static void finish_close(oa_cluster_t *c);
@@ -1233,47 +1297,35 @@ static void lost(oa_cluster_t *c, const char *why)
     c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void on_ready(oa_redis_t *r, void *data)
 {
-    oa_cluster_t *c = ac->data;
+    oa_cluster_t *c = data;
 
-    if (status == REDIS_OK) {
-        if (ac == c->cmd)
-            c->cmd_connected = true;
-        return;
-    }
-    /* hiredis frees ac when this returns. */
-    if (ac == c->cmd)
-        c->cmd = NULL;
-    else if (ac == c->sub)
-        c->sub = NULL;
-    else
-        return;
-    lost(c, ac->errstr[0] ? ac->errstr : "connection refused");
+    if (r == c->cmd)
+        c->cmd_connected = true;
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+/* The connection failed (name, connect, TLS, deadline) or the store closed it. Its queued callbacks have already
+ * had their NULL reply; it is forgotten before it is freed, and takes the other connection down with it. */
+static void on_error(oa_redis_t *r, const char *why, void *data)
 {
-    oa_cluster_t *c = ac->data;
+    oa_cluster_t *c = data;
 
-    (void)status;
-    if (ac == c->cmd)
+    if (r == c->cmd) {
         c->cmd = NULL;
-    else if (ac == c->sub)
+    } else if (r == c->sub) {
         c->sub = NULL;
-    else
-        return; /* dropped on purpose */
-    if (c->closing) {
-        finish_close(c);
+    } else {
+        oa_redis_free(r);
         return;
     }
-    lost(c, ac->errstr[0] ? ac->errstr : "the store closed the connection");
+    oa_redis_free(r);
+    lost(c, why);
 }
 
-static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
+static void on_setup_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
-    oa_cluster_t *c = ac->data;
+    oa_cluster_t *c = oa_redis_data(r);
 
     (void)priv;
     if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ERROR)
@@ -1282,39 +1334,52 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
     lost(c, reply->str);
 }
 
-static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
+/* The reply to SUBSCRIBE. */
+static void on_sub_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisReply *reply = r;
     oa_cluster_t *c = priv;
 
-    (void)ac;
+    (void)r;
     if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING)
         return;
-    if (strcmp(reply->element[0]->str, "subscribe") == 0) {
-        /* Subscribed: only now read the store, so that nothing published meanwhile can be missed. */
+    /* Subscribed: only now read the store, so that nothing published meanwhile can be missed. */
+    if (strcmp(reply->element[0]->str, "subscribe") == 0)
         resync(c);
-    } else if (strcmp(reply->element[0]->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
-        handle_message(c, reply->element[2]->str, reply->element[2]->len);
-    }
 }
 
-static redisAsyncContext *open_context(oa_cluster_t *c)
+/* A message on the events channel (the sub connection's on_push). */
+static void on_sub_message(oa_redis_t *r, redisReply *reply, void *priv)
 {
-    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+    oa_cluster_t *c = priv;
 
-    if (ac == NULL)
+    (void)r;
+    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(reply->element[0]->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
+        handle_message(c, reply->element[2]->str, reply->element[2]->len);
+}
+
+static oa_redis_t *open_context(oa_cluster_t *c, bool sub)
+{
+    oa_redis_options_t o;
+    oa_redis_t *r;
+    oa_error_t err;
+
+    memset(&o, 0, sizeof(o));
+    o.host = c->host;
+    o.port = c->port;
+    o.tls = c->tls; /* the certificate must name the URL's host */
+    o.on_ready = on_ready;
+    o.on_error = on_error;
+    o.on_push = sub ? on_sub_message : NULL;
+    o.data = c;
+    if (oa_redis_connect(c->loop, &o, &r, &err) != 0)
         return NULL;
-    if (ac->err != 0 || ev_attach(ac, c->loop) != 0) {
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    ac->data = c;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (c->password != NULL)
-        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", c->password);
-    return ac;
+        oa_redis_command(r, on_setup_reply, NULL, "AUTH %s", c->password);
+    return r;
 }
 
 static void connect_store(oa_cluster_t *c)
@@ -1324,15 +1389,15 @@ static void connect_store(oa_cluster_t *c)
     c->connect_started = uv_now(c->loop);
     /* The store may have restarted empty and count from 1 again; what it holds is read once subscribed. */
     c->last_seq = 0;
-    c->cmd = open_context(c);
-    c->sub = c->cmd != NULL ? open_context(c) : NULL;
+    c->cmd = open_context(c, false);
+    c->sub = c->cmd != NULL ? open_context(c, true) : NULL;
     if (c->cmd == NULL || c->sub == NULL) {
         lost(c, "the connection could not be opened");
         return;
     }
     if (c->db != 0)
-        redisAsyncCommand(c->cmd, on_setup_reply, NULL, "SELECT %d", c->db);
-    redisAsyncCommand(c->sub, on_sub_reply, c, "SUBSCRIBE %s", K_EVENTS);
+        oa_redis_command(c->cmd, on_setup_reply, NULL, "SELECT %d", c->db);
+    oa_redis_command(c->sub, on_sub_reply, c, "SUBSCRIBE %s", K_EVENTS);
 }
 
 static void on_retry(uv_timer_t *t)
@@ -1367,6 +1432,7 @@ static void cluster_free(oa_cluster_t *c)
     free(c->node_json);
     free(c->caps);
     free(c->version_path);
+    SSL_CTX_free(c->tls);
     free(c);
 }
 
@@ -1406,11 +1472,18 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
         return oa_error_set(err, OA_E_BAD_OPTION, "--capabilities: expected names of a-z, 0-9, _ and - separated "
                             "by commas, got \"%.64s\"", o->capabilities);
     }
+    /* A rediss:// URL promises TLS; falling back to plain TCP would break that promise silently. */
+    if (oa_cluster_url_is_tls(o->url) && o->tls == NULL) {
+        free(c);
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: a rediss:// URL needs a TLS context (--cluster-tls)");
+    }
     c->loop = loop;
     c->hooks = o->hooks;
     c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
     c->node_ttl_ms = o->node_ttl_ms ? o->node_ttl_ms : DEFAULT_NODE_TTL_MS;
     c->lease_ms = o->lease_ms ? o->lease_ms : DEFAULT_LEASE_MS;
+    if (o->tls != NULL && SSL_CTX_up_ref(o->tls) == 1)
+        c->tls = o->tls;
     c->backoff_ms = BACKOFF_MIN_MS;
     c->conf = *conf;
     c->password = o->password != NULL ? strdup(o->password) : NULL;
@@ -1422,7 +1495,8 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
     json_decref(id);
     c->node_json = c->node_id != NULL && c->caps != NULL ? node_entry(c, o->api_address) : NULL;
     if (c->node_id == NULL || c->caps == NULL || c->node_id_json == NULL || c->node_json == NULL ||
-        (o->password != NULL && c->password == NULL) || (o->data_dir != NULL && c->version_path == NULL)) {
+        (o->password != NULL && c->password == NULL) || (o->data_dir != NULL && c->version_path == NULL) ||
+        (o->tls != NULL && c->tls == NULL)) {
         cluster_free(c);
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
     }
@@ -1483,9 +1557,22 @@ static void on_grace(uv_timer_t *t)
     finish_close(c);
 }
 
+/* The reply to the QUIT that ends the goodbye, or NULL when the connection went first: either way the store has
+ * had the commands before it, and the connection can go. */
+static void on_quit_reply(oa_redis_t *r, redisReply *reply, void *priv)
+{
+    oa_cluster_t *c = priv;
+
+    (void)reply;
+    if (r == c->cmd)
+        c->cmd = NULL;
+    oa_redis_free(r);
+    finish_close(c);
+}
+
 void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
 {
-    redisAsyncContext *ac;
+    oa_redis_t *r;
 
     if (c->closing)
         return;
@@ -1497,15 +1584,17 @@ void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
     uv_timer_stop(&c->tick);
     uv_timer_stop(&c->retry);
     drop_context(&c->sub);
-    ac = c->cmd;
-    if (ac != NULL && c->cmd_connected && c->synced) {
-        /* Leave the registry and the lease at once rather than when they expire; the disconnect waits for the
-         * replies, and the grace timer for a store that does not send them. */
-        redisAsyncCommand(ac, NULL, NULL, "DEL %s%s", K_NODE, c->node_id);
+    r = c->cmd;
+    if (r != NULL && c->cmd_connected && c->synced) {
+        /* Leave the registry and the lease at once rather than when they expire; the connection goes with the
+         * reply to QUIT, and the grace timer drops a store that does not send it. */
+        oa_redis_command(r, NULL, NULL, "DEL %s%s", K_NODE, c->node_id);
         if (c->poller)
-            redisAsyncCommand(ac, NULL, NULL, "EVAL %s 1 %s %s", lua_lease_release, K_LEASE, c->node_id);
-        redisAsyncDisconnect(ac);
-        uv_timer_start(&c->grace, on_grace, CLOSE_GRACE_MS, 0);
+            oa_redis_command(r, NULL, NULL, "EVAL %s 1 %s %s", lua_lease_release, K_LEASE, c->node_id);
+        if (oa_redis_command(r, on_quit_reply, c, "QUIT") == 0)
+            uv_timer_start(&c->grace, on_grace, CLOSE_GRACE_MS, 0);
+        else
+            drop_context(&c->cmd);
     } else {
         drop_context(&c->cmd);
     }

@@ -41,7 +41,7 @@ typedef enum kind_e {
     K_URL,     /* an http:// URL */
     K_NODE_ID, /* printable, bounded */
     K_FLAG,    /* no value on the command line, a boolean in the file; the field is a bool */
-    K_CLUSTER_URL, /* redis://HOST:PORT[/DB] */
+    K_CLUSTER_URL, /* redis[s]://HOST:PORT[/DB] */
     K_CAPS,    /* a comma-separated list of names, possibly empty */
     K_LOG_FORMAT,
     K_LOG_LEVEL,
@@ -79,6 +79,9 @@ static const optdef_t optdefs[] = {
     {"cluster", K_CLUSTER_URL, FIELD(cluster_url), 1},
     {"cluster-password", K_STRING, FIELD(cluster_password), 1},
     {"cluster-tls", K_FLAG, FIELD(cluster_tls), 1},
+    {"cluster-ca", K_STRING, FIELD(cluster_ca), 1},
+    {"cluster-cert", K_STRING, FIELD(cluster_cert), 1},
+    {"cluster-key", K_STRING, FIELD(cluster_key), 1},
     {"capabilities", K_CAPS, FIELD(capabilities), 1},
     {"cluster-lease", K_CLUSTER_LEASE, FIELD(cluster_lease_ms), 1},
     {"help", K_COMMAND, OA_CMD_HELP, 0},
@@ -121,9 +124,15 @@ static const char usage[] =
     "  --time-scale F          multiplies the query and recovery intervals, 0.0001 to 1000 (default 1)\n"
     "  --max-connections N     concurrent API connections, 1 to 65536 (default 1024)\n"
     "  --cluster URL           share configuration and status with other nodes through Redis,\n"
-    "                          redis://HOST:PORT[/DB] (default: a single node)\n"
+    "                          redis://HOST:PORT[/DB], or rediss://... for TLS (default: a single node)\n"
     "  --cluster-password P    the Redis AUTH password\n"
-    "  --cluster-tls           TLS to Redis: not available in this build (hiredis without TLS)\n"
+    "  --cluster-tls           TLS to Redis; the store's certificate must name the URL's host\n"
+    "                          (default off)\n"
+    "  --cluster-ca PEM        CAs that verify the store's certificate (default: the system's\n"
+    "                          trust store)\n"
+    "  --cluster-cert PEM      client certificate chain, for a store that asks for one; needs\n"
+    "                          --cluster-key\n"
+    "  --cluster-key PEM       the private key of --cluster-cert\n"
     "  --capabilities LIST     capabilities this node advertises, comma-separated (default ocsp)\n"
     "  --cluster-lease MS      the poller's lease and a node's registry lifetime in milliseconds, 1000 to\n"
     "                          60000; heartbeats every third of it (default 3000)\n"
@@ -450,9 +459,21 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
         if (o->cluster_lease_ms != 0)
             return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-lease: needs --cluster");
     }
-    if (o->cluster_tls)
-        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-tls: not supported: this build's hiredis (0.14.1, as "
-                            "in Debian 12) has no TLS; reach the store over a TLS tunnel instead");
+    /* rediss:// asks for TLS as --cluster-tls does. */
+    if (oa_cluster_url_is_tls(o->cluster_url))
+        o->cluster_tls = true;
+    if (!o->cluster_tls) {
+        if (o->cluster_ca != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-ca: needs --cluster-tls");
+        if (o->cluster_cert != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-cert: needs --cluster-tls");
+        if (o->cluster_key != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-key: needs --cluster-tls");
+    }
+    if (o->cluster_cert != NULL && o->cluster_key == NULL)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-cert: needs --cluster-key");
+    if (o->cluster_key != NULL && o->cluster_cert == NULL)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-key: needs --cluster-cert");
     if (o->command == OA_CMD_RUN && o->users_file == NULL && !o->no_auth)
         return oa_error_set(err, OA_E_BAD_OPTION, "--users: required (or --no-auth on a loopback address)");
     return 0;
@@ -560,6 +581,9 @@ void oa_options_free(oa_options_t *o)
     free(o->node_id);
     free(o->cluster_url);
     free(o->cluster_password);
+    free(o->cluster_ca);
+    free(o->cluster_cert);
+    free(o->cluster_key);
     free(o->capabilities);
     memset(o, 0, sizeof(*o));
 }

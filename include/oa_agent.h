@@ -29,6 +29,7 @@ typedef struct oa_agent_s {
     oa_auth_t *auth;
     oa_sched_t *sched;
     SSL_CTX *tls;                 /* NULL for plain HTTP */
+    SSL_CTX *cluster_tls;         /* TLS to the cluster store; NULL without --cluster-tls */
     oa_http_server_t *server;
     struct oa_cluster_s *cluster; /* NULL without --cluster */
     oa_buf_t conf_body;           /* GET /v1/ocsp's body, rebuilt on every change */

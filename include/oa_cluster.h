@@ -5,8 +5,16 @@
  *   node:<id>  a live node: {"node_id","api","version","capabilities":[...]}, SET with PX node_ttl_ms and renewed
  *              every heartbeat_ms, so it disappears when the node dies
  *   nodes      a set of the node ids seen, pruned of those whose key expired
- *   conf       a hash {"version": N, "conf": <the five settable keys as JSON>}, written only by a Lua
- *              compare-and-set on the version, which also publishes the change
+ *   conf       a hash {"epoch": E, "version": N, "conf": <the five settable keys as JSON>, "seeded": "1"|"0"},
+ *              written only by two Lua scripts, each of which also publishes what it wrote ({"type":"conf","epoch",
+ *              "version","node","conf"}): the compare-and-set of a PUT (on the epoch and the version; it sets
+ *              seeded 0) and the seed that a node sends at every (re)connection (seeded 1). E, 16 hex digits, is
+ *              made at random by the node whose script finds the hash empty (a store that restarted without
+ *              persistence) and is kept until the store loses the hash again; N grows by one per committed PUT
+ *              within E. A seed writes into an empty hash, or over a hash still seeded 1 when its version is
+ *              higher (the best-informed node wins while nothing was written); never over seeded 0: a PUT
+ *              acknowledged in the current epoch is never overwritten by a seed. A compare-and-set that finds the
+ *              hash empty writes anyway, under a new epoch, at the node's version + 1
  *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a Lua
  *              compare-and-renew); the holder is "the poller", every other node "a follower"
  *   seq        a counter that numbers every status and state message (INCR in the script that writes it)
@@ -25,15 +33,22 @@
  * invalidation makes every node drop its cached response and remove its staple file; the next valid response
  * restores "valid" everywhere.
  *
- * Two asynchronous hiredis connections run on the agent's libuv loop; no call here ever blocks. While the store
- * is unreachable the module reconnects with a doubling backoff (100 ms to 2 s), logs `store_unavailable` once and
- * `store_reconnected` when it is back, then resynchronises: it reads the stored configuration and status, and seeds
- * the store with its own configuration when the store holds an older version or none (an empty store after a
- * restart). The configuration version is kept in <data_dir>/cluster.json next to ocsp.json, the local cache.
+ * Two Redis connections (oa_redis.h: plain TCP or TLS, names resolved asynchronously) run on the agent's libuv
+ * loop; no call here ever blocks. While the store is unreachable the module reconnects with a doubling backoff
+ * (100 ms to 2 s), logs `store_unavailable` once and `store_reconnected` when it is back, then resynchronises: it
+ * seeds (see conf above), adopts the store's configuration as the seed leaves it (whatever its version: the store
+ * is the truth once read), and reads the status. On a live connection a configuration is applied when its epoch
+ * differs from the node's (even at a lower version) or its version is higher in the same epoch; a committed PUT is
+ * applied by the node that sent it even when the PUT was answered "not confirmed in time". The epoch and version
+ * are kept in <data_dir>/cluster.json ({"conf_epoch","conf_version"}) next to ocsp.json, the local cache. The limit:
+ * what a store without persistence lost comes back only through a seed, and seeds count only until the first PUT
+ * of the new epoch commits; a configuration a node brings back after that (acknowledged PUTs included) is
+ * discarded in favour of the store's. Run Redis with persistence (appendonly) where that matters.
  */
 #ifndef OA_CLUSTER_H
 #define OA_CLUSTER_H
 
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,9 +64,13 @@
 #define OA_CLUSTER_KEY_PREFIX "ocsp-agent:"
 #define OA_CLUSTER_VERSION_FILE "cluster.json"
 
-/* Parses "redis://HOST[:PORT][/DB]" (HOST an IPv4 literal, [IPv6] or a name; PORT default 6379; DB 0..15, default
- * 0). Returns 0 with the parts filled, or -1 with err filled (OA_E_BAD_OPTION) naming what is wrong. */
+/* Parses "redis://HOST[:PORT][/DB]" or "rediss://..." (the same over TLS; see oa_cluster_url_is_tls) (HOST an IPv4
+ * literal, [IPv6] or a name; PORT default 6379; DB 0..15, default 0). Returns 0 with the parts filled, or -1 with
+ * err filled (OA_E_BAD_OPTION) naming what is wrong. */
 int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *port, int *db, oa_error_t *err);
+
+/* 1 when url starts with "rediss://", the scheme that asks for TLS to the store; else 0 (also for NULL). */
+int oa_cluster_url_is_tls(const char *url);
 
 /* 1 when the comma-separated capability list caps holds the capability name (exactly). */
 int oa_cluster_caps_have(const char *caps, const char *name);
@@ -78,8 +97,12 @@ typedef struct oa_cluster_hooks_s {
 } oa_cluster_hooks_t;
 
 typedef struct oa_cluster_options_s {
-    const char *url;          /* redis://HOST:PORT[/DB] */
+    const char *url;          /* redis://HOST:PORT[/DB], or rediss://... (then tls must be set) */
     const char *password;     /* NULL: no AUTH */
+    /* TLS to the store (oa_tls_client_ctx_new): the store's certificate must name the URL's host. NULL: plain TCP.
+     * Not taken: the cluster holds its own reference (SSL_CTX_up_ref) until it is freed, so the caller may free
+     * its own as soon as oa_cluster_new returns. */
+    SSL_CTX *tls;
     const char *node_id;
     const char *api_address;  /* advertised in the registry, e.g. "http://127.0.0.1:9443" */
     const char *capabilities; /* comma-separated; NULL means "ocsp" */
@@ -92,7 +115,7 @@ typedef struct oa_cluster_options_s {
 
 /*
  * Starts connecting (asynchronously) with conf as this node's last known configuration. Returns 0 with *out set,
- * or -1 with err filled (bad URL, out of memory). The strings of o are copied.
+ * or -1 with err filled (bad URL, a rediss:// URL without o->tls, out of memory). The strings of o are copied.
  */
 int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf_t *conf, oa_cluster_t **out,
                    oa_error_t *err);

@@ -3,11 +3,14 @@
  * a configuration change seen by another node with the same version, concurrent changes merged by the version's
  * compare-and-set, one lease holder and its takeover, the capability view, the shared status, the poller's shared
  * schedule state (its invalidation, the numbering that orders records, resynchronisation from the store, a store
- * restarted empty), the metrics after known events, and a store that is not there. Skipped, saying so, when
+ * restarted empty), the metrics after known events, a store that is not there, a PUT whose write the store confirms
+ * after the PUT's time limit, and the configuration's epoch when the store comes back empty (an acknowledged PUT is
+ * never overwritten by a seed; the better-informed seed wins while nothing was written). Skipped, saying so, when
  * redis-server is not installed.
  */
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -230,29 +233,50 @@ static void on_closed(void *arg)
     ((node_t *)arg)->closed = true;
 }
 
-static void node_start(uv_loop_t *loop, node_t *n, const char *id, const char *caps, int port)
+/* What a node starts with besides its id: where its version file lives, the configuration it last had in force,
+ * and its timers. Zeroes mean: no version file, the defaults, the short timers. */
+typedef struct node_opts_s {
+    const char *data_dir;
+    const oa_conf_t *conf;
+    unsigned heartbeat_ms, ttl_ms, lease_ms;
+} node_opts_t;
+
+static void node_start_ex(uv_loop_t *loop, node_t *n, const char *id, const char *caps, int port,
+                          const node_opts_t *no)
 {
+    static const node_opts_t none = {NULL, NULL, 0, 0, 0};
     oa_cluster_options_t o;
     oa_error_t err;
     char url[64];
 
+    if (no == NULL)
+        no = &none;
     memset(n, 0, sizeof(*n));
-    oa_conf_defaults(&n->conf);
+    if (no->conf != NULL)
+        n->conf = *no->conf;
+    else
+        oa_conf_defaults(&n->conf);
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
     memset(&o, 0, sizeof(o));
     o.url = url;
     o.node_id = id;
     o.api_address = "http://127.0.0.1:1";
     o.capabilities = caps;
-    o.heartbeat_ms = SHORT_HEARTBEAT_MS;
-    o.node_ttl_ms = SHORT_TTL_MS;
-    o.lease_ms = SHORT_LEASE_MS;
+    o.data_dir = no->data_dir;
+    o.heartbeat_ms = no->heartbeat_ms ? no->heartbeat_ms : SHORT_HEARTBEAT_MS;
+    o.node_ttl_ms = no->ttl_ms ? no->ttl_ms : SHORT_TTL_MS;
+    o.lease_ms = no->lease_ms ? no->lease_ms : SHORT_LEASE_MS;
     o.hooks.conf = on_conf;
     o.hooks.status = on_status;
     o.hooks.state = on_state;
     o.hooks.role = on_role;
     o.hooks.data = n;
     assert_int_equal(oa_cluster_new(loop, &o, &n->conf, &n->c, &err), 0);
+}
+
+static void node_start(uv_loop_t *loop, node_t *n, const char *id, const char *caps, int port)
+{
+    node_start_ex(loop, n, id, caps, port, NULL);
 }
 
 static void node_close(node_t *n)
@@ -710,6 +734,7 @@ static void test_state_invalidation_and_metrics(void **state)
     uv_loop_t loop;
     node_t a, b, late1, late2;
     node_t *pair[] = {&a, &b, NULL};
+    node_t *first[] = {&a, NULL};
     node_t *all[] = {&a, &b, &late1, &late2, NULL};
     node_t *followers[3] = {NULL, NULL, NULL};
     node_t *poller, *follower;
@@ -726,7 +751,10 @@ static void test_state_invalidation_and_metrics(void **state)
     NEED_REDIS();
     flush_store();
     uv_loop_init(&loop);
+    /* One after the other: "a" seeds the empty store and receives its own seed's conf message; "b", subscribed
+     * later, finds the seed in place and writes nothing. */
     node_start(&loop, &a, "a", NULL, redis_port);
+    assert_true(run_until(&loop, pred_available, first, 3000));
     node_start(&loop, &b, "b", NULL, redis_port);
     assert_true(run_until(&loop, pred_available, pair, 3000));
     assert_true(run_until(&loop, pred_one_poller, pair, 2000));
@@ -782,7 +810,8 @@ static void test_state_invalidation_and_metrics(void **state)
     /* Messages are counted on every node, its own included. */
     assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"status\"}"), 1);
     assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"state\"}"), 2);
-    assert_int_equal(metric(follower, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}"), 1);
+    assert_int_equal(metric(&b, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}"), 0);
     assert_int_equal(metric_after(&loop, poller, "ocsp_agent_cluster_messages_received_total{type=\"state\"}", 2),
                      2);
 
@@ -939,6 +968,383 @@ static void test_store_unreachable(void **state)
     close_all_and_finish(&loop, nodes);
 }
 
+/* ---- a PUT confirmed after its time limit, and a store that comes back empty ---- */
+
+typedef struct version_wait_s {
+    node_t *n[3]; /* NULL-terminated */
+    uint64_t v;
+} version_wait_t;
+
+static int pred_versions(void *arg)
+{
+    version_wait_t *w = arg;
+    int i;
+
+    for (i = 0; w->n[i] != NULL; i++)
+        if (oa_cluster_conf_version(w->n[i]->c) != w->v)
+            return 0;
+    return 1;
+}
+
+static int pred_closed(void *arg)
+{
+    return ((node_t *)arg)->closed;
+}
+
+static int pred_fired(void *arg)
+{
+    return ((put_result_t *)arg)->fired > 0;
+}
+
+/* One PUT on n, waited for; returns its outcome (OA_OK once the store confirmed it). */
+static oa_errcode_t put_and_wait(uv_loop_t *loop, node_t *n, const char *body, const char *user)
+{
+    put_result_t r = {0, 0};
+    oa_error_t err;
+    int rc = oa_cluster_conf_put(n->c, body, strlen(body), "http://r/", user, on_put, &r, &err);
+
+    if (rc != 0)
+        fail_msg("PUT %s: returned %d (%s)", body, rc, rc < 0 ? err.text : "nothing to change");
+    assert_true(run_until(loop, pred_fired, &r, 4000));
+    assert_int_equal(r.fired, 1);
+    return r.code;
+}
+
+/* Closes one node and runs the loop until it is gone. */
+static void node_stop(uv_loop_t *loop, node_t *n)
+{
+    node_close(n);
+    assert_true(run_until(loop, pred_closed, n, 3000));
+}
+
+static char *stored_field(const char *field)
+{
+    return redis_get("HGET " OA_CLUSTER_KEY_PREFIX "conf %s", field);
+}
+
+static void assert_stored(const char *field, const char *want)
+{
+    char *v = stored_field(field);
+
+    if (v == NULL)
+        fail_msg("the store holds no conf field %s", field);
+    if (strcmp(v, want) != 0)
+        fail_msg("the store's conf field %s is \"%s\", expected \"%s\"", field, v, want);
+    free(v);
+}
+
+/* An integer member of the configuration the store holds, or -1. */
+static long long stored_conf_int(const char *key)
+{
+    char *text = stored_field("conf");
+    json_t *o = text != NULL ? json_loads(text, 0, NULL) : NULL;
+    json_t *v = json_object_get(o, key);
+    long long out = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+
+    json_decref(o);
+    free(text);
+    return out;
+}
+
+/* A conf message as a script publishes it, with the stored configuration but query_frequency set to qf. */
+static char *conf_message(const char *epoch, int version, const char *node, int qf)
+{
+    char *text = stored_field("conf");
+    json_t *conf = text != NULL ? json_loads(text, 0, NULL) : NULL;
+    json_t *msg;
+    char *out;
+
+    assert_non_null(conf);
+    json_object_set_new(conf, "query_frequency", json_integer(qf));
+    msg = json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", "conf", "epoch", epoch, "version", version, "node", node,
+                    "conf", conf);
+    assert_non_null(msg);
+    out = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    free(text);
+    return out;
+}
+
+/* The node's version file: its version, and its epoch copied into epoch. */
+static long long version_file(const char *dir, char epoch[64])
+{
+    char path[256];
+    json_error_t e;
+    json_t *o;
+    const char *s;
+    long long v;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, OA_CLUSTER_VERSION_FILE);
+    o = json_load_file(path, 0, &e);
+    if (o == NULL)
+        fail_msg("%s: %s", path, e.text);
+    s = json_string_value(json_object_get(o, "conf_epoch"));
+    snprintf(epoch, 64, "%s", s != NULL ? s : "");
+    v = json_is_integer(json_object_get(o, "conf_version"))
+            ? (long long)json_integer_value(json_object_get(o, "conf_version"))
+            : -1;
+    json_decref(o);
+    return v;
+}
+
+/* An epoch is 16 lowercase hexadecimal digits. */
+static void assert_epoch(const char *s)
+{
+    size_t i;
+
+    assert_int_equal(strlen(s), 16);
+    for (i = 0; i < 16; i++)
+        if (strchr("0123456789abcdef", s[i]) == NULL)
+            fail_msg("not an epoch: %s", s);
+}
+
+static void remove_data_dir(const char *dir)
+{
+    char path[256];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, OA_CLUSTER_VERSION_FILE);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+static void test_put_reply_after_timeout(void **state)
+{
+    /* Timers long enough that the store's pause is not taken for an outage: only the PUT's own 3 s limit runs out. */
+    static const node_opts_t slow = {NULL, NULL, 1000, 8000, 8000};
+    static const char body[] = "{\"query_frequency\": 777}";
+    uv_loop_t loop;
+    node_t a, b;
+    node_t *nodes[] = {&a, &b, NULL};
+    node_t *first[] = {&a, NULL};
+    version_wait_t w = {{&a, &b, NULL}, 1};
+    put_result_t r = {0, 0};
+    oa_error_t err;
+    char *text, *msg, epoch[64];
+
+    (void)state;
+    NEED_REDIS();
+    flush_store();
+    uv_loop_init(&loop);
+    node_start_ex(&loop, &a, "a", NULL, redis_port, &slow);
+    assert_true(run_until(&loop, pred_available, first, 3000));
+    node_start_ex(&loop, &b, "b", NULL, redis_port, &slow);
+    assert_true(run_until(&loop, pred_available, nodes, 3000));
+    run_until(&loop, pred_never, NULL, 200);
+    assert_int_equal(a.conf_calls, 0);
+    assert_int_equal(b.conf_calls, 0);
+
+    /* The store holds every client for 3.3 s: the write commits then, and its reply comes 0.3 s after the PUT's
+     * limit, which answered "unavailable". */
+    text = redis_get("CLIENT PAUSE %s ALL", "3300");
+    assert_string_equal(text, "OK");
+    free(text);
+    assert_int_equal(oa_cluster_conf_put(a.c, body, sizeof(body) - 1, "http://r/", "alice", on_put, &r, &err), 0);
+    assert_true(run_until(&loop, pred_fired, &r, 4000));
+    assert_int_equal(r.fired, 1);
+    assert_int_equal(r.code, OA_E_STORE_UNAVAILABLE);
+    assert_int_equal(a.conf_calls, 0);
+    assert_int_equal(oa_cluster_conf_version(a.c), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"timeout\"}"), 1);
+
+    /* Once the store answers, the node that took the PUT has the write in force like every other node: once, under
+     * the PUT's user, whichever of the reply and its own message came first. */
+    assert_true(run_until(&loop, pred_versions, &w, 2000));
+    run_until(&loop, pred_never, NULL, 300);
+    assert_int_equal(r.fired, 1);
+    assert_int_equal(a.conf.query_frequency, 777);
+    assert_int_equal(a.conf_calls, 1);
+    assert_string_equal(a.last_user, "alice");
+    assert_int_equal(b.conf.query_frequency, 777);
+    assert_int_equal(b.conf_calls, 1);
+    assert_string_equal(b.last_user, "");
+    assert_stored("version", "1");
+    assert_int_equal(stored_conf_int("query_frequency"), 777);
+    /* No outage was declared: the late reply itself did it. A round counts once, as what its answer said. */
+    assert_true(oa_cluster_available(a.c));
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_store_disconnects_total"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 0);
+    assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"timeout\"}"), 1);
+
+    /* A conf message of the node's own with a version above its own (a write whose reply it never saw) is applied
+     * too, with no user; one at or below its version is not. */
+    text = stored_field("epoch");
+    assert_non_null(text);
+    assert_epoch(text);
+    snprintf(epoch, sizeof(epoch), "%s", text);
+    free(text);
+    msg = conf_message(epoch, 2, "a", 778);
+    free(redis_get("PUBLISH " OA_CLUSTER_KEY_PREFIX "events %s", msg));
+    free(msg);
+    w.v = 2;
+    assert_true(run_until(&loop, pred_versions, &w, 1000));
+    assert_int_equal(a.conf.query_frequency, 778);
+    assert_int_equal(a.conf_calls, 2);
+    assert_string_equal(a.last_user, "");
+    assert_int_equal(b.conf.query_frequency, 778);
+    msg = conf_message(epoch, 2, "a", 779);
+    free(redis_get("PUBLISH " OA_CLUSTER_KEY_PREFIX "events %s", msg));
+    free(msg);
+    msg = conf_message(epoch, 1, "b", 780);
+    free(redis_get("PUBLISH " OA_CLUSTER_KEY_PREFIX "events %s", msg));
+    free(msg);
+    run_until(&loop, pred_never, NULL, 300);
+    assert_int_equal(a.conf.query_frequency, 778);
+    assert_int_equal(a.conf_calls, 2);
+    assert_int_equal(b.conf.query_frequency, 778);
+    assert_int_equal(b.conf_calls, 2);
+    /* "b" came after the seed: the PUT's message and the three published here. */
+    assert_int_equal(metric(&b, "ocsp_agent_cluster_messages_received_total{type=\"conf\"}"), 4);
+    close_all_and_finish(&loop, nodes);
+}
+
+static void test_seed_after_empty_store(void **state)
+{
+    char dir_old[] = "/tmp/oa-cluster-old-XXXXXX", dir_new[] = "/tmp/oa-cluster-new-XXXXXX";
+    node_opts_t o_old = {NULL, NULL, 0, 0, 0}, o_new = {NULL, NULL, 0, 0, 0};
+    oa_conf_t conf_old, conf_new;
+    uv_loop_t loop;
+    node_t old, nw;
+    node_t *one_old[] = {&old, NULL}, *one_new[] = {&nw, NULL}, *both[] = {&old, &nw, NULL};
+    version_wait_t w = {{&nw, NULL, NULL}, 1};
+    char e_old[64], e_new[64], *epoch, *epoch2;
+
+    (void)state;
+    NEED_REDIS();
+    assert_non_null(mkdtemp(dir_old));
+    assert_non_null(mkdtemp(dir_new));
+    o_old.data_dir = dir_old;
+    o_new.data_dir = dir_new;
+    flush_store();
+    uv_loop_init(&loop);
+
+    /* Two nodes; "old" leaves at version 1, "new" goes on to version 3. */
+    node_start_ex(&loop, &old, "old", NULL, redis_port, &o_old);
+    node_start_ex(&loop, &nw, "new", NULL, redis_port, &o_new);
+    assert_true(run_until(&loop, pred_available, both, 3000));
+    assert_int_equal(put_and_wait(&loop, &nw, "{\"query_frequency\": 100}", "u"), OA_OK);
+    w.n[0] = &old;
+    assert_true(run_until(&loop, pred_versions, &w, 1000));
+    node_stop(&loop, &old);
+    conf_old = old.conf;
+    assert_int_equal(put_and_wait(&loop, &nw, "{\"query_frequency\": 200}", "u"), OA_OK);
+    assert_int_equal(put_and_wait(&loop, &nw, "{\"query_frequency\": 300}", "u"), OA_OK);
+    assert_int_equal(oa_cluster_conf_version(nw.c), 3);
+    node_stop(&loop, &nw);
+    conf_new = nw.conf;
+    assert_int_equal(version_file(dir_old, e_old), 1);
+    assert_int_equal(version_file(dir_new, e_new), 3);
+    assert_epoch(e_old);
+    assert_string_equal(e_old, e_new);
+
+    /* The store comes back empty. The node that was away comes first and seeds its version 1 under a new epoch,
+     * marked "seeded, nothing written since". */
+    flush_store();
+    o_old.conf = &conf_old;
+    node_start_ex(&loop, &old, "old", NULL, redis_port, &o_old);
+    assert_true(run_until(&loop, pred_available, one_old, 3000));
+    assert_stored("version", "1");
+    assert_stored("seeded", "1");
+    assert_int_equal(stored_conf_int("query_frequency"), 100);
+    epoch = stored_field("epoch");
+    assert_non_null(epoch);
+    assert_epoch(epoch);
+    assert_string_not_equal(epoch, e_new);
+    assert_int_equal(version_file(dir_old, e_old), 1);
+    assert_string_equal(e_old, epoch);
+    assert_int_equal(old.conf_calls, 0);
+
+    /* A PUT through it is acknowledged: version 2, and the mark is gone. */
+    assert_int_equal(put_and_wait(&loop, &old, "{\"recovery_max_tries\": 9}", "carol"), OA_OK);
+    assert_stored("version", "2");
+    assert_stored("seeded", "0");
+    assert_int_equal(old.conf.recovery_max_tries, 9);
+
+    /* The better-informed node reconnects with version 3: its seed may not replace the acknowledged write; it adopts
+     * the store's configuration, whose version is lower, because the epoch differs. */
+    o_new.conf = &conf_new;
+    node_start_ex(&loop, &nw, "new", NULL, redis_port, &o_new);
+    assert_true(run_until(&loop, pred_available, one_new, 3000));
+    w.n[0] = &nw;
+    w.v = 2;
+    assert_true(run_until(&loop, pred_versions, &w, 1000));
+    run_until(&loop, pred_never, NULL, 200);
+    assert_stored("version", "2");
+    assert_stored("seeded", "0");
+    assert_stored("epoch", epoch);
+    assert_int_equal(stored_conf_int("query_frequency"), 100);
+    assert_int_equal(stored_conf_int("recovery_max_tries"), 9);
+    assert_int_equal(nw.conf.query_frequency, 100);
+    assert_int_equal(nw.conf.recovery_max_tries, 9);
+    assert_int_equal(nw.conf_calls, 1);
+    assert_string_equal(nw.last_user, "");
+    assert_int_equal(version_file(dir_new, e_new), 2);
+    assert_string_equal(e_new, epoch);
+    assert_int_equal(oa_cluster_conf_version(old.c), 2);
+    assert_int_equal(old.conf_calls, 1);
+    assert_int_equal(old.conf.query_frequency, 100);
+
+    /* Nothing written after a restart: the better-informed seed wins. "new" leaves at version 2, "old" goes on to
+     * version 3 (query_frequency 400); the store comes back empty; "new" seeds version 2 first, then "old" replaces
+     * it with version 3 in the same epoch, and "new" applies that from the message. */
+    node_stop(&loop, &nw);
+    conf_new = nw.conf;
+    assert_int_equal(put_and_wait(&loop, &old, "{\"query_frequency\": 400}", "u"), OA_OK);
+    node_stop(&loop, &old);
+    conf_old = old.conf;
+    flush_store();
+    node_start_ex(&loop, &nw, "new", NULL, redis_port, &o_new);
+    assert_true(run_until(&loop, pred_available, one_new, 3000));
+    assert_stored("version", "2");
+    assert_stored("seeded", "1");
+    epoch2 = stored_field("epoch");
+    assert_non_null(epoch2);
+    assert_epoch(epoch2);
+    assert_string_not_equal(epoch2, epoch);
+    node_start_ex(&loop, &old, "old", NULL, redis_port, &o_old);
+    assert_true(run_until(&loop, pred_available, both, 3000));
+    w.v = 3;
+    assert_true(run_until(&loop, pred_versions, &w, 1000));
+    run_until(&loop, pred_never, NULL, 200);
+    assert_stored("version", "3");
+    assert_stored("seeded", "1");
+    assert_stored("epoch", epoch2);
+    assert_int_equal(stored_conf_int("query_frequency"), 400);
+    assert_int_equal(stored_conf_int("recovery_max_tries"), 9);
+    assert_int_equal(nw.conf.query_frequency, 400);
+    assert_int_equal(nw.conf_calls, 1);
+    assert_int_equal(old.conf_calls, 0);
+    assert_int_equal(oa_cluster_conf_version(old.c), 3);
+    assert_int_equal(version_file(dir_new, e_new), 3);
+    assert_string_equal(e_new, epoch2);
+    assert_int_equal(version_file(dir_old, e_old), 3);
+    assert_string_equal(e_old, epoch2);
+
+    /* The store emptied under live connections: the next PUT finds it empty and starts a new epoch itself, at the
+     * next version, already written; the other node adopts it from the message. */
+    free(epoch);
+    flush_store();
+    assert_int_equal(put_and_wait(&loop, &nw, "{\"response_timeout\": 7}", "u"), OA_OK);
+    assert_stored("version", "4");
+    assert_stored("seeded", "0");
+    epoch = stored_field("epoch");
+    assert_non_null(epoch);
+    assert_epoch(epoch);
+    assert_string_not_equal(epoch, epoch2);
+    assert_int_equal(stored_conf_int("response_timeout"), 7);
+    assert_int_equal(stored_conf_int("query_frequency"), 400);
+    w.n[0] = &old;
+    w.v = 4;
+    assert_true(run_until(&loop, pred_versions, &w, 1000));
+    assert_int_equal(old.conf.response_timeout, 7);
+    assert_int_equal(version_file(dir_old, e_old), 4);
+    assert_string_equal(e_old, epoch);
+    free(epoch);
+    free(epoch2);
+    close_all_and_finish(&loop, both);
+    remove_data_dir(dir_old);
+    remove_data_dir(dir_new);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -948,6 +1354,8 @@ int main(void)
         cmocka_unit_test(test_lease_registry_status),
         cmocka_unit_test(test_state_invalidation_and_metrics),
         cmocka_unit_test(test_store_unreachable),
+        cmocka_unit_test(test_put_reply_after_timeout),
+        cmocka_unit_test(test_seed_after_empty_store),
     };
 
     signal(SIGPIPE, SIG_IGN);

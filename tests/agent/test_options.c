@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "oa_cluster.h"
 #include "oa_options.h"
 #include "oa_util.h"
 
@@ -560,7 +561,7 @@ static void test_cluster_options(void **state)
          NULL},
         {{"--users", "u", "--cluster", "redis://127.0.0.1:6380/2", "--capabilities=ocsp,x", NULL}, NULL},
         {{"--users", "u", "--cluster", "http://h", NULL},
-         "--cluster: expected redis://HOST:PORT[/DB], got \"http://h\""},
+         "--cluster: expected redis[s]://HOST:PORT[/DB], got \"http://h\""},
         {{"--users", "u", "--cluster", "redis://h:6379/99", NULL},
          "--cluster: expected a database number from 0 to 15 in \"redis://h:6379/99\""},
         {{"--users", "u", "--cluster", "redis://h", "--capabilities", "OCSP", NULL},
@@ -568,9 +569,8 @@ static void test_cluster_options(void **state)
         {{"--users", "u", "--capabilities", "ocsp", NULL}, "--capabilities: needs --cluster"},
         {{"--users", "u", "--cluster-password", "pw", NULL}, "--cluster-password: needs --cluster"},
         {{"--users", "u", "--cluster-tls", NULL}, "--cluster-tls: needs --cluster"},
-        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", NULL},
-         "--cluster-tls: not supported: this build's hiredis (0.14.1, as in Debian 12) has no TLS; reach the store "
-         "over a TLS tunnel instead"},
+        {{"--users", "u", "--cluster", "rediss:h", NULL},
+         "--cluster: expected redis[s]://HOST:PORT[/DB], got \"rediss:h\""},
     };
     oa_options_t o;
     oa_error_t err;
@@ -725,6 +725,140 @@ static void test_cluster_lease(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* The TLS options of cluster mode: on the command line and in the file, rediss:// as --cluster-tls, and every
+ * refusal, each one exact sentence. The files are not read here (the agent loads them at start-up). "%s" stands for
+ * the config file's path. */
+static void test_cluster_tls_options(void **state)
+{
+    static const struct {
+        const char *args[12];
+        const char *file; /* the --config file's text, or NULL */
+        bool tls;         /* the parsed values when accepted */
+        const char *ca, *cert, *key;
+        oa_errcode_t code;
+        const char *text; /* NULL: accepted */
+    } cases[] = {
+        {{"--users", "u", "--cluster", "redis://h", NULL}, NULL, false, NULL, NULL, NULL, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", NULL}, NULL, true, NULL, NULL, NULL, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", "--cluster-ca", "ca.pem", "--cluster-cert",
+          "c.pem", "--cluster-key=c.key", NULL},
+         NULL, true, "ca.pem", "c.pem", "c.key", OA_OK, NULL},
+        /* rediss:// turns TLS on by itself. */
+        {{"--users", "u", "--cluster", "rediss://h:6380/1", "--cluster-ca", "ca.pem", NULL},
+         NULL, true, "ca.pem", NULL, NULL, OA_OK, NULL},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_tls\": true, \"cluster_ca\": \"f-ca.pem\", "
+         "\"cluster_cert\": \"f.pem\", \"cluster_key\": \"f.key\"}",
+         true, "f-ca.pem", "f.pem", "f.key", OA_OK, NULL},
+        /* The command line wins over the file. */
+        {{"--users", "u", "--config", "%s", "--cluster-ca", "cli-ca.pem", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_tls\": true, \"cluster_ca\": \"f-ca.pem\"}",
+         true, "cli-ca.pem", NULL, NULL, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-ca", "ca.pem", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-ca: needs --cluster-tls"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-cert", "c.pem", "--cluster-key", "c.key", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-cert: needs --cluster-tls"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-key", "c.key", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-key: needs --cluster-tls"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", "--cluster-key", "c.key", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-key: needs --cluster-cert"},
+        {{"--users", "u", "--cluster", "rediss://h", "--cluster-cert", "c.pem", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-cert: needs --cluster-key"},
+        {{"--users", "u", "--cluster-ca", "ca.pem", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-ca: needs --cluster-tls"},
+        {{"--users", "u", "--cluster-tls", "--cluster-ca", "ca.pem", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-tls: needs --cluster"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", "--cluster-ca=", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-ca: expected a value, got an empty string"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls", "--cluster-cert", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-cert: missing value"},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-tls=yes", NULL},
+         NULL, false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-tls: takes no value"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_tls\": \"yes\"}",
+         false, NULL, NULL, NULL, OA_E_BAD_FILE, "config file %s: \"cluster_tls\": expected true or false"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_tls\": true, \"cluster_key\": 5}",
+         false, NULL, NULL, NULL, OA_E_BAD_FILE, "config file %s: \"cluster_key\": expected a string"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_ca\": \"ca.pem\"}",
+         false, NULL, NULL, NULL, OA_E_BAD_OPTION, "--cluster-ca: needs --cluster-tls"},
+    };
+    static const char *const usage_must[] = {"--cluster-tls", "--cluster-ca PEM", "--cluster-cert PEM",
+                                             "--cluster-key PEM", "rediss://", "trust store"};
+    char dir[] = "/tmp/oa-options-XXXXXX", path[64], want[256];
+    const char *args[12], *at;
+    oa_options_t o;
+    oa_error_t err;
+    size_t i, j;
+    FILE *f;
+    int rc;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/tls.json", dir);
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        for (j = 0; j < OA_ARRAY_SIZE(args); j++)
+            args[j] = cases[i].args[j] != NULL && strcmp(cases[i].args[j], "%s") == 0 ? path : cases[i].args[j];
+        if (cases[i].file != NULL) {
+            f = fopen(path, "w");
+            assert_non_null(f);
+            fputs(cases[i].file, f);
+            fclose(f);
+        }
+        oa_error_clear(&err);
+        rc = parse(args, &o, &err);
+        if (cases[i].text == NULL) {
+            if (rc != 0)
+                fail_msg("case %zu: %s", i, err.text);
+            if (o.cluster_tls != cases[i].tls)
+                fail_msg("case %zu: cluster_tls is %d", i, (int)o.cluster_tls);
+            assert_str_or_null("cluster_ca", o.cluster_ca, cases[i].ca);
+            assert_str_or_null("cluster_cert", o.cluster_cert, cases[i].cert);
+            assert_str_or_null("cluster_key", o.cluster_key, cases[i].key);
+        } else {
+            at = strstr(cases[i].text, "%s");
+            if (at != NULL)
+                snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - cases[i].text), cases[i].text, path, at + 2);
+            else
+                snprintf(want, sizeof(want), "%s", cases[i].text);
+            if (rc != -1 || err.code != cases[i].code || strcmp(err.text, want) != 0)
+                fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err.code, err.text,
+                         cases[i].code, want);
+        }
+        oa_options_free(&o);
+    }
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+    for (i = 0; i < OA_ARRAY_SIZE(usage_must); i++)
+        if (strstr(oa_options_usage(), usage_must[i]) == NULL)
+            fail_msg("usage text lacks \"%s\"", usage_must[i]);
+}
+
+/* rediss:// is the TLS form of the cluster URL; the parts are read the same way. */
+static void test_cluster_url_tls(void **state)
+{
+    char host[OA_CLUSTER_HOST_MAX];
+    oa_error_t err;
+    int port = 0, db = -1;
+
+    (void)state;
+    assert_int_equal(oa_cluster_url_parse("rediss://store.example:6380/3", host, &port, &db, &err), 0);
+    assert_string_equal(host, "store.example");
+    assert_int_equal(port, 6380);
+    assert_int_equal(db, 3);
+    assert_int_equal(oa_cluster_url_is_tls("rediss://store.example:6380/3"), 1);
+    assert_int_equal(oa_cluster_url_parse("redis://localhost", host, &port, &db, &err), 0);
+    assert_string_equal(host, "localhost");
+    assert_int_equal(port, 6379);
+    assert_int_equal(db, 0);
+    assert_int_equal(oa_cluster_url_is_tls("redis://localhost"), 0);
+    assert_int_equal(oa_cluster_url_is_tls("REDISS://h"), 0);
+    assert_int_equal(oa_cluster_url_is_tls(NULL), 0);
+    assert_int_equal(oa_cluster_url_parse("redisss://h", host, &port, &db, &err), -1);
+    assert_string_equal(err.text, "--cluster: expected redis[s]://HOST:PORT[/DB], got \"redisss://h\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -733,6 +867,8 @@ int main(void)
         cmocka_unit_test(test_is_loopback),        cmocka_unit_test(test_usage),
         cmocka_unit_test(test_cluster_options),
         cmocka_unit_test(test_cluster_lease),
+        cmocka_unit_test(test_cluster_tls_options),
+        cmocka_unit_test(test_cluster_url_tls),
     };
     const char *data = getenv("OA_TEST_DATA");
 

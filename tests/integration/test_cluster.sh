@@ -10,7 +10,7 @@
 #   - the store stopped: PUT answers 503 cluster_store_unavailable, GET still answers, the logs say so once;
 #     restarted (empty): every node reconnects, the configuration is seeded back and PUT works again;
 #   - a node restarted after a change it missed resynchronises by version;
-#   - --cluster-tls refuses to start with one line.
+#   - a node with --cluster-tls against this plain-TCP store never connects: it logs store_unavailable.
 source "$(dirname "$0")/lib.sh"
 
 TIME_SCALE=0.02 # query_frequency 60 s -> a period of 1.2 s
@@ -27,11 +27,21 @@ start_redis
 
 # ---------------------------------------------------------------------------------------------------------------
 echo "# start-up refusals"
-assert_start_fails "--cluster-tls refuses to start: hiredis without TLS" '^ocsp-agent: --cluster-tls: .*no TLS' \
-    --users "$USERS_FILE" --data-dir "$T_DIR/x" --cluster "$CLUSTER" --cluster-tls
 assert_start_fails "--cluster with a bad URL" '^ocsp-agent: --cluster: ' --users "$USERS_FILE" --cluster "http://x"
 assert_start_fails "--capabilities without --cluster" '^ocsp-agent: --capabilities: needs --cluster' \
     --users "$USERS_FILE" --capabilities ocsp
+
+echo "# --cluster-tls against a plain store"
+start_node tls-on-plain --cluster-tls
+if wait_log 'event=store_unavailable' 10; then
+    pass "--cluster-tls against a plain store: store_unavailable is logged"
+else
+    fail "--cluster-tls against a plain store: store_unavailable is logged" "$(tail -n 5 "$AGENT_LOG")"
+fi
+assert_no_match "--cluster-tls against a plain store never connects" 'event=store_connected' "$(cat "$AGENT_LOG")"
+stop_checked "--cluster-tls node stops cleanly"
+# Forgotten, so that the checks below that go through every node's log see only n1..n3.
+unset 'N_PID[tls-on-plain]' 'N_PORT[tls-on-plain]' 'N_LOG[tls-on-plain]'
 
 echo "# three nodes"
 start_node n1
