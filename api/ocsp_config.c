@@ -58,6 +58,18 @@ static int content_type_is_json(const char *ct)
     return *ct == '\0' || *ct == ';';
 }
 
+/* A refused change is the caller's answer, and also a log line at a level that says how much an operator needs it:
+ * info for a body the validator refused (the audit trail), debug for a PUT refused before anything was sent because
+ * the store is out of reach (the outage itself is logged once at error, and store_reconnected counts the refused
+ * PUTs, so a stream of them does not flood the log), warn for one the store did not confirm in time, whose outcome
+ * is unknown. */
+static void reject(oa_http_request_t *req, const char *user, const oa_error_t *err, oa_log_level_t level)
+{
+    OA_LOG(level, "config_rejected", OA_KV_STR("user", user != NULL ? user : ""),
+           OA_KV_STR("error_code", oa_errcode_name(err->code)), OA_KV_STR("reason", err->text));
+    oa_http_respond_error(req, 0, err->code, err->text, NULL);
+}
+
 /* In cluster mode the answer waits for the store: an acknowledged change is one the store holds. */
 static void on_cluster_put_done(void *data, const oa_error_t *err)
 {
@@ -65,9 +77,7 @@ static void on_cluster_put_done(void *data, const oa_error_t *err)
     oa_agent_t *agent = req->data;
 
     if (err != NULL) {
-        OA_LOG(OA_LOG_WARN, "config_rejected", OA_KV_STR("error_code", oa_errcode_name(err->code)),
-               OA_KV_STR("reason", err->text));
-        oa_http_respond_error(req, 0, err->code, err->text, NULL);
+        reject(req, NULL, err, err->code == OA_E_STORE_UNAVAILABLE ? OA_LOG_WARN : OA_LOG_INFO);
         return;
     }
     if (agent->conf_body.len == 0 && oa_api_ocsp_config_refresh(agent) != 0) {
@@ -90,9 +100,7 @@ static void put_to_cluster(const oa_api_call_t *call)
     if (rc == 1) {
         oa_api_ocsp_config_get(call);
     } else if (rc < 0) {
-        OA_LOG(OA_LOG_WARN, "config_rejected", OA_KV_STR("user", call->user->name),
-               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
-        oa_http_respond_error(req, 0, err.code, err.text, NULL);
+        reject(req, call->user->name, &err, err.code == OA_E_STORE_UNAVAILABLE ? OA_LOG_DEBUG : OA_LOG_INFO);
     }
 }
 
@@ -110,9 +118,7 @@ void oa_api_ocsp_config_put(const oa_api_call_t *call)
     }
     if (oa_conf_patch(&agent->conf, agent->responder_url, req->body ? req->body : "", req->body_len, &next,
                       &changed, &err) != 0) {
-        OA_LOG(OA_LOG_INFO, "config_rejected", OA_KV_STR("user", call->user->name),
-               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
-        oa_http_respond_error(req, 0, err.code, err.text, NULL);
+        reject(req, call->user->name, &err, OA_LOG_INFO);
         return;
     }
     if (agent->cluster != NULL && changed != 0) {
