@@ -1200,7 +1200,9 @@ static void on_seed_reply(oa_redis_t *r, redisReply *reply, void *priv)
 
 static void resync(oa_cluster_t *c)
 {
-    oa_redis_t *r = ready_cmd(c);
+    /* The subscription can be confirmed before the command connection is up: the script is then queued behind its
+     * AUTH and SELECT and goes out once it is. */
+    oa_redis_t *r = c->closing ? NULL : c->cmd;
     char ver[32], fresh[EPOCH_LEN + 1], *json = conf_dump(&c->conf);
 
     snprintf(ver, sizeof(ver), "%" PRIu64, c->version);
