@@ -3,7 +3,9 @@
  *
  * The expensive part of a check is the KDF, so it runs on libuv's thread pool and a verified Authorization header
  * is remembered for a while (keyed by its SHA-256, never by the password itself). The number of KDFs in flight is
- * bounded so that a storm of guesses costs the attacker a 503, not the agent its thread pool.
+ * bounded so that a storm of guesses costs the attacker a 503, not the agent its thread pool. Clients that open many
+ * connections at once with the same credentials (a proxy pool, a benchmark) would otherwise fill that bound with
+ * copies of one KDF, so a check of a header whose KDF is already running waits on it and shares its answer.
  */
 #include <ctype.h>
 #include <jansson.h>
@@ -48,6 +50,14 @@ static const struct {
     [OA_ROLE_NONE] = {"none", 0},
 };
 
+/* One KDF in flight: the check that started it, and the checks of the same header waiting on it, in arrival order. */
+typedef struct flight_s {
+    oa_auth_check_t *leader; /* NULL when the slot is free */
+    unsigned char key[32];
+    oa_auth_check_t *first, *last;
+    unsigned nwaiters;
+} flight_t;
+
 typedef struct cache_entry_s {
     unsigned char key[32];
     const oa_user_t *user; /* NULL when the slot is empty */
@@ -62,6 +72,8 @@ struct oa_auth_s {
     /* A well-formed hash that no password is expected to match, verified in place of an unknown user's hash. */
     char dummy_hash[OA_PASSWD_ENCODED_MAX];
     unsigned pending;
+    unsigned long kdf_runs;
+    flight_t flights[AUTH_MAX_PENDING];
     /* Fetched once: an implicit fetch on every request would take OpenSSL's provider locks each time. */
     EVP_MD *sha256;
     cache_entry_t cache[AUTH_CACHE_SIZE];
@@ -452,6 +464,7 @@ void oa_auth_free(oa_auth_t *a)
     }
     free(a->users);
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
+    OPENSSL_cleanse(a->flights, sizeof(a->flights));
     EVP_MD_free(a->sha256);
     free(a);
 }
@@ -459,6 +472,11 @@ void oa_auth_free(oa_auth_t *a)
 unsigned oa_auth_pending(const oa_auth_t *a)
 {
     return a->pending;
+}
+
+unsigned long oa_auth_kdf_runs(const oa_auth_t *a)
+{
+    return a->kdf_runs;
 }
 
 static const oa_user_t *find_user(const oa_auth_t *a, const char *name, size_t len)
@@ -521,6 +539,40 @@ static void wipe_password(oa_auth_check_t *check)
     check->password_len = 0;
 }
 
+/* The flight running the KDF for key, or NULL. The key is a hash of the credentials, so it is compared in constant
+ * time like the cache's keys. */
+static flight_t *flight_find(oa_auth_t *a, const unsigned char key[32])
+{
+    size_t i;
+
+    for (i = 0; i < AUTH_MAX_PENDING; i++) {
+        flight_t *f = &a->flights[i];
+
+        if (f->leader != NULL && CRYPTO_memcmp(f->key, key, 32) == 0)
+            return f;
+    }
+    return NULL;
+}
+
+static flight_t *flight_of(oa_auth_t *a, const oa_auth_check_t *leader)
+{
+    size_t i;
+
+    for (i = 0; i < AUTH_MAX_PENDING; i++) {
+        if (a->flights[i].leader == leader)
+            return &a->flights[i];
+    }
+    return NULL;
+}
+
+static void flight_clear(flight_t *f)
+{
+    OPENSSL_cleanse(f->key, sizeof(f->key));
+    f->leader = NULL;
+    f->first = f->last = NULL;
+    f->nwaiters = 0;
+}
+
 /* Runs on a thread-pool thread: the only place the KDF runs for a request. */
 static void kdf_work(uv_work_t *work)
 {
@@ -532,23 +584,38 @@ static void kdf_work(uv_work_t *work)
     wipe_password(check);
 }
 
-/* Runs on the loop thread once the KDF finished (or was cancelled). */
+/* Runs on the loop thread once the KDF finished (or was cancelled), and answers the check that started it and then
+ * every check that waited on it, with the same result. */
 static void kdf_done(uv_work_t *work, int status)
 {
     oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
     oa_auth_t *a = check->auth;
-    const oa_user_t *user = check->user;
+    flight_t *f = flight_of(a, check);
+    const oa_user_t *user = NULL;
+    oa_auth_check_t *waiter, *next;
+    int result = OA_E_UNAUTHORIZED;
 
+    /* The flight is closed and the answer cached before any callback runs, so a callback that checks the same header
+     * again meets the cache after a success, or starts a KDF of its own after a failure, and never joins the list
+     * being walked below. */
+    waiter = f->first;
+    flight_clear(f);
     a->pending--;
     wipe_password(check);
-    if (status != 0 || !check->verified) {
-        check->user = NULL;
-        check->cb(check, OA_E_UNAUTHORIZED, NULL);
-        return;
+    if (status == 0 && check->verified) {
+        user = check->user;
+        result = 0;
+        cache_store(a, check->key, user);
     }
-    cache_store(a, check->key, user);
-    /* The callback may free check, so it is the last thing touched here. */
-    check->cb(check, 0, user);
+    check->user = user;
+    /* Each callback may free its check, so a check is not touched once its callback has been called. */
+    check->cb(check, result, user);
+    for (; waiter != NULL; waiter = next) {
+        next = waiter->next;
+        waiter->next = NULL;
+        waiter->user = user;
+        waiter->cb(waiter, result, user);
+    }
 }
 
 /* Parses "Basic <base64 of user:password>" into buf. Returns the decoded length and the colon's offset, or -1. */
@@ -582,7 +649,8 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
 {
     unsigned char decoded[AUTH_HEADER_MAX];
     const oa_user_t *cached;
-    size_t colon = 0;
+    flight_t *f;
+    size_t colon = 0, i;
     int n, rc;
 
     *user = NULL;
@@ -607,14 +675,41 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
         rc = 0;
         goto out;
     }
-    if (a->pending >= AUTH_MAX_PENDING) {
-        rc = -OA_E_AUTH_BUSY;
-        goto out;
-    }
 
     check->auth = a;
     check->cb = cb;
     check->verified = 0;
+    check->next = NULL;
+    check->password = NULL;
+    check->password_len = 0;
+    f = flight_find(a, check->key);
+    if (f != NULL) {
+        /* The same header is being verified already: its answer will be this check's answer, so no KDF and no copy
+         * of the password are needed. The list is bounded so that one header cannot pin unbounded memory. */
+        if (f->nwaiters >= OA_AUTH_MAX_WAITERS) {
+            rc = -OA_E_AUTH_BUSY;
+            goto out;
+        }
+        check->user = NULL;
+        if (f->last != NULL)
+            f->last->next = check;
+        else
+            f->first = check;
+        f->last = check;
+        f->nwaiters++;
+        rc = 1;
+        goto out;
+    }
+    /* A new header needs a KDF of its own, and a free slot for it. */
+    f = NULL;
+    for (i = 0; i < AUTH_MAX_PENDING && f == NULL; i++) {
+        if (a->flights[i].leader == NULL)
+            f = &a->flights[i];
+    }
+    if (f == NULL) {
+        rc = -OA_E_AUTH_BUSY;
+        goto out;
+    }
     /* An unknown name still pays for a KDF (against the dummy hash) and is answered through the callback, so
      * neither the timing nor the kind of answer tells which names exist. */
     check->user = find_user(a, (const char *)decoded, colon);
@@ -631,7 +726,10 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
         rc = -OA_E_AUTH_BUSY;
         goto out;
     }
+    f->leader = check;
+    memcpy(f->key, check->key, sizeof(f->key));
     a->pending++;
+    a->kdf_runs++;
     rc = 1;
 out:
     OPENSSL_cleanse(decoded, (size_t)n);

@@ -4,6 +4,7 @@
  * Passwords are stored as "$pbkdf2-sha256$<iterations>$<salt, base64>$<hash, base64>" (PBKDF2-HMAC-SHA256 from
  * OpenSSL, 16-byte random salt, 32-byte hash). The KDF runs on libuv's thread pool, never on the loop; a verified
  * Authorization header is remembered (keyed by its SHA-256) so later requests with it cost one hash, not the KDF.
+ * Checks of a header whose KDF is already running share that KDF instead of starting another.
  */
 #ifndef OA_AUTH_H
 #define OA_AUTH_H
@@ -65,19 +66,27 @@ typedef struct oa_auth_s oa_auth_t;
 int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa_error_t *err);
 /* An authenticator that lets every request through as an anonymous admin (--no-auth). */
 int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out);
-/* Frees a; no check may be pending. */
+/* At most this many checks wait on one KDF besides the check that started it; more get -OA_E_AUTH_BUSY. With at
+ * most 8 KDFs in flight, this bounds the checks that can be waiting at once. */
+#define OA_AUTH_MAX_WAITERS 1024
+
+/* Frees a; no check may be pending, neither one whose KDF runs nor one waiting on another's KDF. */
 void oa_auth_free(oa_auth_t *a);
-/* The number of checks whose KDF is still running. */
+/* The number of KDFs still running (at most 8). Checks waiting on another check's KDF are not counted. */
 unsigned oa_auth_pending(const oa_auth_t *a);
+/* The number of KDFs a has started since it was made (for tests and statistics). */
+unsigned long oa_auth_kdf_runs(const oa_auth_t *a);
 
 /* One authentication in progress; embed it in the request or connection that waits for it. */
 typedef struct oa_auth_check_s oa_auth_check_t;
-/* Fires on the loop thread exactly once per check that oa_auth_check answered 1 to. result is 0 with user set, or
- * OA_E_UNAUTHORIZED with user NULL. */
+/* Fires on the loop thread exactly once per check that oa_auth_check answered 1 to, whether that check started the
+ * KDF or waits on another's. result is 0 with user set, or OA_E_UNAUTHORIZED with user NULL. The callback may free
+ * check and may start new checks; it must not free the authenticator while other checks are pending. */
 typedef void (*oa_auth_cb)(oa_auth_check_t *check, int result, const oa_user_t *user);
 
 struct oa_auth_check_s {
-    uv_work_t work; /* private */
+    uv_work_t work;        /* private */
+    oa_auth_check_t *next; /* private: the next check waiting on the same KDF */
     oa_auth_t *auth;
     oa_auth_cb cb;
     const oa_user_t *user;
@@ -92,11 +101,15 @@ struct oa_auth_check_s {
  * Checks an Authorization header value (header may be NULL when the request had none).
  * Returns:
  *   0                  verified now (cache hit, or an open authenticator); *user is set; cb will not fire.
- *   1                  the KDF was queued; cb fires later with the result. check must stay alive until then.
+ *   1                  the KDF was queued, or check waits on the KDF already running for the same header (the
+ *                      same bytes: equal SHA-256); cb fires later with the result, the same for every check of
+ *                      that header. check must stay alive until then. A waiting check starts no KDF, holds no copy
+ *                      of the password and does not count against the 8 KDFs in flight.
  *   -OA_E_UNAUTHORIZED no header, not "Basic", bad base64, no colon: answer 401 now. An unknown user name is
  *                      answered through cb, after a KDF against a dummy hash, so that timing does not tell which
- *                      names exist.
- *   -OA_E_AUTH_BUSY    too many KDFs in flight (a guess storm): answer 503 now.
+ *                      names exist (checks of the same such header share that KDF too).
+ *   -OA_E_AUTH_BUSY    a new header while 8 KDFs are in flight (a guess storm), or a header whose KDF already has
+ *                      OA_AUTH_MAX_WAITERS checks waiting on it: answer 503 now.
  */
 int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
                   const oa_user_t **user);

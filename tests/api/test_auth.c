@@ -484,8 +484,8 @@ static void test_check_busy(void **state)
     enum { N = 9 };
     static const char *const schemes[] = {"Basic", "BASIC", "basic", "BAsic", "Basic"};
     env_t e = {0};
-    oa_auth_check_t checks[N];
-    outcome_t outs[N];
+    oa_auth_check_t checks[N], dup_right, dup_wrong;
+    outcome_t outs[N], dup_right_out = {0, -1, NULL}, dup_wrong_out = {0, -1, NULL};
     const oa_user_t *user;
     char h[N][256];
     int i, ok = 0, bad = 0;
@@ -514,8 +514,28 @@ static void test_check_busy(void **state)
     assert_null(checks[N - 1].password);
     assert_int_equal(oa_auth_pending(e.auth), N - 1);
 
+    /* While the ninth distinct header is refused, a copy of one in flight waits on that KDF instead. */
+    memset(&dup_right, 0, sizeof(dup_right));
+    memset(&dup_wrong, 0, sizeof(dup_wrong));
+    dup_right.data = &dup_right_out;
+    dup_wrong.data = &dup_wrong_out;
+    assert_int_equal(oa_auth_check(e.auth, h[3], strlen(h[3]), &dup_right, on_checked, &user), 1);
+    assert_int_equal(oa_auth_check(e.auth, h[4], strlen(h[4]), &dup_wrong, on_checked, &user), 1);
+    assert_null(dup_right.password);
+    assert_null(dup_wrong.password);
+    assert_int_equal(oa_auth_pending(e.auth), N - 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), N - 1);
+
     assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), N - 1);
+    assert_int_equal(dup_right_out.fired, 1);
+    assert_int_equal(dup_right_out.result, 0);
+    assert_ptr_equal(dup_right_out.user, outs[3].user);
+    assert_string_equal(dup_right_out.user->name, "admin@example.com");
+    assert_int_equal(dup_wrong_out.fired, 1);
+    assert_int_equal(dup_wrong_out.result, OA_E_UNAUTHORIZED);
+    assert_null(dup_wrong_out.user);
     for (i = 0; i < N - 1; i++) {
         assert_int_equal(outs[i].fired, 1);
         if (i % 2) {
@@ -534,6 +554,337 @@ static void test_check_busy(void **state)
     outs[N - 1] = check_async(&e, h[N - 1]);
     assert_int_equal(outs[N - 1].result, OA_E_UNAUTHORIZED);
     env_close(&e);
+}
+
+/* ---- checks of one header share one KDF ------------------------------------------------------------------- */
+
+enum { SAME = 50 };
+
+/* Issues n checks of header in one loop turn (no loop iteration between them): the first starts the KDF, the others
+ * wait on it. Asserts that each is queued, that one KDF more runs in all, and that no waiter holds a password. */
+static void issue_same(env_t *e, const char *header, oa_auth_check_t *checks, outcome_t *outs, int n)
+{
+    unsigned long runs = oa_auth_kdf_runs(e->auth);
+    unsigned pending = oa_auth_pending(e->auth);
+    const oa_user_t *user;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        memset(&checks[i], 0, sizeof(checks[i]));
+        outs[i] = (outcome_t){0, -1, NULL};
+        checks[i].data = &outs[i];
+        user = (const oa_user_t *)e;
+        assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &checks[i], on_checked, &user), 1);
+        assert_null(user);
+        assert_int_equal(oa_auth_pending(e->auth), pending + 1);
+        assert_int_equal(oa_auth_kdf_runs(e->auth), runs + 1);
+        /* The first check's copy of the password belongs to the KDF's thread now; only the waiters are read. */
+        if (i > 0)
+            assert_null(checks[i].password);
+    }
+}
+
+static void test_same_header_right(void **state)
+{
+    env_t e = {0};
+    oa_auth_check_t *checks = calloc(SAME + 1, sizeof(*checks));
+    outcome_t outs[SAME + 1];
+    const oa_user_t *user = NULL;
+    char h[256];
+    int i;
+
+    (void)state;
+    assert_non_null(checks);
+    env_open_generated(&e);
+    basic(h, sizeof(h), "Basic", "admin@example.com", "s3cret:with:colons");
+    issue_same(&e, h, checks, outs, SAME);
+    assert_int_equal(oa_auth_pending(e.auth), 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
+
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
+    assert_non_null(outs[0].user);
+    assert_string_equal(outs[0].user->name, "admin@example.com");
+    for (i = 0; i < SAME; i++) {
+        if (outs[i].fired != 1 || outs[i].result != 0 || outs[i].user != outs[0].user)
+            fail_msg("check #%d: fired %d, result %d, user %p (want 1, 0, %p)", i, outs[i].fired, outs[i].result,
+                     (const void *)outs[i].user, (const void *)outs[0].user);
+        assert_ptr_equal(checks[i].user, outs[0].user);
+        assert_null(checks[i].password);
+        assert_null(checks[i].next);
+    }
+
+    /* The shared answer was remembered: a 51st check is answered at once, without a KDF. */
+    outs[SAME] = (outcome_t){0, -1, NULL};
+    checks[SAME].data = &outs[SAME];
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[SAME], on_checked, &user), 0);
+    assert_ptr_equal(user, outs[0].user);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    env_close(&e);
+    assert_int_equal(outs[SAME].fired, 0);
+    free(checks);
+}
+
+static void test_same_header_refused(void **state)
+{
+    /* A wrong password for a known user, and a user that does not exist (checked against the dummy hash). */
+    static const char *const who[][2] = {{"admin@example.com", "s3cret"}, {"mallory@example.com", "s3cret"}};
+    env_t e = {0};
+    oa_auth_check_t *checks = calloc(SAME, sizeof(*checks));
+    outcome_t outs[SAME];
+    char h[256];
+    size_t k;
+    int i;
+
+    (void)state;
+    assert_non_null(checks);
+    env_open_generated(&e);
+    for (k = 0; k < OA_ARRAY_SIZE(who); k++) {
+        basic(h, sizeof(h), "Basic", who[k][0], who[k][1]);
+        issue_same(&e, h, checks, outs, SAME);
+        assert_int_equal(oa_auth_pending(e.auth), 1);
+        assert_int_equal(oa_auth_kdf_runs(e.auth), 2 * k + 1);
+        assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+        assert_int_equal(oa_auth_pending(e.auth), 0);
+        assert_int_equal(oa_auth_kdf_runs(e.auth), 2 * k + 1);
+        for (i = 0; i < SAME; i++) {
+            if (outs[i].fired != 1 || outs[i].result != OA_E_UNAUTHORIZED || outs[i].user != NULL)
+                fail_msg("%s, check #%d: fired %d, result %d (want 1, %d)", who[k][0], i, outs[i].fired,
+                         outs[i].result, OA_E_UNAUTHORIZED);
+            assert_null(checks[i].user);
+            assert_null(checks[i].password);
+        }
+        /* Nothing was remembered: the same header costs a KDF again. */
+        outs[0] = check_async(&e, h);
+        assert_int_equal(outs[0].result, OA_E_UNAUTHORIZED);
+        assert_int_equal(oa_auth_kdf_runs(e.auth), 2 * k + 2);
+    }
+    env_close(&e);
+    free(checks);
+}
+
+static void test_interleaved_headers(void **state)
+{
+    enum { GROUPS = 3, PER = 20 };
+    env_t e = {0};
+    oa_auth_check_t *checks = calloc(GROUPS * PER, sizeof(*checks));
+    outcome_t outs[GROUPS * PER];
+    const oa_user_t *user;
+    char h[GROUPS][256];
+    int g, i;
+
+    (void)state;
+    assert_non_null(checks);
+    env_open_generated(&e);
+    basic(h[0], sizeof(h[0]), "Basic", "admin@example.com", "s3cret:with:colons");
+    basic(h[1], sizeof(h[1]), "Basic", "viewer@example.com", "view-only");
+    basic(h[2], sizeof(h[2]), "Basic", "admin@example.com", "view-only");
+    /* Check i is of header i % GROUPS, so the three groups arrive interleaved. */
+    for (i = 0; i < GROUPS * PER; i++) {
+        outs[i] = (outcome_t){0, -1, NULL};
+        checks[i].data = &outs[i];
+        assert_int_equal(oa_auth_check(e.auth, h[i % GROUPS], strlen(h[i % GROUPS]), &checks[i], on_checked, &user),
+                         1);
+        assert_int_equal(oa_auth_pending(e.auth), i < GROUPS ? (unsigned)i + 1 : GROUPS);
+    }
+    assert_int_equal(oa_auth_kdf_runs(e.auth), GROUPS);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), GROUPS);
+
+    assert_string_equal(outs[0].user->name, "admin@example.com");
+    assert_string_equal(outs[1].user->name, "viewer@example.com");
+    for (i = 0; i < GROUPS * PER; i++) {
+        g = i % GROUPS;
+        assert_int_equal(outs[i].fired, 1);
+        assert_int_equal(outs[i].result, g == 2 ? OA_E_UNAUTHORIZED : 0);
+        assert_ptr_equal(outs[i].user, g == 2 ? NULL : outs[g].user);
+    }
+    /* The two verified headers are remembered, each for its own user; the refused one is not. */
+    for (g = 0; g < 2; g++) {
+        assert_int_equal(oa_auth_check(e.auth, h[g], strlen(h[g]), &checks[0], on_checked, &user), 0);
+        assert_ptr_equal(user, outs[g].user);
+    }
+    assert_int_equal(oa_auth_check(e.auth, h[2], strlen(h[2]), &checks[0], on_checked, &user), 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), GROUPS + 1);
+    env_close(&e);
+    assert_int_equal(outs[0].fired, 2);
+    assert_int_equal(outs[0].result, OA_E_UNAUTHORIZED);
+    free(checks);
+}
+
+/* Checks on the heap that free themselves in their callback, the way the router's requests do, and that may start
+ * another check from inside it, recorded in the record that follows their own. */
+typedef struct self_freeing_s {
+    env_t *env;
+    outcome_t *out;
+    const char *again;      /* a header to check from inside the callback, or NULL */
+    int again_rc;           /* what oa_auth_check answered to that */
+    unsigned again_pending; /* KDFs in flight right after it */
+} self_freeing_t;
+
+static void on_checked_free(oa_auth_check_t *check, int result, const oa_user_t *user);
+
+/* Starts a heap check of header whose callback frees it. Returns what oa_auth_check answered; the check is freed at
+ * once unless that is 1. */
+static int start_self_freeing(env_t *e, const char *header, self_freeing_t *sf)
+{
+    oa_auth_check_t *check = calloc(1, sizeof(*check));
+    const oa_user_t *user = NULL;
+    int rc;
+
+    assert_non_null(check);
+    check->data = sf;
+    rc = oa_auth_check(e->auth, header, strlen(header), check, on_checked_free, &user);
+    if (rc != 1) {
+        if (rc == 0)
+            sf->out->user = user;
+        free(check);
+    }
+    return rc;
+}
+
+static void on_checked_free(oa_auth_check_t *check, int result, const oa_user_t *user)
+{
+    self_freeing_t *sf = check->data;
+
+    sf->out->fired++;
+    sf->out->result = result;
+    sf->out->user = user;
+    free(check);
+    if (sf->again != NULL) {
+        sf->again_rc = start_self_freeing(sf->env, sf->again, &sf[1]);
+        sf->again_pending = oa_auth_pending(sf->env->auth);
+    }
+}
+
+static void test_callbacks_free_and_restart(void **state)
+{
+    enum { N = 10 };
+    env_t e = {0};
+    /* Each check's record is followed by the record of the check its callback may start. */
+    self_freeing_t sf[N][2];
+    outcome_t outs[N][2];
+    char good[256], wrong[256], wrong2[256];
+    int i;
+
+    (void)state;
+    env_open_generated(&e);
+    basic(good, sizeof(good), "Basic", "admin@example.com", "s3cret:with:colons");
+    basic(wrong, sizeof(wrong), "Basic", "admin@example.com", "guess-1");
+    basic(wrong2, sizeof(wrong2), "Basic", "viewer@example.com", "guess-2");
+    memset(sf, 0, sizeof(sf));
+    for (i = 0; i < N; i++) {
+        outs[i][0] = outs[i][1] = (outcome_t){0, -1, NULL};
+        sf[i][0] = (self_freeing_t){&e, &outs[i][0], NULL, -1, 0};
+        sf[i][1] = (self_freeing_t){&e, &outs[i][1], NULL, -1, 0};
+    }
+    /* From inside their callbacks: the first check (which ran the KDF) asks for the same header, which is cached
+     * by then; the fifth asks for a wrong one, which starts a KDF; the sixth for the same wrong one, which waits on
+     * it. */
+    sf[0][0].again = good;
+    sf[4][0].again = wrong;
+    sf[5][0].again = wrong;
+    for (i = 0; i < N; i++)
+        assert_int_equal(start_self_freeing(&e, good, &sf[i][0]), 1);
+    assert_int_equal(oa_auth_pending(e.auth), 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 2);
+
+    for (i = 0; i < N; i++) {
+        assert_int_equal(outs[i][0].fired, 1);
+        assert_int_equal(outs[i][0].result, 0);
+        assert_ptr_equal(outs[i][0].user, outs[0][0].user);
+    }
+    assert_string_equal(outs[0][0].user->name, "admin@example.com");
+    assert_int_equal(sf[0][0].again_rc, 0);
+    assert_int_equal(sf[0][0].again_pending, 0);
+    assert_ptr_equal(outs[0][1].user, outs[0][0].user);
+    assert_int_equal(outs[0][1].fired, 0);
+    assert_int_equal(sf[4][0].again_rc, 1);
+    assert_int_equal(sf[4][0].again_pending, 1);
+    assert_int_equal(sf[5][0].again_rc, 1);
+    assert_int_equal(sf[5][0].again_pending, 1);
+    for (i = 4; i <= 5; i++) {
+        assert_int_equal(outs[i][1].fired, 1);
+        assert_int_equal(outs[i][1].result, OA_E_UNAUTHORIZED);
+        assert_null(outs[i][1].user);
+    }
+    for (i = 1; i < N; i++) {
+        if (i != 4 && i != 5)
+            assert_int_equal(outs[i][1].fired, 0);
+    }
+
+    /* The same with a refused header: the third check asks again from its callback, after the KDF ended, so that
+     * is a new KDF rather than a share of the answer being handed out. */
+    memset(sf, 0, sizeof(sf));
+    for (i = 0; i < N; i++) {
+        outs[i][0] = outs[i][1] = (outcome_t){0, -1, NULL};
+        sf[i][0] = (self_freeing_t){&e, &outs[i][0], NULL, -1, 0};
+        sf[i][1] = (self_freeing_t){&e, &outs[i][1], NULL, -1, 0};
+    }
+    sf[2][0].again = wrong2;
+    for (i = 0; i < N; i++)
+        assert_int_equal(start_self_freeing(&e, wrong2, &sf[i][0]), 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 3);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 4);
+    for (i = 0; i < N; i++) {
+        assert_int_equal(outs[i][0].fired, 1);
+        assert_int_equal(outs[i][0].result, OA_E_UNAUTHORIZED);
+        assert_null(outs[i][0].user);
+    }
+    assert_int_equal(sf[2][0].again_rc, 1);
+    assert_int_equal(sf[2][0].again_pending, 1);
+    assert_int_equal(outs[2][1].fired, 1);
+    assert_int_equal(outs[2][1].result, OA_E_UNAUTHORIZED);
+    env_close(&e);
+}
+
+static void test_waiters_bounded(void **state)
+{
+    enum { N = OA_AUTH_MAX_WAITERS + 2 };
+    env_t e = {0};
+    oa_auth_check_t *checks = calloc(N, sizeof(*checks));
+    outcome_t *outs = calloc(N, sizeof(*outs));
+    const oa_user_t *user;
+    char h[256];
+    int i;
+
+    (void)state;
+    assert_non_null(checks);
+    assert_non_null(outs);
+    env_open_generated(&e);
+    basic(h, sizeof(h), "Basic", "viewer@example.com", "view-only");
+    /* The check that runs the KDF and OA_AUTH_MAX_WAITERS waiting on it are taken; one more is refused. */
+    for (i = 0; i < N; i++) {
+        outs[i] = (outcome_t){0, -1, NULL};
+        checks[i].data = &outs[i];
+        user = (const oa_user_t *)&e;
+        assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[i], on_checked, &user),
+                         i < N - 1 ? 1 : -OA_E_AUTH_BUSY);
+        assert_null(user);
+    }
+    assert_int_equal(oa_auth_pending(e.auth), 1);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    for (i = 0; i < N - 1; i++) {
+        assert_int_equal(outs[i].fired, 1);
+        assert_int_equal(outs[i].result, 0);
+        assert_ptr_equal(outs[i].user, outs[0].user);
+    }
+    assert_string_equal(outs[0].user->name, "viewer@example.com");
+    assert_int_equal(outs[N - 1].fired, 0);
+    /* The refused one is now a cache hit. */
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[N - 1], on_checked, &user), 0);
+    assert_ptr_equal(user, outs[0].user);
+    env_close(&e);
+    free(checks);
+    free(outs);
 }
 
 static void test_open(void **state)
@@ -573,6 +924,11 @@ int main(void)
         cmocka_unit_test(test_check_malformed),
         cmocka_unit_test(test_check_flow),
         cmocka_unit_test(test_check_busy),
+        cmocka_unit_test(test_same_header_right),
+        cmocka_unit_test(test_same_header_refused),
+        cmocka_unit_test(test_interleaved_headers),
+        cmocka_unit_test(test_callbacks_free_and_restart),
+        cmocka_unit_test(test_waiters_bounded),
         cmocka_unit_test(test_open),
     };
 
