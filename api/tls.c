@@ -12,19 +12,11 @@ int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **o
 
     *out = NULL;
     ERR_clear_error();
-    ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        oa_error_set(err, OA_E_NOMEM, "The TLS context could not be created");
-        oa_error_add_ssl(err);
+    ctx = oa_tls_ctx_base(TLS_server_method(), err);
+    if (ctx == NULL)
         goto out;
-    }
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
-        oa_error_set(err, OA_E_INTERNAL, "TLS 1.2 could not be set as the minimum version");
-        oa_error_add_ssl(err);
-        goto out;
-    }
-    /* Renegotiation only gives a client a way to make the server work harder; the API never needs it. */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* The server's order of ciphers wins, so that a client cannot steer a connection to the weakest one offered. */
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (oa_tls_ctx_load_identity(ctx, cert_pem, key_pem, err) != 0)
         goto out;
     *out = ctx;

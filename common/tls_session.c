@@ -54,6 +54,26 @@ out:
     return rc;
 }
 
+SSL_CTX *oa_tls_ctx_base(const SSL_METHOD *method, oa_error_t *err)
+{
+    SSL_CTX *ctx = SSL_CTX_new(method);
+
+    if (ctx == NULL) {
+        oa_error_set(err, OA_E_NOMEM, "The TLS context could not be created");
+        oa_error_add_ssl(err);
+        return NULL;
+    }
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+        oa_error_set(err, OA_E_INTERNAL, "TLS 1.2 could not be set as the minimum version");
+        oa_error_add_ssl(err);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    /* Renegotiation only gives a peer a way to make us work harder; neither the API nor the store needs it. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    return ctx;
+}
+
 int oa_tls_client_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, SSL_CTX **out,
                           oa_error_t *err)
 {
@@ -69,18 +89,9 @@ int oa_tls_client_ctx_new(const char *ca_file, const char *cert_file, const char
                      cert_file != NULL ? cert_file : key_file);
         goto out;
     }
-    ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL) {
-        oa_error_set(err, OA_E_NOMEM, "The TLS client context could not be created");
-        oa_error_add_ssl(err);
+    ctx = oa_tls_ctx_base(TLS_client_method(), err);
+    if (ctx == NULL)
         goto out;
-    }
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
-        oa_error_set(err, OA_E_INTERNAL, "TLS 1.2 could not be set as the minimum version");
-        oa_error_add_ssl(err);
-        goto out;
-    }
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     /* The verify callback stays OpenSSL's own: a failed verification aborts the handshake, and the session reads
      * the reason back with SSL_get_verify_result. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);

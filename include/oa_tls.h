@@ -62,6 +62,14 @@ void oa_tls_session_shutdown(oa_tls_session_t *t);
 /* Moves all pending ciphertext for the peer to the end of out. Returns 0 or UV_ENOMEM. */
 int oa_tls_session_drain(oa_tls_session_t *t, oa_buf_t *out);
 
+/*
+ * The settings every TLS context of the daemon shares: a new SSL_CTX for method (TLS_server_method() or
+ * TLS_client_method()) with TLS 1.2 as the minimum version and renegotiation refused. Returns the context, which the
+ * caller owns (SSL_CTX_free), or NULL with err filled (OA_E_NOMEM when OpenSSL could not create it, OA_E_INTERNAL
+ * when it refused the minimum version; both with OpenSSL's reason).
+ */
+SSL_CTX *oa_tls_ctx_base(const SSL_METHOD *method, oa_error_t *err);
+
 /* Loads a certificate chain (PEM, leaf first) and its unencrypted PEM private key into ctx, and checks that they
  * belong together. Returns 0, or -1 with err filled (OA_E_BAD_FILE naming the file that could not be read or the
  * key and certificate files that do not match, with OpenSSL's reason). Used by both server and client contexts. */

@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@
 #include "oa_cluster.h"
 #include "oa_log.h"
 #include "oa_util.h"
+#include "testnet.h"
+#include "testpki.h"
 
 #define SHORT_HEARTBEAT_MS 100
 #define SHORT_TTL_MS 400
@@ -36,24 +39,9 @@
 
 static pid_t redis_pid = -1;
 static int redis_port;
+static char redis_dir[OA_TESTPKI_DIR_MAX]; /* the store's working directory and log */
 
 /* ---- the redis-server ---- */
-
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
 
 static redisContext *sync_connect(void)
 {
@@ -67,36 +55,17 @@ static redisContext *sync_connect(void)
     return rc;
 }
 
+/* Starts the store on redis_port, which stays the same across restarts: the nodes keep their URL. */
 static void redis_start(void)
 {
-    char port[16];
-    redisContext *rc = NULL;
-    int i;
-
-    snprintf(port, sizeof(port), "%d", redis_port);
-    redis_pid = fork();
-    assert_true(redis_pid >= 0);
-    if (redis_pid == 0) {
-        freopen("/dev/null", "w", stdout);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
-               "no", "--daemonize", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (i = 0; i < 100 && rc == NULL; i++) {
-        rc = sync_connect();
-        if (rc == NULL)
-            usleep(50000);
-    }
-    assert_non_null(rc);
-    redisFree(rc);
+    redis_pid = oa_testnet_redis_start(redis_port, redis_dir, NULL);
+    assert_true(redis_pid > 0);
 }
 
+/* SIGTERM: the store shuts down as an operator would stop it. */
 static void redis_stop(void)
 {
-    if (redis_pid <= 0)
-        return;
-    kill(redis_pid, SIGTERM);
-    waitpid(redis_pid, NULL, 0);
+    oa_testnet_redis_stop(redis_pid, SIGTERM);
     redis_pid = -1;
 }
 
@@ -127,7 +96,9 @@ static int group_setup(void **state)
     oa_log_setup(OA_LOG_TEXT, OA_LOG_ERROR, NULL);
     if (system("command -v redis-server >/dev/null 2>&1") != 0)
         return 0;
-    redis_port = free_port();
+    redis_port = oa_testnet_free_port();
+    assert_true(redis_port > 0);
+    assert_int_equal(oa_testpki_tmpdir(redis_dir), 0);
     redis_start();
     return 0;
 }
@@ -136,7 +107,8 @@ static int group_teardown(void **state)
 {
     (void)state;
     redis_stop();
-    return 0;
+    /* Non-zero makes cmocka report the teardown as failed: a directory left behind is a fault of the suite. */
+    return redis_dir[0] != '\0' ? oa_testpki_rmdir(redis_dir) : 0;
 }
 
 #define NEED_REDIS()                                                                                                 \
@@ -675,26 +647,25 @@ typedef struct count_wait_s {
     int min;
 } count_wait_t;
 
-static int pred_states(void *arg)
+/* 1 when the counter at offset in node_t (an int) has reached w->min on every node of w. */
+static int all_counted(const count_wait_t *w, size_t offset)
 {
-    count_wait_t *w = arg;
     int i;
 
     for (i = 0; w->nodes[i] != NULL; i++)
-        if (w->nodes[i]->state_calls < w->min)
+        if (*(const int *)((const char *)w->nodes[i] + offset) < w->min)
             return 0;
     return 1;
 }
 
+static int pred_states(void *arg)
+{
+    return all_counted(arg, offsetof(node_t, state_calls));
+}
+
 static int pred_statuses(void *arg)
 {
-    count_wait_t *w = arg;
-    int i;
-
-    for (i = 0; w->nodes[i] != NULL; i++)
-        if (w->nodes[i]->status_calls < w->min)
-            return 0;
-    return 1;
+    return all_counted(arg, offsetof(node_t, status_calls));
 }
 
 static int pred_two_live(void *arg)
@@ -1098,6 +1069,28 @@ static void assert_epoch(const char *s)
             fail_msg("not an epoch: %s", s);
 }
 
+/* The epoch the store holds now, checked to be one and, when previous is not NULL, to differ from it. The caller
+ * frees it. */
+static char *stored_epoch(const char *previous)
+{
+    char *epoch = stored_field("epoch");
+
+    assert_non_null(epoch);
+    assert_epoch(epoch);
+    if (previous != NULL)
+        assert_string_not_equal(epoch, previous);
+    return epoch;
+}
+
+/* The store's configuration record: its version, its "seeded" mark and, when epoch is not NULL, its epoch. */
+static void assert_store_record(const char *version, const char *seeded, const char *epoch)
+{
+    assert_stored("version", version);
+    assert_stored("seeded", seeded);
+    if (epoch != NULL)
+        assert_stored("epoch", epoch);
+}
+
 static void remove_data_dir(const char *dir)
 {
     char path[256];
@@ -1167,9 +1160,7 @@ static void test_put_reply_after_timeout(void **state)
 
     /* A conf message of the node's own with a version above its own (a write whose reply it never saw) is applied
      * too, with no user; one at or below its version is not. */
-    text = stored_field("epoch");
-    assert_non_null(text);
-    assert_epoch(text);
+    text = stored_epoch(NULL);
     snprintf(epoch, sizeof(epoch), "%s", text);
     free(text);
     msg = conf_message(epoch, 2, "a", 778);
@@ -1242,21 +1233,16 @@ static void test_seed_after_empty_store(void **state)
     o_old.conf = &conf_old;
     node_start_ex(&loop, &old, "old", NULL, redis_port, &o_old);
     assert_true(run_until(&loop, pred_available, one_old, 3000));
-    assert_stored("version", "1");
-    assert_stored("seeded", "1");
+    assert_store_record("1", "1", NULL);
     assert_int_equal(stored_conf_int("query_frequency"), 100);
-    epoch = stored_field("epoch");
-    assert_non_null(epoch);
-    assert_epoch(epoch);
-    assert_string_not_equal(epoch, e_new);
+    epoch = stored_epoch(e_new);
     assert_int_equal(version_file(dir_old, e_old), 1);
     assert_string_equal(e_old, epoch);
     assert_int_equal(old.conf_calls, 0);
 
     /* A PUT through it is acknowledged: version 2, and the mark is gone. */
     assert_int_equal(put_and_wait(&loop, &old, "{\"recovery_max_tries\": 9}", "carol"), OA_OK);
-    assert_stored("version", "2");
-    assert_stored("seeded", "0");
+    assert_store_record("2", "0", NULL);
     assert_int_equal(old.conf.recovery_max_tries, 9);
 
     /* The better-informed node reconnects with version 3: its seed may not replace the acknowledged write; it adopts
@@ -1268,9 +1254,7 @@ static void test_seed_after_empty_store(void **state)
     w.v = 2;
     assert_true(run_until(&loop, pred_versions, &w, 1000));
     run_until(&loop, pred_never, NULL, 200);
-    assert_stored("version", "2");
-    assert_stored("seeded", "0");
-    assert_stored("epoch", epoch);
+    assert_store_record("2", "0", epoch);
     assert_int_equal(stored_conf_int("query_frequency"), 100);
     assert_int_equal(stored_conf_int("recovery_max_tries"), 9);
     assert_int_equal(nw.conf.query_frequency, 100);
@@ -1294,20 +1278,14 @@ static void test_seed_after_empty_store(void **state)
     flush_store();
     node_start_ex(&loop, &nw, "new", NULL, redis_port, &o_new);
     assert_true(run_until(&loop, pred_available, one_new, 3000));
-    assert_stored("version", "2");
-    assert_stored("seeded", "1");
-    epoch2 = stored_field("epoch");
-    assert_non_null(epoch2);
-    assert_epoch(epoch2);
-    assert_string_not_equal(epoch2, epoch);
+    assert_store_record("2", "1", NULL);
+    epoch2 = stored_epoch(epoch);
     node_start_ex(&loop, &old, "old", NULL, redis_port, &o_old);
     assert_true(run_until(&loop, pred_available, both, 3000));
     w.v = 3;
     assert_true(run_until(&loop, pred_versions, &w, 1000));
     run_until(&loop, pred_never, NULL, 200);
-    assert_stored("version", "3");
-    assert_stored("seeded", "1");
-    assert_stored("epoch", epoch2);
+    assert_store_record("3", "1", epoch2);
     assert_int_equal(stored_conf_int("query_frequency"), 400);
     assert_int_equal(stored_conf_int("recovery_max_tries"), 9);
     assert_int_equal(nw.conf.query_frequency, 400);
@@ -1324,12 +1302,8 @@ static void test_seed_after_empty_store(void **state)
     free(epoch);
     flush_store();
     assert_int_equal(put_and_wait(&loop, &nw, "{\"response_timeout\": 7}", "u"), OA_OK);
-    assert_stored("version", "4");
-    assert_stored("seeded", "0");
-    epoch = stored_field("epoch");
-    assert_non_null(epoch);
-    assert_epoch(epoch);
-    assert_string_not_equal(epoch, epoch2);
+    assert_store_record("4", "0", NULL);
+    epoch = stored_epoch(epoch2);
     assert_int_equal(stored_conf_int("response_timeout"), 7);
     assert_int_equal(stored_conf_int("query_frequency"), 400);
     w.n[0] = &old;

@@ -350,46 +350,24 @@ static void test_bad_command_lines(void **state)
          "config file /nonexistent/ocsp-agent.json: cannot be read: no such file or directory"},
         {{"--config", NULL}, OA_E_BAD_OPTION, "--config: missing value"},
         /* Config files: the file and the key are named. */
-        {{"--config", "@/invalid_time_scale_string.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_time_scale_string.json: \"time_scale\": expected a number"},
+#define CONFIG_BAD(file, text) {{"--config", "@/" file, NULL}, OA_E_BAD_FILE, "config file @/" file ": " text}
+        CONFIG_BAD("invalid_time_scale_string.json", "\"time_scale\": expected a number"),
         /* A bad value in the file is an error even when the command line gives that option too. */
         {{"--config", "@/invalid_time_scale_string.json", "--time-scale", "1", "--users", "u", NULL},
          OA_E_BAD_FILE,
          "config file @/invalid_time_scale_string.json: \"time_scale\": expected a number"},
-        {{"--config", "@/invalid_time_scale_range.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_time_scale_range.json: \"time_scale\": expected a number from 0.0001 to 1000, got "
-         "5000"},
-        {{"--config", "@/invalid_max_connections_real.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_max_connections_real.json: \"max_connections\": expected an integer"},
-        {{"--config", "@/invalid_no_auth_string.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_no_auth_string.json: \"no_auth\": expected true or false"},
-        {{"--config", "@/invalid_listen_number.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_listen_number.json: \"listen\": expected a string"},
-        {{"--config", "@/invalid_users_null.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_users_null.json: \"users\": expected a string"},
-        {{"--config", "@/invalid_listen_name.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_listen_name.json: \"listen\": expected IPV4:PORT or [IPV6]:PORT with a port from 0 "
-         "to 65535, got \"localhost:9443\""},
-        {{"--config", "@/invalid_log_level.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_log_level.json: \"log_level\": expected debug, info, warn or error, got "
-         "\"verbose\""},
-        {{"--config", "@/invalid_unknown_key.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_unknown_key.json: \"data-dir\": unknown key"},
-        {{"--config", "@/invalid_config_key.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_config_key.json: \"config\": unknown key"},
-        {{"--config", "@/invalid_not_object.json", NULL},
-         OA_E_BAD_FILE,
-         "config file @/invalid_not_object.json: expected one JSON object"},
+        CONFIG_BAD("invalid_time_scale_range.json",
+                   "\"time_scale\": expected a number from 0.0001 to 1000, got 5000"),
+        CONFIG_BAD("invalid_max_connections_real.json", "\"max_connections\": expected an integer"),
+        CONFIG_BAD("invalid_no_auth_string.json", "\"no_auth\": expected true or false"),
+        CONFIG_BAD("invalid_listen_number.json", "\"listen\": expected a string"),
+        CONFIG_BAD("invalid_users_null.json", "\"users\": expected a string"),
+        CONFIG_BAD("invalid_listen_name.json",
+                   "\"listen\": expected IPV4:PORT or [IPV6]:PORT with a port from 0 to 65535, got \"localhost:9443\""),
+        CONFIG_BAD("invalid_log_level.json", "\"log_level\": expected debug, info, warn or error, got \"verbose\""),
+        CONFIG_BAD("invalid_unknown_key.json", "\"data-dir\": unknown key"),
+        CONFIG_BAD("invalid_config_key.json", "\"config\": unknown key"),
+        CONFIG_BAD("invalid_not_object.json", "expected one JSON object"),
         /* The rules across options apply to values from the file too. */
         {{"--config", "@/no_auth.json", "--users", "u", NULL},
          OA_E_BAD_OPTION,
@@ -601,6 +579,47 @@ static void test_cluster_options(void **state)
     }
 }
 
+/*
+ * The cluster tests write a --config file per case: "%s" in their arguments and expected sentences stands for the
+ * file's path. Parses the case's args (up to nargs, NULL-terminated) with "%s" replaced by path, after writing file
+ * to path when it is not NULL. Returns what the parse returned.
+ */
+static int parse_with_file(const char *const *case_args, size_t nargs, const char *file, const char *path,
+                           oa_options_t *o, oa_error_t *err)
+{
+    const char *args[MAX_ARGS + 1];
+    size_t j;
+    FILE *f;
+
+    assert_true(nargs <= MAX_ARGS);
+    for (j = 0; j < nargs; j++)
+        args[j] = case_args[j] != NULL && strcmp(case_args[j], "%s") == 0 ? path : case_args[j];
+    args[nargs] = NULL;
+    if (file != NULL) {
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(file, f);
+        fclose(f);
+    }
+    oa_error_clear(err);
+    return parse(args, o, err);
+}
+
+/* Fails case i unless its parse returned -1 with code and text ("%s" in text standing for path). */
+static void assert_refused_with_file(size_t i, int rc, const oa_error_t *err, oa_errcode_t code, const char *text,
+                                     const char *path)
+{
+    const char *at = strstr(text, "%s");
+    char want[256];
+
+    if (at != NULL)
+        snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - text), text, path, at + 2);
+    else
+        snprintf(want, sizeof(want), "%s", text);
+    if (rc != -1 || err->code != code || strcmp(err->text, want) != 0)
+        fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err->code, err->text, code, want);
+}
+
 /* --cluster-lease: on the command line and in the file, its range, its type in the file, and that it needs
  * --cluster. Config files are written to a temporary directory, "%s" in args standing for it. */
 static void test_cluster_lease(void **state)
@@ -683,41 +702,23 @@ static void test_cluster_lease(void **state)
          OA_E_BAD_OPTION,
          "--cluster-lease: needs --cluster"},
     };
-    char dir[] = "/tmp/oa-options-XXXXXX", path[64], want[256];
-    const char *args[8], *at;
+    char dir[] = "/tmp/oa-options-XXXXXX", path[64];
     oa_options_t o;
     oa_error_t err;
-    size_t i, j;
-    FILE *f;
+    size_t i;
     int rc;
 
     (void)state;
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/lease.json", dir);
     for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
-        for (j = 0; j < OA_ARRAY_SIZE(args); j++)
-            args[j] = cases[i].args[j] != NULL && strcmp(cases[i].args[j], "%s") == 0 ? path : cases[i].args[j];
-        if (cases[i].file != NULL) {
-            f = fopen(path, "w");
-            assert_non_null(f);
-            fputs(cases[i].file, f);
-            fclose(f);
-        }
-        oa_error_clear(&err);
-        rc = parse(args, &o, &err);
+        rc = parse_with_file(cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, path, &o, &err);
         if (cases[i].text == NULL) {
             if (rc != 0)
                 fail_msg("case %zu: %s", i, err.text);
             assert_int_equal(o.cluster_lease_ms, cases[i].lease);
         } else {
-            at = strstr(cases[i].text, "%s");
-            if (at != NULL)
-                snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - cases[i].text), cases[i].text, path, at + 2);
-            else
-                snprintf(want, sizeof(want), "%s", cases[i].text);
-            if (rc != -1 || err.code != cases[i].code || strcmp(err.text, want) != 0)
-                fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err.code, err.text,
-                         cases[i].code, want);
+            assert_refused_with_file(i, rc, &err, cases[i].code, cases[i].text, path);
         }
         oa_options_free(&o);
     }
@@ -786,28 +787,17 @@ static void test_cluster_tls_options(void **state)
     };
     static const char *const usage_must[] = {"--cluster-tls", "--cluster-ca PEM", "--cluster-cert PEM",
                                              "--cluster-key PEM", "rediss://", "trust store"};
-    char dir[] = "/tmp/oa-options-XXXXXX", path[64], want[256];
-    const char *args[12], *at;
+    char dir[] = "/tmp/oa-options-XXXXXX", path[64];
     oa_options_t o;
     oa_error_t err;
-    size_t i, j;
-    FILE *f;
+    size_t i;
     int rc;
 
     (void)state;
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/tls.json", dir);
     for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
-        for (j = 0; j < OA_ARRAY_SIZE(args); j++)
-            args[j] = cases[i].args[j] != NULL && strcmp(cases[i].args[j], "%s") == 0 ? path : cases[i].args[j];
-        if (cases[i].file != NULL) {
-            f = fopen(path, "w");
-            assert_non_null(f);
-            fputs(cases[i].file, f);
-            fclose(f);
-        }
-        oa_error_clear(&err);
-        rc = parse(args, &o, &err);
+        rc = parse_with_file(cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, path, &o, &err);
         if (cases[i].text == NULL) {
             if (rc != 0)
                 fail_msg("case %zu: %s", i, err.text);
@@ -817,14 +807,7 @@ static void test_cluster_tls_options(void **state)
             assert_str_or_null("cluster_cert", o.cluster_cert, cases[i].cert);
             assert_str_or_null("cluster_key", o.cluster_key, cases[i].key);
         } else {
-            at = strstr(cases[i].text, "%s");
-            if (at != NULL)
-                snprintf(want, sizeof(want), "%.*s%s%s", (int)(at - cases[i].text), cases[i].text, path, at + 2);
-            else
-                snprintf(want, sizeof(want), "%s", cases[i].text);
-            if (rc != -1 || err.code != cases[i].code || strcmp(err.text, want) != 0)
-                fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err.code, err.text,
-                         cases[i].code, want);
+            assert_refused_with_file(i, rc, &err, cases[i].code, cases[i].text, path);
         }
         oa_options_free(&o);
     }

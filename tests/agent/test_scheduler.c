@@ -231,12 +231,18 @@ static void ctx_close_sched(ctx_t *c)
     assert_int_equal(c->closed, 1);
 }
 
-static void ctx_teardown(ctx_t *c)
+/* After ctx_close_sched: every handle is closed, so the loop closes, and the data dir goes. */
+static void ctx_free(ctx_t *c)
 {
-    ctx_close_sched(c);
     assert_int_equal(uv_loop_close(&c->loop), 0);
     assert_int_equal(oa_testpki_rmdir(c->dir), 0);
     g_fake = NULL;
+}
+
+static void ctx_teardown(ctx_t *c)
+{
+    ctx_close_sched(c);
+    ctx_free(c);
 }
 
 /* Runs the loop until cond holds or max_ms of loop time pass; the tick timer keeps each round short. */
@@ -958,8 +964,7 @@ static void test_test_safety_timeout(void **state)
     assert_int_equal(b.err, OA_E_OCSP_CANCELLED);
     assert_int_equal(c.fake.cancels, 1);
     assert_int_equal(c.fake.answers, 1);
-    assert_int_equal(uv_loop_close(&c.loop), 0);
-    assert_int_equal(oa_testpki_rmdir(c.dir), 0);
+    ctx_free(&c);
 }
 
 static void test_close_with_query_in_flight(void **state)
@@ -979,8 +984,7 @@ static void test_close_with_query_in_flight(void **state)
     assert_int_equal(a.err, OA_E_OCSP_CANCELLED);
     assert_int_equal(c.fake.cancels, 1);
     assert_int_equal(c.fake.starts, 1);
-    assert_int_equal(uv_loop_close(&c.loop), 0);
-    assert_int_equal(oa_testpki_rmdir(c.dir), 0);
+    ctx_free(&c);
 }
 
 static void test_test_after_disable_waits_for_new_query(void **state)
@@ -1112,64 +1116,56 @@ static void test_staple_reloaded_when_valid(void **state)
     pki_teardown(&p);
 }
 
-static void test_staple_discarded_when_expired_or_bad(void **state)
+/* A scheduler started over a staple file made from o (NULL: seven bytes that are not DER) discards it: the file is
+ * removed, and nothing is served until a query succeeds. */
+static void assert_staple_discarded(const pki_ctx_t *p, const oa_testpki_resp_opts_t *o)
 {
     ctx_t c;
-    pki_ctx_t p;
-    oa_testpki_resp_opts_t o;
     unsigned char *der;
     size_t len;
 
-    (void)state;
-    pki_setup(&p);
-
-    /* Expired a minute ago: within verification's clock-skew leeway, but past its nextUpdate, so never served. */
     ctx_init_loop(&c);
-    oa_testpki_resp_opts_init(&o, &p.pki);
-    o.this_update_offset = -7200;
-    o.produced_at_offset = -7200;
-    o.next_update_offset = -60;
-    write_response(&c, &o, &der, &len);
-    free(der);
-    ctx_new_sched(&c, p.target);
+    if (o != NULL) {
+        write_response(&c, o, &der, &len);
+        free(der);
+    } else {
+        assert_int_equal(oa_testpki_write_file(c.staple, "garbage", 7), 0);
+    }
+    ctx_new_sched(&c, p->target);
     assert_int_equal(oa_sched_state(c.s), OA_STATE_DISABLED);
     assert_false(staple_exists(&c));
     assert_status(&c, "UNKNOWN", "disabled");
     ctx_teardown(&c);
+}
 
-    /* Long expired. */
-    ctx_init_loop(&c);
-    oa_testpki_resp_opts_init(&o, &p.pki);
-    o.this_update_offset = -86400;
-    o.produced_at_offset = -86400;
-    o.next_update_offset = -3600;
-    write_response(&c, &o, &der, &len);
-    free(der);
-    ctx_new_sched(&c, p.target);
-    assert_int_equal(oa_sched_state(c.s), OA_STATE_DISABLED);
-    assert_false(staple_exists(&c));
-    ctx_teardown(&c);
+static void test_staple_discarded_when_expired_or_bad(void **state)
+{
+    static const struct {
+        long this_update, next_update; /* offsets from now, in seconds; producedAt is thisUpdate */
+    } expired[] = {
+        {-7200, -60},    /* a minute ago: within verification's clock-skew leeway, but past nextUpdate */
+        {-86400, -3600}, /* long ago */
+    };
+    pki_ctx_t p;
+    oa_testpki_resp_opts_t o;
+    size_t i;
 
+    (void)state;
+    pki_setup(&p);
+    for (i = 0; i < OA_ARRAY_SIZE(expired); i++) {
+        oa_testpki_resp_opts_init(&o, &p.pki);
+        o.this_update_offset = expired[i].this_update;
+        o.produced_at_offset = expired[i].this_update;
+        o.next_update_offset = expired[i].next_update;
+        assert_staple_discarded(&p, &o);
+    }
     /* Signed by an unrelated CA. */
-    ctx_init_loop(&c);
     oa_testpki_resp_opts_init(&o, &p.pki);
     o.signer_key = p.pki.other_ca.key;
     o.signer_cert = p.pki.other_ca.cert;
-    write_response(&c, &o, &der, &len);
-    free(der);
-    ctx_new_sched(&c, p.target);
-    assert_int_equal(oa_sched_state(c.s), OA_STATE_DISABLED);
-    assert_false(staple_exists(&c));
-    ctx_teardown(&c);
-
+    assert_staple_discarded(&p, &o);
     /* Not DER at all. */
-    ctx_init_loop(&c);
-    assert_int_equal(oa_testpki_write_file(c.staple, "garbage", 7), 0);
-    ctx_new_sched(&c, p.target);
-    assert_int_equal(oa_sched_state(c.s), OA_STATE_DISABLED);
-    assert_false(staple_exists(&c));
-    ctx_teardown(&c);
-
+    assert_staple_discarded(&p, NULL);
     pki_teardown(&p);
 }
 

@@ -67,16 +67,7 @@ wait_conf() {
         sleep 0.02
     done
 }
-wait_status_on() { # NODE JQ_EXPR TIMEOUT_S
-    local deadline=$((SECONDS + $3))
-    on "$1"
-    while :; do
-        req GET /v1/ocsp/status
-        [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$2" >/dev/null 2>&1 && return 0
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
+wait_status_on() { on "$1"; wait_status "$2" "$3"; } # NODE JQ_EXPR TIMEOUT_S
 wait_http() { # NODE METHOD PATH STATUS TIMEOUT_S
     local deadline=$((SECONDS + $5))
     on "$1"

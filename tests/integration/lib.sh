@@ -492,6 +492,23 @@ wait_log() {
     done
 }
 
+# wait_status JQ_EXPR [TIMEOUT]: polls GET /v1/ocsp/status every 100 ms until it answers 200 with a body for which
+# JQ_EXPR is true; 0 when it did within TIMEOUT seconds (default 10). BODY is the last answer.
+wait_status() {
+    local deadline=$((SECONDS + ${2:-10}))
+    while :; do
+        req GET /v1/ocsp/status
+        if [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$1" >/dev/null 2>&1; then return 0; fi
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# assert_wait_status NAME JQ_EXPR [TIMEOUT]: wait_status as an assertion; a failure shows the last status.
+assert_wait_status() {
+    if wait_status "$2" "${3:-10}"; then pass "$1"; else fail "$1" "last status: $(short "$BODY")"; fi
+}
+
 # ---------------------------------------------------------------------------------------------------------------
 # PKI and OCSP responder
 
@@ -511,4 +528,19 @@ start_responder() {
     RESP_PID=$!
     T_PIDS+=("$RESP_PID")
     wait_port "$2" "$RESP_PID" 10 || bail "the OCSP responder starts on port $2" "$(cat "$RESP_LOG")"
+}
+
+# make_resp_pki [PATH]: the PKI of a suite in $PKI ($T_DIR/pki) for a responder on a free loopback port. Sets
+# RESP_PORT, and RESP_URL (http://127.0.0.1:RESP_PORT then PATH, default "/"), the certificates' OCSP URI.
+make_resp_pki() {
+    RESP_PORT=$(free_port) || bail "no free port for the OCSP responder"
+    RESP_URL="http://127.0.0.1:$RESP_PORT${1-/}"
+    PKI=$T_DIR/pki
+    make_pki "$PKI" "$RESP_URL"
+}
+
+# start_pki_responder: make_resp_pki, then start_responder on that PKI and port.
+start_pki_responder() {
+    make_resp_pki
+    start_responder "$PKI" "$RESP_PORT"
 }

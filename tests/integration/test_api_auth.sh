@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# HTTP Basic authentication and the role table: 401 without or with wrong credentials, admin allowed on all four
-# OCSP endpoints, every other role refused with 403, and --no-auth (loopback only).
+# HTTP Basic authentication and the role table: a burst of first logins with the same credentials all answered,
+# 401 without or with wrong credentials, admin allowed on all four OCSP endpoints, every other role refused with
+# 403, and --no-auth (loopback only).
 source "$(dirname "$0")/lib.sh"
 
 make_users
-resp_port=$(free_port)
-make_pki "$T_DIR/pki" "http://127.0.0.1:$resp_port/"
-start_responder "$T_DIR/pki" "$resp_port"
+start_pki_responder
 start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" || bail "the agent does not start"
+
+# --- a burst of first logins: admin's credentials have not been verified yet, and 30 connections open at once with
+# them. They share one KDF instead of filling the 8 the agent runs at once, so every one is answered 200, none 503.
+burst=()
+for i in $(seq 30); do
+    burst+=(-o /dev/null "$AGENT_URL/v1/ocsp")
+done
+codes=$(curl -sS --max-time "$OA_CURL_TIMEOUT" --parallel --parallel-immediate --parallel-max 30 -w '%{http_code}\n' \
+    -u "admin@example.com:${USER_PASS[admin]}" "${burst[@]}" 2>"$T_DIR/burst.err")
+assert_eq "30 parallel first logins with one user's credentials: all 200" "30x200" \
+    "$(sort <<<"$codes" | uniq -c | awk '{printf "%s%sx%s", sep, $1, $2; sep = ","}')"
 
 # --- 401
 assert_401() {

@@ -216,16 +216,15 @@ assert_json "JSON config_changed: user" '.user' admin@example.com "$line"
 assert_json "JSON config_changed: keys" '.keys' response_timeout "$line"
 
 # --- with a certificate: responder_url from its AIA, and enabling works (the responder may be down)
-resp_port=$(free_port)
-url="http://127.0.0.1:$resp_port/"
-make_pki "$T_DIR/pki" "$url"
+make_resp_pki
+url=$RESP_URL
 rm -rf "$T_DIR/data"
 start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" || bail "the agent does not start with --cert"
 req GET /v1/ocsp
 assert_status "GET with --cert" 200
 assert_json "responder_url is the certificate's OCSP URI" .responder_url "$url"
 assert_json "OCSP still disabled" .ocsp_functionality false
-put_json /v1/ocsp "{\"responder_url\": \"http://127.0.0.1:$resp_port/other\"}"
+put_json /v1/ocsp "{\"responder_url\": \"${url}other\"}"
 assert_error "PUT with another responder_url" 400 invalid_schema
 put_json /v1/ocsp '{"responder_url": ""}'
 assert_error "PUT clearing responder_url" 400 invalid_schema
@@ -242,9 +241,9 @@ stop_agent
 
 # --responder-url overrides the certificate's URL, and is read-only through the API as well.
 start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy-chain.pem" \
-    --responder-url "http://127.0.0.1:$resp_port/override" || bail "the agent does not start with --responder-url"
+    --responder-url "${url}override" || bail "the agent does not start with --responder-url"
 req GET /v1/ocsp
-assert_json "--responder-url wins over the certificate" .responder_url "http://127.0.0.1:$resp_port/override"
+assert_json "--responder-url wins over the certificate" .responder_url "${url}override"
 put_json /v1/ocsp "{\"responder_url\": \"$url\"}"
 assert_error "PUT the certificate's URL over the override" 400 invalid_schema
 stop_agent

@@ -18,9 +18,7 @@ PERIOD_MS=1200
 LEASE_MS=3000   # the agent's lease
 
 make_users admin
-RESP_PORT=$(free_port) || bail "no free port for the responder"
-make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
-start_responder "$T_DIR/pki" "$RESP_PORT"
+start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
 start_redis

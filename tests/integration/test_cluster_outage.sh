@@ -48,9 +48,7 @@ RECONNECT_MAX_S=15 # the backoff tops at 2 s; generous for a loaded machine
 CONVERGE_MAX_S=10
 
 make_users admin
-RESP_PORT=$(free_port) || bail "no free port for the responder"
-make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
-start_responder "$T_DIR/pki" "$RESP_PORT"
+start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
 start_redis

@@ -13,8 +13,7 @@
 source "$(dirname "$0")/lib.sh"
 
 make_users admin
-RESP_PORT=$(free_port) || bail "no free port for the responder"
-make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
+make_resp_pki # the nodes need a certificate; no responder answers
 
 source "$(dirname "$0")/cluster_lib.sh"
 start_redis

@@ -17,9 +17,7 @@ source "$(dirname "$0")/lib.sh"
 TIME_SCALE=0.02
 
 make_users admin
-RESP_PORT=$(free_port) || bail "no free port for the responder"
-make_pki "$T_DIR/pki" "http://127.0.0.1:$RESP_PORT/"
-start_responder "$T_DIR/pki" "$RESP_PORT"
+start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
 

@@ -12,10 +12,7 @@ OA_STOP_TIMEOUT=${OA_STOP_TIMEOUT:-30}
 OA_CURL_TIMEOUT=${OA_CURL_TIMEOUT:-30}
 source "$(dirname "$0")/lib.sh"
 
-PKI=$T_DIR/pki
-RESP_PORT=$(free_port) || bail "no free port for the OCSP responder"
-RESP_URL="http://127.0.0.1:$RESP_PORT"
-make_pki "$PKI" "$RESP_URL"
+make_resp_pki ''
 make_users admin
 DATA=$T_DIR/data
 mkdir -p "$DATA"
@@ -25,17 +22,7 @@ AGENT_ARGS=(--users "$USERS_FILE" --cert "$PKI/proxy-chain.pem" --log-level info
 RESTART_ARGS=(--no-auth --cert "$PKI/proxy-chain.pem" --log-level info)
 
 # ---------------------------------------------------------------------------------------------------------------
-# Local helpers (the openssl responder's ossl_start/ossl_stop are in lib.sh).
-
-wait_status() { # JQ_EXPR [TIMEOUT]: polls GET /v1/ocsp/status until true; BODY is the last answer
-    local deadline=$((SECONDS + ${2:-10}))
-    while :; do
-        req GET /v1/ocsp/status
-        if [ "$STATUS" = 200 ] && printf '%s' "$BODY" | jq -e "$1" >/dev/null 2>&1; then return 0; fi
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
+# Local helpers (wait_status, and the openssl responder's ossl_start/ossl_stop, are in lib.sh).
 
 status_field() { printf '%s' "$BODY" | jq -r --arg k "$1" '.[$k] // ""'; }
 first_line_of() { grep -nE -- "$1" "$AGENT_LOG" | head -n 1 | cut -d: -f1; } # ERE: line number, or nothing

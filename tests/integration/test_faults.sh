@@ -109,20 +109,6 @@ assert_elapsed_below() {
     if [ "$ELAPSED_MS" -lt "$2" ]; then pass "$1"; else fail "$1" "took ${ELAPSED_MS} ms, limit $2 ms"; fi
 }
 
-# poll_status JQ_EXPR TIMEOUT_S: GET /v1/ocsp/status every 100 ms until JQ_EXPR holds; 0 when it did in time.
-# BODY is the last status seen.
-poll_status() {
-    local expr=$1 deadline=$((SECONDS + $2))
-    while :; do
-        req GET /v1/ocsp/status
-        if [ "$STATUS" == 200 ] && printf '%s' "$BODY" | jq -e "$expr" >/dev/null 2>&1; then
-            return 0
-        fi
-        [ $SECONDS -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
-
 RFC1123='^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT$'
 
 # check_fault NAME MODE STATUS ERROR_CODE [TIME_LIMIT_MS]: in MODE, a test answers STATUS with ERROR_CODE (an ERE
@@ -287,11 +273,8 @@ start_agent --users "$USERS_FILE" --cert "$PKI3/leaf-chain.pem" --data-dir "$DAT
 put_json /v1/ocsp '{"ocsp_functionality": true, "recovery_max_tries": 2, "query_frequency": 60,
                     "recovery_frequency": 60}'
 assert_status "enable OCSP with recovery_max_tries 2" 200
-if poll_status '.state == "valid" and .cert_status == "GOOD"' 10; then
-    pass "schedule: the first query makes the status valid and GOOD"
-else
-    fail "schedule: the first query makes the status valid and GOOD" "last status: $(short "$BODY")"
-fi
+assert_wait_status "schedule: the first query makes the status valid and GOOD" \
+    '.state == "valid" and .cert_status == "GOOD"'
 assert_json "schedule: responder_url in the status" .responder_url "$RESP_URL"
 
 # staple_text FILE: what openssl makes of a staple, verified against the test CA.
@@ -306,11 +289,7 @@ assert_match "schedule: the staple says good" 'Cert Status: good' "$text"
 # A failing responder: recovering, the staple kept, then invalidated.
 scenario_seen "failing responder: recovery, then invalidation"
 set_mode garbage
-if poll_status '.state == "recovering"' 10; then
-    pass "schedule: a failed query starts recovery"
-else
-    fail "schedule: a failed query starts recovery" "last status: $(short "$BODY")"
-fi
+assert_wait_status "schedule: a failed query starts recovery" '.state == "recovering"'
 assert_json "recovering: the last valid answer is still served" .cert_status GOOD
 assert_json "recovering: last_error_code names the failure" .last_error_code ocsp_response_malformed
 assert_jq "recovering: consecutive_failures counts (>= 1)" '.consecutive_failures >= 1'
@@ -350,11 +329,8 @@ if wait_log 'event="?ocsp_query_failed' 3; then pass "invalidated: the log has e
 # Revoked.
 scenario_seen "revoked, then good again"
 set_mode revoked
-if poll_status '.state == "valid" and .cert_status == "REVOKED"' 10; then
-    pass "schedule: a REVOKED answer makes the status valid and REVOKED"
-else
-    fail "schedule: a REVOKED answer makes the status valid and REVOKED" "last status: $(short "$BODY")"
-fi
+assert_wait_status "schedule: a REVOKED answer makes the status valid and REVOKED" \
+    '.state == "valid" and .cert_status == "REVOKED"'
 assert_match "schedule revoked: revocation_time is RFC 1123" "$RFC1123" \
     "$(jq -r .revocation_time <<<"$BODY" 2>/dev/null)"
 assert_match "schedule revoked: the staple says revoked" 'Cert Status: revoked' "$(staple_text "$STAPLE")"
@@ -363,11 +339,7 @@ if wait_log 'event="?ocsp_status_revoked' 3; then pass "revoked: the log has eve
 
 # Good again.
 set_mode good
-if poll_status '.state == "valid" and .cert_status == "GOOD"' 10; then
-    pass "schedule: GOOD again"
-else
-    fail "schedule: GOOD again" "last status: $(short "$BODY")"
-fi
+assert_wait_status "schedule: GOOD again" '.state == "valid" and .cert_status == "GOOD"'
 assert_jq "GOOD again: no revocation_time" 'has("revocation_time") | not'
 assert_match "GOOD again: the staple says good" 'Cert Status: good' "$(staple_text "$STAPLE")"
 
@@ -375,21 +347,14 @@ assert_match "GOOD again: the staple says good" 'Cert Status: good' "$(staple_te
 scenario_seen "scheduled UNKNOWN: recovery, then good again"
 cp "$STAPLE" "$T_DIR/staple.good"
 set_mode unknown
-if poll_status '.state == "recovering"' 10; then
-    pass "schedule: an UNKNOWN answer starts recovery"
-else
-    fail "schedule: an UNKNOWN answer starts recovery" "last status: $(short "$BODY")"
-fi
+assert_wait_status "schedule: an UNKNOWN answer starts recovery" '.state == "recovering"'
 assert_json "scheduled UNKNOWN: last_error_code" .last_error_code cert_status_unknown
 assert_json "scheduled UNKNOWN: the last GOOD is still served" .cert_status GOOD
 if cmp -s "$STAPLE" "$T_DIR/staple.good"; then pass "scheduled UNKNOWN: the staple is not replaced"; else
     fail "scheduled UNKNOWN: the staple is not replaced"; fi
 set_mode good
-if poll_status '.state == "valid" and .cert_status == "GOOD" and .consecutive_failures == 0' 10; then
-    pass "scheduled UNKNOWN: a GOOD answer ends the recovery"
-else
-    fail "scheduled UNKNOWN: a GOOD answer ends the recovery" "last status: $(short "$BODY")"
-fi
+assert_wait_status "scheduled UNKNOWN: a GOOD answer ends the recovery" \
+    '.state == "valid" and .cert_status == "GOOD" and .consecutive_failures == 0'
 
 stop_agent
 stop_fault_responder

@@ -88,8 +88,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- ocsp_functionality survives a restart too (the responder may be down)
-resp_port=$(free_port)
-make_pki "$T_DIR/pki" "http://127.0.0.1:$resp_port/"
+make_resp_pki
 rm -f "$CONF"
 start_agent --users "$USERS_FILE" --data-dir "$DATA" --cert "$T_DIR/pki/proxy-chain.pem" ||
     bail "the agent does not start with --cert"

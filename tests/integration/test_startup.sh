@@ -63,8 +63,7 @@ corrupt_users "duplicate user" "{\"users\": [{\"name\": \"a\", \"role\": \"admin
     {\"name\": \"a\", \"role\": \"none\", \"password\": \"$hash\"}]}"
 corrupt_users "unknown key" "{\"users\": [{\"name\": \"a\", \"role\": \"admin\", \"password\": \"$hash\", \"x\": 1}]}"
 
-resp_port=$(free_port)
-make_pki "$T_DIR/pki" "http://127.0.0.1:$resp_port/"
+make_resp_pki
 assert_start_fails "missing --cert file" "$T_DIR/no-such-cert.pem" "${base[@]}" --cert "$T_DIR/no-such-cert.pem"
 printf 'not a certificate\n' >"$T_DIR/garbage.pem"
 assert_start_fails "garbage --cert file" "$T_DIR/garbage.pem" "${base[@]}" --cert "$T_DIR/garbage.pem"
@@ -78,7 +77,7 @@ assert_start_fails "--issuer that did not issue the certificate" "issuer|$T_DIR/
 start_agent --users "$USERS_FILE" --cert "$T_DIR/pki/proxy.pem" --issuer "$T_DIR/pki/ca.pem" &&
     pass "--cert with --issuer starts"
 req GET /v1/ocsp
-assert_json "--cert with --issuer: responder_url from the certificate" .responder_url "http://127.0.0.1:$resp_port/"
+assert_json "--cert with --issuer: responder_url from the certificate" .responder_url "$RESP_URL"
 stop_agent
 
 # The port is taken.

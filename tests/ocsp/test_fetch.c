@@ -20,6 +20,7 @@
 #include "../../ocsp/fetch.h"
 #include "oa_error.h"
 #include "oa_util.h"
+#include "testnet.h"
 
 /*
  * The resolver, interposed for two made-up names so the address fallback can be tested on any host:
@@ -313,27 +314,6 @@ static void server_free(server_t *s)
 {
     oa_buf_free(&s->request);
     free(s->flood);
-}
-
-/* A port on 127.0.0.1 that nothing listens on: bound, read back and closed again. */
-static int closed_port(void)
-{
-    uv_loop_t loop;
-    uv_tcp_t t;
-    struct sockaddr_in a;
-    struct sockaddr_storage bound;
-    int len = sizeof(bound), port;
-
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(uv_tcp_init(&loop, &t), 0);
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &a), 0);
-    assert_int_equal(uv_tcp_bind(&t, (const struct sockaddr *)&a, 0), 0);
-    assert_int_equal(uv_tcp_getsockname(&t, (struct sockaddr *)&bound, &len), 0);
-    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    return port;
 }
 
 /* ---- Running one exchange ---- */
@@ -678,9 +658,10 @@ static void expect_failure(const char *url, unsigned timeout_ms, int code, const
 static void test_refused_and_dns(void **state)
 {
     char url[128], needle[128];
-    int port = closed_port();
+    int port = oa_testnet_free_port(); /* nothing listens on it */
 
     (void)state;
+    assert_true(port > 0);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/", port);
     snprintf(needle, sizeof(needle),
              "Could not connect to the OCSP responder 127.0.0.1:%d: connection refused (1 "

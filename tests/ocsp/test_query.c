@@ -28,6 +28,7 @@
 #include "oa_error.h"
 #include "oa_ocsp.h"
 #include "oa_util.h"
+#include "testnet.h"
 
 typedef struct fixture_s {
     char dir[64];
@@ -56,24 +57,6 @@ static int run(char *const argv[])
             return -1;
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* A loopback port free at the time of the call: bound to port 0, read back, closed. */
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    assert_true(fd >= 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
 }
 
 /*
@@ -186,7 +169,9 @@ static int group_setup(void **state)
     snprintf(fx.dir, sizeof(fx.dir), "/tmp/oa-test-query-XXXXXX");
     if (mkdtemp(fx.dir) == NULL)
         return -1;
-    fx.port = free_port();
+    fx.port = oa_testnet_free_port();
+    if (fx.port <= 0)
+        return -1;
     make_pki(NULL);
     snprintf(chain, sizeof(chain), "%s/proxy-chain.pem", fx.dir);
     if (oa_ocsp_target_load(chain, NULL, NULL, &fx.target, &err) != 0) {

@@ -1,0 +1,158 @@
+#include "testnet.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Polling every 10 ms for at most 5 s: a redis-server starts in a few milliseconds, even under sanitizers. */
+#define REDIS_WAIT_STEP_US 10000
+#define REDIS_WAIT_STEPS   500
+
+static void loopback(struct sockaddr_in *a, int port)
+{
+    memset(a, 0, sizeof(*a));
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a->sin_port = htons((uint16_t)port);
+}
+
+int oa_testnet_free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd, port = -1;
+
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    loopback(&a, 0);
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+int oa_testnet_port_accepts(int port)
+{
+    struct sockaddr_in a;
+    int fd, ok;
+
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return 0;
+    loopback(&a, port);
+    ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static int has_arg(const char *const *args, const char *name)
+{
+    size_t i;
+
+    for (i = 0; args != NULL && args[i] != NULL; i++)
+        if (strcmp(args[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void reap(pid_t pid)
+{
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+pid_t oa_testnet_redis_start(int port, const char *dir, const char *const *extra_args)
+{
+    char port_text[16], log[4096];
+    const char **argv = NULL;
+    size_t n = 0, extra = 0, i;
+    pid_t pid = -1;
+    int tls = has_arg(extra_args, "--tls-cert-file");
+
+    /* A port that accepts already is someone else's: waiting for it to accept would prove nothing. */
+    if (port <= 0 || dir == NULL || oa_testnet_port_accepts(port))
+        return -1;
+    snprintf(port_text, sizeof(port_text), "%d", port);
+    if ((size_t)snprintf(log, sizeof(log), "%s/redis-%d.log", dir, port) >= sizeof(log))
+        return -1;
+    while (extra_args != NULL && extra_args[extra] != NULL)
+        extra++;
+    /* The argument vector is built before fork so that the child only has to exec. */
+    argv = calloc(20 + extra, sizeof(*argv));
+    if (argv == NULL)
+        return -1;
+    argv[n++] = "redis-server";
+    argv[n++] = "--port";
+    argv[n++] = tls ? "0" : port_text;
+    if (tls) {
+        argv[n++] = "--tls-port";
+        argv[n++] = port_text;
+    }
+    argv[n++] = "--bind";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = "--save";
+    argv[n++] = "";
+    argv[n++] = "--appendonly";
+    argv[n++] = "no";
+    argv[n++] = "--daemonize";
+    argv[n++] = "no";
+    argv[n++] = "--dir";
+    argv[n++] = dir;
+    argv[n++] = "--logfile";
+    argv[n++] = log;
+    for (i = 0; i < extra; i++)
+        argv[n++] = extra_args[i];
+    argv[n] = NULL;
+
+    pid = fork();
+    if (pid < 0)
+        goto out;
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+
+        if (devnull >= 0) {
+            dup2(devnull, 0);
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        /* execvp's argv is not const-qualified for historical reasons; it does not write to the strings. */
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    for (i = 0; i < REDIS_WAIT_STEPS; i++) {
+        /* A server that exited (a bad option, a port taken meanwhile) will never accept: no need to wait 5 s. */
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            pid = -1;
+            goto out;
+        }
+        if (oa_testnet_port_accepts(port))
+            goto out;
+        usleep(REDIS_WAIT_STEP_US);
+    }
+    if (oa_testnet_port_accepts(port))
+        goto out;
+    kill(pid, SIGKILL);
+    reap(pid);
+    pid = -1;
+out:
+    free(argv);
+    return pid;
+}
+
+void oa_testnet_redis_stop(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    reap(pid);
+}

@@ -1,0 +1,36 @@
+/*
+ * Test-side network helpers shared by the suites: loopback ports and redis-server processes.
+ *
+ * Everything here works on 127.0.0.1 only and is bounded in time. Nothing asserts: every function reports failure
+ * through its return value, and the suite decides what that means (fail, or skip).
+ */
+#ifndef OA_TESTNET_H
+#define OA_TESTNET_H
+
+#include <sys/types.h>
+
+/* A TCP port of 127.0.0.1 that is free at the time of the call (bound to port 0, read back, closed again), or -1
+ * when no socket could be bound. Nothing listens on it afterwards, so it also serves as a port that refuses. */
+int oa_testnet_free_port(void);
+
+/* 1 when something accepts a TCP connection on 127.0.0.1:port now, else 0. The connection is closed at once, so
+ * this must not be used on a server that stalls on a client that sends nothing (`openssl ocsp`). */
+int oa_testnet_port_accepts(int port);
+
+/*
+ * Starts redis-server on 127.0.0.1:port without persistence (--save "", --appendonly no), with its working directory
+ * and its log file (redis-<port>.log) in dir, and waits until the port accepts connections, at most 5 s.
+ * extra_args (NULL, or a NULL-terminated list) are appended to the command line. When they contain
+ * "--tls-cert-file", port is served with TLS only (--tls-port port, --port 0); the caller passes the other TLS
+ * options (key, CA, client authentication). The server's standard streams go to /dev/null.
+ *
+ * Returns the server's pid, to be given to oa_testnet_redis_stop, or -1 when the port accepts connections already
+ * (another server has it), or the server could not be started, exited, or did not accept connections in time (a
+ * process that was started is then killed and reaped).
+ */
+pid_t oa_testnet_redis_start(int port, const char *dir, const char *const *extra_args);
+
+/* Sends sig to the server started as pid and reaps it. Does nothing when pid <= 0. */
+void oa_testnet_redis_stop(pid_t pid, int sig);
+
+#endif
