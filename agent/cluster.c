@@ -790,8 +790,17 @@ void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
         goto out;
     n = EVP_EncodeBlock((unsigned char *)b64, res->der, (int)res->der_len);
     b64[n] = '\0';
-    msg = json_pack("{s:s, s:s, s:I, s:s}", "type", "status", "node", c->node_id, "ts", (json_int_t)oa_time_now_ms(),
-                    "der", b64);
+    /* The parsed fields are for whoever reads the store (an operator with redis-cli, a monitoring probe); nodes
+     * trust only the DER, which they verify themselves. Times are Unix seconds. */
+    msg = json_pack("{s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "type", "status", "node", c->node_id, "ts",
+                    (json_int_t)oa_time_now_ms(), "cert_status", oa_cert_status_name(res->cert_status),
+                    "produced_at", (json_int_t)res->produced_at, "this_update", (json_int_t)res->this_update,
+                    "next_update", (json_int_t)res->next_update, "der", b64);
+    if (msg != NULL && res->cert_status == OA_CERT_REVOKED &&
+        (json_object_set_new(msg, "revocation_time", json_integer((json_int_t)res->revocation_time)) != 0 ||
+         (res->revocation_reason >= 0 &&
+          json_object_set_new(msg, "revocation_reason", json_integer(res->revocation_reason)) != 0)))
+        goto out;
     text = msg != NULL ? json_dumps(msg, JSON_COMPACT) : NULL;
     if (text == NULL)
         goto out;

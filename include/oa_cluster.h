@@ -19,7 +19,9 @@
  *              compare-and-renew); the holder is "the poller", every other node "a follower"
  *   seq        a counter that numbers every status and state message (INCR in the script that writes it)
  *   status     what every node must serve, the latest of two records: the poller's last valid response
- *              {"seq","type":"status","node","ts","der": base64}, or, once the poller has given up on it, its
+ *              {"seq","type":"status","node","ts","cert_status","produced_at","this_update","next_update"
+ *              [,"revocation_time","revocation_reason"],"der": base64} (times in Unix seconds; the parsed fields
+ *              are for readers of the store, nodes verify the DER), or, once the poller has given up on it, its
  *              invalidation: the state record below with "state":"invalidated"
  *   sched      the poller's last schedule state {"seq","type":"state","node","ts","state","recovering",
  *              "consecutive_failures","recovery_tries","last_attempt_ms","last_error_code","last_error"},

@@ -84,6 +84,15 @@ for n in n1 n2 n3; do
 done
 POLLER=$(rcli GET ocsp-agent:lease)
 assert_match "one node holds the lease" '^n[123]$' "$POLLER"
+# The store's record carries the parsed status next to the DER, equal to what the nodes serve.
+stored=$(rcli GET ocsp-agent:status)
+on "$POLLER"
+req GET /v1/ocsp/status
+assert_jq "the stored status names the poller and GOOD" ".node == \"$POLLER\" and .cert_status == \"GOOD\"" "$stored"
+assert_eq "the stored next_update is the one served" "$(epoch_of "$(printf '%s' "$BODY" | jq -r .next_update)")" \
+    "$(printf '%s' "$stored" | jq -r .next_update)"
+assert_eq "the stored DER is the poller's staple" "$(base64 -w0 <"$T_DIR/data-$POLLER/ocsp.der")" \
+    "$(printf '%s' "$stored" | jq -r .der)"
 
 echo "# one poller: one query per period"
 t_start=$(now_ms)
