@@ -514,12 +514,51 @@ static void apply_failure(oa_sched_t *s, const char *code, const char *text)
     }
 }
 
+/* The schedule once a valid response is in the cache, its staple written and its attempt anchored, whether this node
+ * asked for it or the poller did: the state is valid again, recovery is over, the next query falls due at the
+ * regular interval or at the midpoint to the response's nextUpdate (never sooner than 1 s after the anchor), and the
+ * response expires at its nextUpdate. */
+static void settle_valid(oa_sched_t *s)
+{
+    int64_t remaining_ms;
+    uint64_t mid, floor_due;
+
+    s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
+    s->recovering = false;
+    s->exhausted = false;
+    s->recovery_tries = 0;
+    s->consecutive_failures = 0;
+    s->mid_due = 0;
+    if (s->cache.next_update != 0) {
+        remaining_ms = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
+        mid = uv_now(s->loop) + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
+        floor_due = s->anchor_mono + MIDPOINT_FLOOR_MS;
+        s->mid_due = mid > floor_due ? mid : floor_due;
+    }
+    arm_expiry(s);
+}
+
+/* The alert for a REVOKED response just cached; source, when not NULL, says where it came from. */
+static void alert_revoked(oa_sched_t *s, const char *source)
+{
+    char rt[OA_RFC1123_LEN];
+    const oa_ocsp_result_t *r = &s->cache;
+    const oa_log_kv_t kv[] = {
+        OA_KV_STR("serial", s->target != NULL ? s->target->serial_hex : ""),
+        OA_KV_STR("subject", s->target != NULL ? s->target->subject : ""),
+        OA_KV_STR("revocation_time", oa_time_rfc1123(r->revocation_time, rt)),
+        OA_KV_STR("reason", r->revocation_reason >= 0 ? OCSP_crl_reason_str(r->revocation_reason) : ""),
+        OA_KV_STR("responder", responder_of(s)),
+        OA_KV_STR("source", source),
+    };
+
+    if (r->cert_status == OA_CERT_REVOKED && oa_log_enabled(OA_LOG_ERROR))
+        oa_log_write(OA_LOG_ERROR, "ocsp_status_revoked", kv, OA_ARRAY_SIZE(kv) - (source == NULL));
+}
+
 static void apply_success(oa_sched_t *s, const oa_ocsp_result_t *res)
 {
     oa_ocsp_result_t copy;
-    char rt[OA_RFC1123_LEN];
-    int64_t remaining_ms;
-    uint64_t mid, floor_due;
 
     if (oa_ocsp_result_copy(&copy, res) != 0) {
         apply_failure(s, oa_errcode_name(OA_E_NOMEM), "out of memory while caching the response");
@@ -531,29 +570,11 @@ static void apply_success(oa_sched_t *s, const oa_ocsp_result_t *res)
     write_staple(s);
     anchor_attempt(s);
     s->last_success = time(NULL);
-    s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
-    s->recovering = false;
-    s->exhausted = false;
-    s->recovery_tries = 0;
-    s->consecutive_failures = 0;
-
-    s->mid_due = 0;
-    if (res->next_update != 0) {
-        remaining_ms = (int64_t)res->next_update * 1000 - oa_time_now_ms();
-        mid = uv_now(s->loop) + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
-        floor_due = s->anchor_mono + MIDPOINT_FLOOR_MS;
-        s->mid_due = mid > floor_due ? mid : floor_due;
-    }
-    arm_expiry(s);
+    settle_valid(s);
 
     if (s->result_hook != NULL)
         s->result_hook(s->result_hook_data, res);
-    if (res->cert_status == OA_CERT_REVOKED)
-        OA_LOG(OA_LOG_ERROR, "ocsp_status_revoked", OA_KV_STR("serial", s->target != NULL ? s->target->serial_hex : ""),
-               OA_KV_STR("subject", s->target != NULL ? s->target->subject : ""),
-               OA_KV_STR("revocation_time", oa_time_rfc1123(res->revocation_time, rt)),
-               OA_KV_STR("reason", res->revocation_reason >= 0 ? OCSP_crl_reason_str(res->revocation_reason) : ""),
-               OA_KV_STR("responder", responder_of(s)));
+    alert_revoked(s, NULL);
 }
 
 /* One line per attempt; n_kv grows with what is known. */
@@ -901,12 +922,26 @@ void oa_sched_set_follower(oa_sched_t *s, bool follower)
     rearm(s);
 }
 
+/* Anchors the schedule on an attempt another node started at at_ms (wall clock, ms), as if it had been this node's:
+ * that many milliseconds before now on the monotonic clock. */
+static void anchor_remote(oa_sched_t *s, int64_t at_ms)
+{
+    int64_t age_ms = oa_time_now_ms() - at_ms;
+    uint64_t mono = uv_now(s->loop);
+
+    if (age_ms < 0)
+        age_ms = 0;
+    s->have_anchor = true;
+    s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
+    s->last_attempt = (time_t)(at_ms / 1000);
+    s->last_attempt_ms = at_ms;
+    s->due_now = false;
+}
+
 int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err)
 {
     oa_ocsp_result_t res;
     time_t now = time(NULL);
-    int64_t age_ms;
-    uint64_t mono = uv_now(s->loop), mid;
 
     if (s->closing)
         return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
@@ -926,39 +961,11 @@ int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, i
     s->have_cache = true;
     write_staple(s);
     /* The schedule runs from when the poller asked, so a takeover keeps the cluster's cadence. */
-    age_ms = oa_time_now_ms() - at_ms;
-    if (age_ms < 0)
-        age_ms = 0;
-    s->have_anchor = true;
-    s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
-    s->last_success = (time_t)(at_ms / 1000);
-    s->last_attempt = s->last_success;
-    s->last_attempt_ms = at_ms;
-    s->due_now = false;
-    s->state = s->enabled ? OA_STATE_VALID : OA_STATE_DISABLED;
-    s->recovering = false;
-    s->exhausted = false;
-    s->recovery_tries = 0;
-    s->consecutive_failures = 0;
-    s->mid_due = 0;
-    if (s->cache.next_update != 0) {
-        int64_t remaining_ms = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
-
-        mid = mono + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
-        s->mid_due = mid > s->anchor_mono + MIDPOINT_FLOOR_MS ? mid : s->anchor_mono + MIDPOINT_FLOOR_MS;
-    }
-    arm_expiry(s);
+    anchor_remote(s, at_ms);
+    s->last_success = s->last_attempt;
+    settle_valid(s);
     rearm(s);
-    if (s->cache.cert_status == OA_CERT_REVOKED) {
-        char rt[OA_RFC1123_LEN];
-
-        OA_LOG(OA_LOG_ERROR, "ocsp_status_revoked", OA_KV_STR("serial", s->target->serial_hex),
-               OA_KV_STR("subject", s->target->subject),
-               OA_KV_STR("revocation_time", oa_time_rfc1123(s->cache.revocation_time, rt)),
-               OA_KV_STR("reason", s->cache.revocation_reason >= 0 ? OCSP_crl_reason_str(s->cache.revocation_reason)
-                                                                   : ""),
-               OA_KV_STR("responder", responder_of(s)), OA_KV_STR("source", "cluster"));
-    }
+    alert_revoked(s, "cluster");
     return 0;
 }
 
@@ -981,9 +988,6 @@ void oa_sched_set_state_hook(oa_sched_t *s, oa_sched_state_hook hook, void *data
 
 int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_error_t *err)
 {
-    int64_t age_ms;
-    uint64_t mono = uv_now(s->loop);
-
     if (s->closing)
         return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
     if (v->state != OA_STATE_PENDING && v->state != OA_STATE_VALID && v->state != OA_STATE_RECOVERING &&
@@ -1010,17 +1014,9 @@ int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_erro
     s->consecutive_failures = v->consecutive_failures;
     if (v->last_error_code != NULL && v->last_error_code[0] != '\0')
         set_last_error(s, v->last_error_code, v->last_error);
-    if (v->last_attempt_ms > 0) {
-        /* Anchored like a remote response: a follower that takes over retries on the poller's cadence. */
-        age_ms = oa_time_now_ms() - v->last_attempt_ms;
-        if (age_ms < 0)
-            age_ms = 0;
-        s->have_anchor = true;
-        s->anchor_mono = (uint64_t)age_ms < mono ? mono - (uint64_t)age_ms : 0;
-        s->last_attempt = (time_t)(v->last_attempt_ms / 1000);
-        s->last_attempt_ms = v->last_attempt_ms;
-        s->due_now = false;
-    }
+    /* Anchored like a remote response: a follower that takes over retries on the poller's cadence. */
+    if (v->last_attempt_ms > 0)
+        anchor_remote(s, v->last_attempt_ms);
     rearm(s);
     return 0;
 }
