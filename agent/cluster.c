@@ -1345,17 +1345,24 @@ static void on_setup_reply(oa_redis_t *r, redisReply *reply, void *priv)
     lost(c, reply->str);
 }
 
+/* The kind of a Pub/Sub reply ("subscribe", "message", ...), or NULL when there is none to act on. */
+static const char *pubsub_kind(const oa_cluster_t *c, const redisReply *reply)
+{
+    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return NULL;
+    return reply->element[0]->str;
+}
+
 /* The reply to SUBSCRIBE. */
 static void on_sub_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
     oa_cluster_t *c = priv;
+    const char *kind = pubsub_kind(c, reply);
 
     (void)r;
-    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[0]->type != REDIS_REPLY_STRING)
-        return;
     /* Subscribed: only now read the store, so that nothing published meanwhile can be missed. */
-    if (strcmp(reply->element[0]->str, "subscribe") == 0)
+    if (kind != NULL && strcmp(kind, "subscribe") == 0)
         resync(c);
 }
 
@@ -1363,12 +1370,10 @@ static void on_sub_reply(oa_redis_t *r, redisReply *reply, void *priv)
 static void on_sub_message(oa_redis_t *r, redisReply *reply, void *priv)
 {
     oa_cluster_t *c = priv;
+    const char *kind = pubsub_kind(c, reply);
 
     (void)r;
-    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[0]->type != REDIS_REPLY_STRING)
-        return;
-    if (strcmp(reply->element[0]->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
+    if (kind != NULL && strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
         handle_message(c, reply->element[2]->str, reply->element[2]->len);
 }
 
