@@ -71,7 +71,6 @@ struct oa_auth_s {
     size_t nusers;
     /* A well-formed hash that no password is expected to match, verified in place of an unknown user's hash. */
     char dummy_hash[OA_PASSWD_ENCODED_MAX];
-    unsigned pending;
     unsigned long kdf_runs;
     flight_t flights[AUTH_MAX_PENDING];
     /* Fetched once: an implicit fetch on every request would take OpenSSL's provider locks each time. */
@@ -471,7 +470,12 @@ void oa_auth_free(oa_auth_t *a)
 
 unsigned oa_auth_pending(const oa_auth_t *a)
 {
-    return a->pending;
+    unsigned n = 0;
+    size_t i;
+
+    for (i = 0; i < AUTH_MAX_PENDING; i++)
+        n += a->flights[i].leader != NULL;
+    return n;
 }
 
 unsigned long oa_auth_kdf_runs(const oa_auth_t *a)
@@ -554,17 +558,6 @@ static flight_t *flight_find(oa_auth_t *a, const unsigned char key[32])
     return NULL;
 }
 
-static flight_t *flight_of(oa_auth_t *a, const oa_auth_check_t *leader)
-{
-    size_t i;
-
-    for (i = 0; i < AUTH_MAX_PENDING; i++) {
-        if (a->flights[i].leader == leader)
-            return &a->flights[i];
-    }
-    return NULL;
-}
-
 static void flight_clear(flight_t *f)
 {
     OPENSSL_cleanse(f->key, sizeof(f->key));
@@ -590,7 +583,7 @@ static void kdf_done(uv_work_t *work, int status)
 {
     oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
     oa_auth_t *a = check->auth;
-    flight_t *f = flight_of(a, check);
+    flight_t *f = flight_find(a, check->key); /* the flight check leads: one flight per key */
     const oa_user_t *user = NULL;
     oa_auth_check_t *waiter, *next;
     int result = OA_E_UNAUTHORIZED;
@@ -600,7 +593,6 @@ static void kdf_done(uv_work_t *work, int status)
      * being walked below. */
     waiter = f->first;
     flight_clear(f);
-    a->pending--;
     wipe_password(check);
     if (status == 0 && check->verified) {
         user = check->user;
@@ -728,7 +720,6 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     }
     f->leader = check;
     memcpy(f->key, check->key, sizeof(f->key));
-    a->pending++;
     a->kdf_runs++;
     rc = 1;
 out:
