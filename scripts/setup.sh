@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config                         # toolchain
   libuv1-dev libjansson-dev libssl-dev node-llhttp         # the daemon's libraries (llhttp ships as C sources)
-  libcmocka-dev libhiredis-dev                             # unit tests; the cluster store (later)
+  libcmocka-dev libhiredis-dev                             # unit tests; the cluster store client
   redis-server redis-tools openssl curl jq procps iproute2 python3  # integration tests and the demo
   nginx wrk                                                # the API benchmark
   clang valgrind                                           # fuzzing and leak checks
