@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package ocsp-agent needs to build, test, run the demo and run the benchmark.
-# Repeat runs are fast: when every package is already installed, apt is not touched at all.
+# Installs every Debian 12 package ocsp-agent needs to build, test, run the demo and run the benchmarks.
+#   scripts/setup.sh [--always]
+# Without --always, a machine that already has every package is left alone (no apt call at all). With --always
+# (or OA_SETUP_ALWAYS=1), `apt-get update` and `apt-get install` run for the whole list every time: CI does that,
+# so the install path is exercised on every run and not only on a fresh machine.
+# apt itself reports a package it cannot find; nothing here second-guesses it.
 set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config                         # toolchain
   libuv1-dev libjansson-dev libssl-dev node-llhttp         # the daemon's libraries (llhttp ships as C sources)
-  libcmocka-dev libhiredis-dev                             # unit tests; the cluster store client
+  libcmocka-dev libhiredis-dev                             # unit tests; the Redis protocol of cluster mode
   redis-server redis-tools openssl curl jq procps iproute2 python3  # integration tests and the demo
-  nginx wrk                                                # the API benchmark
+  haproxy python3-redis python3-openssl                    # staple delivery: the TLS proxy and a real client
+  nginx wrk testssl.sh                                     # the benchmarks, the nginx hook example, TLS checks
   clang valgrind                                           # fuzzing and leak checks
 )
 
+always=${OA_SETUP_ALWAYS:-0}
+case "${1:-}" in
+  --always) always=1 ;;
+  "") ;;
+  *) echo "setup: unknown option $1 (usage: scripts/setup.sh [--always])" >&2; exit 2 ;;
+esac
+
+installed() {
+  # dpkg-query's exit status says whether it knows the package; its output, whether it is installed.
+  # No pipe: a reader that stops early cannot turn a success into SIGPIPE under pipefail.
+  local status
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) || return 1
+  [ "$status" = installed ]
+}
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-  [ "$status" = "installed" ] || missing+=("$pkg")
+  installed "$pkg" || missing+=("$pkg")
 done
 
-if [ "${#missing[@]}" -eq 0 ]; then
+if [ "${#missing[@]}" -eq 0 ] && [ "$always" != 1 ]; then
   echo "setup: all ${#PACKAGES[@]} packages already installed"
   exit 0
 fi
@@ -26,37 +45,41 @@ fi
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
+    SUDO=(sudo -n)
   else
-    echo "setup: missing packages (${missing[*]}) and not root, with no sudo to install them" >&2
+    echo "setup: missing packages (${missing[*]:-none}) and not root, with no sudo to install them" >&2
     exit 1
   fi
 fi
 
-nginx_was_installed=0
-dpkg-query -W -f='${db:Status-Status}' nginx 2>/dev/null | grep -qx installed && nginx_was_installed=1
-
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-# A name apt does not know would fail the install with a long message; say which one it is.
-for pkg in "${missing[@]}"; do
-  if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
-    echo "setup: no installable package named $pkg (is this Debian 12?)" >&2
-    exit 1
-  fi
+# Debian's nginx and haproxy packages start system-wide servers (nginx on port 80). The suites run private ones,
+# so a service that this script brought in is stopped and disabled again.
+services=()
+for svc in nginx haproxy; do
+  installed "$svc" || services+=("$svc")
 done
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+else
+  echo "setup: all packages present; updating and reinstalling the list anyway (--always)"
+fi
+apt_env=(env DEBIAN_FRONTEND=noninteractive)
+"${SUDO[@]}" "${apt_env[@]}" apt-get update -q
+"${SUDO[@]}" "${apt_env[@]}" apt-get install -y -q --no-install-recommends \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${PACKAGES[@]}"
 
-# Debian's nginx package starts a system-wide server on port 80. The benchmark runs its own private nginx, so
-# the service is stopped and disabled again; without systemd (containers) there is nothing to stop.
-if [ "$nginx_was_installed" -eq 0 ]; then
+for svc in "${services[@]}"; do
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    "${SUDO[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
+    "${SUDO[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
-  if [ -f /run/nginx.pid ]; then
-    "${SUDO[@]}" nginx -s quit >/dev/null 2>&1 || true
+  pidfile=/run/$svc.pid
+  if [ -f "$pidfile" ]; then
+    "${SUDO[@]}" kill "$(cat "$pidfile")" >/dev/null 2>&1 || true
   fi
-fi
-echo "setup: done"
+done
+
+for pkg in "${PACKAGES[@]}"; do
+  installed "$pkg" || { echo "setup: $pkg is still not installed after apt-get install" >&2; exit 1; }
+done
+echo "setup: done (${#PACKAGES[@]} packages)"
