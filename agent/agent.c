@@ -12,6 +12,7 @@
 #include "oa_agent.h"
 #include "oa_api.h"
 #include "oa_cluster.h"
+#include "oa_delivery.h"
 #include "oa_log.h"
 #include "oa_tls.h"
 
@@ -34,7 +35,7 @@ static int ensure_data_dir(const char *dir, oa_error_t *err)
  * it, so start-up does. */
 static void remove_stale_temp_files(const char *dir)
 {
-    static const char *const prefixes[] = {OA_CONF_FILE_NAME ".tmp.", "ocsp.der.tmp."};
+    static const char *const prefixes[] = {OA_CONF_FILE_NAME ".tmp.", OA_STAPLE_FILE_NAME ".tmp."};
     struct dirent *e;
     char *path;
     DIR *d;
@@ -87,6 +88,8 @@ static void load_conf(oa_agent_t *a)
     free(aside);
 }
 
+static void apply_delivery_retry(oa_agent_t *a);
+
 /* ---- cluster mode: the hooks between the store and the daemon ---- */
 
 /* A configuration from the cluster is in force here whether or not the local cache could be written: the store,
@@ -111,6 +114,7 @@ static void on_cluster_conf(void *data, const oa_conf_t *conf, unsigned changed,
     OA_LOG(OA_LOG_WARN, "config_changed", OA_KV_STR("user", user != NULL ? user : "cluster"), OA_KV_STR("keys", keys),
            OA_KV_STR("note", "in force, but the local cache could not be written"));
     oa_sched_apply_conf(a->sched, &a->conf);
+    apply_delivery_retry(a);
 }
 
 static void on_cluster_status(void *data, const unsigned char *der, size_t len, int64_t at_ms, const char *from)
@@ -238,6 +242,59 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
     return oa_cluster_new(a->loop, &co, &a->conf, &a->cluster, err);
 }
 
+/* ---- staple delivery ---- */
+
+static void on_sched_staple(void *data, const oa_ocsp_result_t *res)
+{
+    oa_agent_t *a = data;
+
+    if (oa_delivery_set_staple(a->delivery, res) != 0)
+        OA_LOG(OA_LOG_ERROR, "staple_delivery_failed", OA_KV_STR("target", "*"),
+               OA_KV_STR("error", "out of memory while copying the staple; it counts as removed"));
+}
+
+/* A failed delivery is retried at the engine's own recovery pace. */
+static void apply_delivery_retry(oa_agent_t *a)
+{
+    double ms = (double)a->conf.recovery_frequency * 1000.0 * a->opts->time_scale;
+
+    oa_delivery_set_retry_ms(a->delivery, ms < 1.0 ? 1 : (uint64_t)ms);
+}
+
+/* The delivery and its targets, from the options; a target that cannot be set up stops start-up. */
+static int start_delivery(oa_agent_t *a, oa_error_t *err)
+{
+    const oa_options_t *o = a->opts;
+    oa_delivery_options_t dopts;
+    char *staple_path;
+    int i, rc;
+
+    staple_path = oa_path_join(o->data_dir, OA_STAPLE_FILE_NAME);
+    if (staple_path == NULL)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    dopts.node_id = o->node_id;
+    dopts.staple_path = staple_path;
+    rc = oa_delivery_new(a->loop, &dopts, &a->delivery);
+    free(staple_path);
+    if (rc != 0)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    for (i = 0; i < o->n_haproxy_sockets; i++)
+        if (oa_delivery_add_haproxy_socket(a->delivery, o->haproxy_sockets[i], err) != 0)
+            return -1;
+    if (o->haproxy_crt != NULL && oa_delivery_add_haproxy_crt(a->delivery, o->haproxy_crt, err) != 0)
+        return -1;
+    if (o->staple_hook != NULL && oa_delivery_add_hook(a->delivery, o->staple_hook, err) != 0)
+        return -1;
+    /* The API staples only the certificate it serves: another certificate's status would be a lie to its clients. */
+    if (a->tls != NULL && a->target != NULL && oa_tls_server_ctx_staples(a->tls, a->target->cert)) {
+        if (oa_delivery_add_api(a->delivery, err) != 0)
+            return -1;
+        oa_tls_server_ctx_staple_from(a->tls, a->delivery);
+    }
+    apply_delivery_retry(a);
+    return 0;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     oa_agent_t *a = h->data;
@@ -342,6 +399,10 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     rc = oa_sched_new(loop, &so, &a->sched);
     if (rc != 0)
         return oa_error_set(err, OA_E_IO, "the scheduler could not start: %s", uv_strerror(rc));
+    if (start_delivery(a, err) != 0)
+        return -1;
+    /* Hands over a staple reloaded from the data dir at once, so targets are fed from the first second. */
+    oa_sched_set_staple_hook(a->sched, on_sched_staple, a);
     if (opts->cluster_url != NULL && start_cluster(a, err) != 0)
         return -1;
 
@@ -372,6 +433,12 @@ void oa_agent_stop(oa_agent_t *a)
         a->pending_closes++;
         oa_sched_close(a->sched, on_part_closed, a);
         a->sched = NULL;
+    }
+    /* The delivery after it, so that no staple change arrives once it is closing; a running hook is killed. */
+    if (a->delivery != NULL) {
+        a->pending_closes++;
+        oa_delivery_close(a->delivery, on_part_closed, a);
+        a->delivery = NULL;
     }
     /* Then the cluster, which answers PUTs still waiting for the store. */
     if (a->cluster != NULL) {
@@ -430,6 +497,7 @@ int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed,
            OA_KV_INT("recovery_frequency", next->recovery_frequency),
            OA_KV_INT("recovery_max_tries", next->recovery_max_tries));
     oa_sched_apply_conf(a->sched, &a->conf);
+    apply_delivery_retry(a);
     return 0;
 }
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -48,6 +49,7 @@ typedef enum kind_e {
     K_TIME_SCALE,
     K_MAX_CONNECTIONS,
     K_CLUSTER_LEASE, /* milliseconds */
+    K_HAPROXY_SOCKET, /* repeatable: a UNIX socket path or a loopback ADDR:PORT; an array of them in the file */
     K_COMMAND, /* --help, --version */
 } kind_t;
 
@@ -84,6 +86,9 @@ static const optdef_t optdefs[] = {
     {"cluster-key", K_STRING, FIELD(cluster_key), 1},
     {"capabilities", K_CAPS, FIELD(capabilities), 1},
     {"cluster-lease", K_CLUSTER_LEASE, FIELD(cluster_lease_ms), 1},
+    {"haproxy-socket", K_HAPROXY_SOCKET, FIELD(haproxy_sockets), 1},
+    {"haproxy-crt", K_STRING, FIELD(haproxy_crt), 1},
+    {"staple-hook", K_STRING, FIELD(staple_hook), 1},
     {"help", K_COMMAND, OA_CMD_HELP, 0},
     {"version", K_COMMAND, OA_CMD_VERSION, 0},
 };
@@ -136,6 +141,10 @@ static const char usage[] =
     "  --capabilities LIST     capabilities this node advertises, comma-separated (default ocsp)\n"
     "  --cluster-lease MS      the poller's lease and a node's registry lifetime in milliseconds, 1000 to\n"
     "                          60000; heartbeats every third of it (default 3000)\n"
+    "  --haproxy-socket SOCKET HAProxy's runtime API (a UNIX socket path or a loopback ADDR:PORT):\n"
+    "                          every new staple is pushed there and kept there; repeatable\n"
+    "  --haproxy-crt FILE      the PEM file HAProxy serves; FILE.ocsp is kept equal to the staple\n"
+    "  --staple-hook PROGRAM   run as PROGRAM EVENT STAPLE_FILE (no shell) whenever the staple changes\n"
     "  --version               print the version and exit\n"
     "  --help                  print this text and exit\n";
 
@@ -208,6 +217,37 @@ static int set_cluster_lease(ctx_t *c, const optdef_t *d, long long v, const cha
     return 0;
 }
 
+/* A HAProxy runtime socket: an absolute UNIX socket path that fits sun_path, or ADDR:PORT on loopback. */
+static int add_haproxy_socket(ctx_t *c, const optdef_t *d, const char *s, const char *shown)
+{
+    char host[64];
+    char *copy;
+    int port;
+
+    if (s[0] == '/') {
+        if (strlen(s) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return value_error(c, d, "the UNIX socket path is longer than %zu bytes",
+                               sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    } else if (oa_options_split_listen(s, host, sizeof(host), &port) != 0 || port == 0) {
+        return value_error(c, d, "expected a UNIX socket path or ADDR:PORT, got %s", shown);
+    } else if (!oa_options_host_is_loopback(host)) {
+        return value_error(c, d, "refused %s: a TCP runtime socket must be on loopback", shown);
+    }
+    if (c->o->n_haproxy_sockets >= OA_HAPROXY_SOCKETS_MAX)
+        return value_error(c, d, "at most %d sockets", OA_HAPROXY_SOCKETS_MAX);
+    copy = strdup(s);
+    if (copy == NULL)
+        return oa_error_set(c->err, OA_E_NOMEM, "--%s: out of memory", d->name);
+    c->o->haproxy_sockets[c->o->n_haproxy_sockets++] = copy;
+    return 0;
+}
+
+static void clear_haproxy_sockets(oa_options_t *o)
+{
+    while (o->n_haproxy_sockets > 0)
+        free(o->haproxy_sockets[--o->n_haproxy_sockets]);
+}
+
 /* Applies a value given as text: any option's value on the command line, or a string-valued key of the file. */
 static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
 {
@@ -231,6 +271,8 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
     switch (d->kind) {
     case K_STRING:
         return set_string(c, d, s);
+    case K_HAPROXY_SOCKET:
+        return add_haproxy_socket(c, d, s, shown);
     case K_LISTEN:
         if (oa_options_split_listen(s, host, sizeof(host), &port) != 0)
             return value_error(c, d, "expected IPV4:PORT or [IPV6]:PORT with a port from 0 to 65535, got %s", shown);
@@ -293,8 +335,21 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
 static int apply_json(ctx_t *c, const optdef_t *d, json_t *v)
 {
     char shown[40];
+    json_t *item;
+    size_t i;
 
     switch (d->kind) {
+    case K_HAPROXY_SOCKET:
+        /* One socket as a string, or several as an array of strings. */
+        if (!json_is_array(v))
+            break;
+        json_array_foreach(v, i, item) {
+            if (!json_is_string(item) || strlen(json_string_value(item)) != json_string_length(item))
+                return value_error(c, d, "expected an array of strings");
+            if (apply_text(c, d, json_string_value(item)) != 0)
+                return -1;
+        }
+        return 0;
     case K_FLAG:
         if (!json_is_boolean(v))
             return value_error(c, d, "expected true or false");
@@ -482,6 +537,8 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
 int oa_options_parse(int argc, char **argv, oa_options_t *o, oa_error_t *err)
 {
     const char *cli[NOPTS] = {0};
+    const char *sockets[OA_HAPROXY_SOCKETS_MAX + 1];
+    int n_sockets = 0;
     int seen[NOPTS] = {0};
     ctx_t c = {.o = o, .err = err};
     const optdef_t *d;
@@ -516,7 +573,7 @@ int oa_options_parse(int argc, char **argv, oa_options_t *o, oa_error_t *err)
             return oa_error_set(err, OA_E_BAD_OPTION, "--%.*s: unknown option", (int)(namelen > 64 ? 64 : namelen),
                                 name);
         k = (size_t)(d - optdefs);
-        if (seen[k])
+        if (seen[k] && d->kind != K_HAPROXY_SOCKET)
             return oa_error_set(err, OA_E_BAD_OPTION, "--%s: given more than once", d->name);
         seen[k] = 1;
         if (d->kind == K_FLAG || d->kind == K_COMMAND) {
@@ -535,6 +592,12 @@ int oa_options_parse(int argc, char **argv, oa_options_t *o, oa_error_t *err)
         else
             return oa_error_set(err, OA_E_BAD_OPTION, "--%s: missing value", d->name);
         cli[k] = value;
+        if (d->kind == K_HAPROXY_SOCKET) {
+            if (n_sockets == OA_HAPROXY_SOCKETS_MAX)
+                return oa_error_set(err, OA_E_BAD_OPTION, "--%s: at most %d sockets", d->name,
+                                    OA_HAPROXY_SOCKETS_MAX);
+            sockets[n_sockets++] = value;
+        }
     }
 
     if (help || version) {
@@ -552,10 +615,17 @@ int oa_options_parse(int argc, char **argv, oa_options_t *o, oa_error_t *err)
         if (!seen[k])
             continue;
         c.given[k] = 1;
-        if (optdefs[k].kind == K_FLAG)
+        if (optdefs[k].kind == K_FLAG) {
             *(bool *)((char *)o + optdefs[k].offset) = true;
-        else if (apply_text(&c, &optdefs[k], cli[k]) != 0)
+        } else if (optdefs[k].kind == K_HAPROXY_SOCKET) {
+            /* The command line's list replaces the file's. */
+            clear_haproxy_sockets(o);
+            for (i = 0; i < n_sockets; i++)
+                if (apply_text(&c, &optdefs[k], sockets[i]) != 0)
+                    return -1;
+        } else if (apply_text(&c, &optdefs[k], cli[k]) != 0) {
             return -1;
+        }
     }
 
     if (apply_defaults(&c) != 0)
@@ -585,6 +655,9 @@ void oa_options_free(oa_options_t *o)
     free(o->cluster_cert);
     free(o->cluster_key);
     free(o->capabilities);
+    clear_haproxy_sockets(o);
+    free(o->haproxy_crt);
+    free(o->staple_hook);
     memset(o, 0, sizeof(*o));
 }
 

@@ -49,10 +49,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "oa_datadir.h"
 #include "oa_log.h"
 #include "oa_sched.h"
 
-#define STAPLE_FILE_NAME "ocsp.der"
 #define STAPLE_MAX_BYTES (1024 * 1024)
 #define TEST_SAFETY_MARGIN_MS 5000
 #define MIDPOINT_FLOOR_MS 1000
@@ -128,6 +128,8 @@ struct oa_sched_s {
     void *result_hook_data;
     oa_sched_state_hook state_hook;
     void *state_hook_data;
+    oa_sched_staple_hook staple_hook;
+    void *staple_hook_data;
 
     uv_timer_t timer;  /* the next query */
     uv_timer_t expiry; /* the cached response's nextUpdate */
@@ -285,6 +287,13 @@ static void arm_expiry(oa_sched_t *s)
     uv_timer_start(&s->expiry, on_expiry, delay > 0 ? (uint64_t)delay : 1, 0);
 }
 
+/* Tells the staple's listener (the delivery) what is cached now. */
+static void staple_changed(oa_sched_t *s)
+{
+    if (s->staple_hook != NULL && !s->closing)
+        s->staple_hook(s->staple_hook_data, s->have_cache ? &s->cache : NULL);
+}
+
 static void remove_staple(oa_sched_t *s, const char *why)
 {
     int rc;
@@ -305,6 +314,7 @@ static void drop_cache(oa_sched_t *s, const char *why)
     uv_timer_stop(&s->expiry);
     /* The file goes even when nothing was cached in memory: it must never outlive the status it stands for. */
     remove_staple(s, why);
+    staple_changed(s);
 }
 
 /* Drops the cached response once its nextUpdate has come (never serve it after). */
@@ -334,16 +344,18 @@ static void on_expiry(uv_timer_t *t)
         arm_expiry(s);
 }
 
+/* The file first, then the delivery: a hook run for the change finds the new file in place. */
 static void write_staple(oa_sched_t *s)
 {
     int rc;
 
-    if (s->staple_path == NULL || s->cache.der == NULL)
-        return;
-    rc = oa_file_write_atomic(s->staple_path, s->cache.der, s->cache.der_len, 0644);
-    if (rc != 0)
-        OA_LOG(OA_LOG_ERROR, "staple_write_failed", OA_KV_STR("path", s->staple_path),
-               OA_KV_STR("error", uv_strerror(rc)));
+    if (s->staple_path != NULL && s->cache.der != NULL) {
+        rc = oa_file_write_atomic(s->staple_path, s->cache.der, s->cache.der_len, 0644);
+        if (rc != 0)
+            OA_LOG(OA_LOG_ERROR, "staple_write_failed", OA_KV_STR("path", s->staple_path),
+                   OA_KV_STR("error", uv_strerror(rc)));
+    }
+    staple_changed(s);
 }
 
 /* Re-verifies a staple left by an earlier run; one that no longer verifies or has expired is removed. */
@@ -811,7 +823,7 @@ int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **o
     s->time_scale = opts->time_scale > 0 ? opts->time_scale : 1.0;
     s->querier = opts->querier != NULL ? opts->querier : &real_querier;
     if (opts->data_dir != NULL) {
-        s->staple_path = oa_path_join(opts->data_dir, STAPLE_FILE_NAME);
+        s->staple_path = oa_path_join(opts->data_dir, OA_STAPLE_FILE_NAME);
         if (s->staple_path == NULL) {
             free(s);
             return UV_ENOMEM;
@@ -984,6 +996,13 @@ void oa_sched_set_state_hook(oa_sched_t *s, oa_sched_state_hook hook, void *data
 {
     s->state_hook = hook;
     s->state_hook_data = data;
+}
+
+void oa_sched_set_staple_hook(oa_sched_t *s, oa_sched_staple_hook hook, void *data)
+{
+    s->staple_hook = hook;
+    s->staple_hook_data = data;
+    staple_changed(s);
 }
 
 int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_error_t *err)

@@ -10,6 +10,7 @@
 
 #include "oa_auth.h"
 #include "oa_conf.h"
+#include "oa_datadir.h"
 #include "oa_error.h"
 #include "oa_http.h"
 #include "oa_ocsp.h"
@@ -17,7 +18,7 @@
 #include "oa_sched.h"
 #include "oa_util.h"
 
-#define OA_CONF_FILE_NAME "ocsp.json"
+
 
 typedef struct oa_agent_s {
     uv_loop_t *loop;
@@ -32,6 +33,7 @@ typedef struct oa_agent_s {
     SSL_CTX *cluster_tls;         /* TLS to the cluster store; NULL without --cluster-tls */
     oa_http_server_t *server;
     struct oa_cluster_s *cluster; /* NULL without --cluster */
+    struct oa_delivery_s *delivery; /* the staple's targets (oa_delivery.h); always set once started */
     oa_buf_t conf_body;           /* GET /v1/ocsp's body, rebuilt on every change */
     oa_auth_check_t *spare_check; /* reused by the next request when the last one authenticated at once */
     uv_signal_t sigterm;

@@ -23,6 +23,9 @@
 #include "oa_error.h"
 #include "oa_log.h"
 
+/* How many --haproxy-socket options one agent takes. */
+#define OA_HAPROXY_SOCKETS_MAX 16
+
 typedef enum oa_command_e { OA_CMD_RUN, OA_CMD_PASSWD, OA_CMD_VERSION, OA_CMD_HELP } oa_command_t;
 
 typedef struct oa_options_s {
@@ -54,6 +57,12 @@ typedef struct oa_options_s {
     char *capabilities;     /* advertised capabilities, comma-separated, may be ""; NULL means "ocsp" */
     int cluster_lease_ms;   /* 0: the cluster's default (3000); else 1000..60000, the lease and the node TTL, with
                                a heartbeat of a third of it */
+
+    /* Staple delivery (oa_delivery.h); all unset by default. */
+    char *haproxy_sockets[OA_HAPROXY_SOCKETS_MAX]; /* UNIX socket paths or loopback ADDR:PORT, in the order given */
+    int n_haproxy_sockets;
+    char *haproxy_crt;      /* the PEM file HAProxy serves; <haproxy_crt>.ocsp is kept equal to the staple */
+    char *staple_hook;      /* a program run as `PROGRAM EVENT STAPLE_FILE` when the staple changes */
 
     /* listen split into its parts (filled by oa_options_parse). */
     char listen_host[64]; /* "127.0.0.1" or "::1" (no brackets) */

@@ -75,6 +75,12 @@ int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *er
 /* Appends the Prometheus text exposition of the engine's metrics to out. Returns 0 or UV_ENOMEM. */
 int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out);
 
+/* Fires whenever the cached response changes: res (borrowed for the call) is the response now cached and written
+ * to the staple file, or NULL when the cache was dropped and the file removed (invalidation, expiry). Setting the
+ * hook fires it once at once with what is cached (a staple reloaded at start-up, or NULL). */
+typedef void (*oa_sched_staple_hook)(void *data, const oa_ocsp_result_t *res);
+void oa_sched_set_staple_hook(oa_sched_t *s, oa_sched_staple_hook hook, void *data);
+
 /* Current state, for tests and logs. */
 oa_sched_state_t oa_sched_state(const oa_sched_t *s);
 

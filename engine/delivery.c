@@ -1,0 +1,429 @@
+/*
+ * The staple's way to the TLS endpoints: the current staple, the targets, and what each of them did with it.
+ */
+#include <inttypes.h>
+#include <openssl/ocsp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "oa_log.h"
+#include "target.h"
+
+struct oa_delivery_s {
+    uv_loop_t *loop;
+    char *node_id;
+    char *staple_path;
+    uint64_t retry_ms;
+
+    oa_ocsp_result_t staple;
+    bool have_staple;
+    uint64_t gen;
+
+    oa_dtarget_t *targets; /* in the order they were added */
+    oa_dtarget_t *api;     /* the API's own target, when added */
+
+    bool closing;
+    size_t pending_closes;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+#define DEFAULT_RETRY_MS 60000
+
+const char *oa_dtarget_state_name(oa_dtarget_state_t s)
+{
+    switch (s) {
+    case OA_DTARGET_PENDING:
+        return "pending";
+    case OA_DTARGET_DELIVERED:
+        return "delivered";
+    case OA_DTARGET_FAILED:
+        return "failed";
+    }
+    return "pending";
+}
+
+int oa_delivery_new(uv_loop_t *loop, const oa_delivery_options_t *opts, oa_delivery_t **out)
+{
+    oa_delivery_t *d;
+
+    *out = NULL;
+    d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return UV_ENOMEM;
+    d->loop = loop;
+    d->retry_ms = DEFAULT_RETRY_MS;
+    d->node_id = strdup(opts->node_id != NULL ? opts->node_id : "");
+    d->staple_path = strdup(opts->staple_path != NULL ? opts->staple_path : "");
+    if (d->node_id == NULL || d->staple_path == NULL) {
+        free(d->node_id);
+        free(d->staple_path);
+        free(d);
+        return UV_ENOMEM;
+    }
+    *out = d;
+    return 0;
+}
+
+int oa_dtarget_attach(oa_delivery_t *d, oa_dtarget_t *t, const oa_dtarget_ops_t *ops, const char *name)
+{
+    oa_dtarget_t **tail;
+
+    t->name = strdup(name);
+    if (t->name == NULL)
+        return UV_ENOMEM;
+    t->ops = ops;
+    t->delivery = d;
+    t->state = OA_DTARGET_PENDING;
+    t->next = NULL;
+    for (tail = &d->targets; *tail != NULL; tail = &(*tail)->next)
+        ;
+    *tail = t;
+    return 0;
+}
+
+/* ---- the agent's own HTTPS API: it reads the current staple in every handshake, so holding it is immediate ---- */
+
+static void api_update(oa_dtarget_t *t)
+{
+    oa_dtarget_report(t, oa_delivery_generation(t->delivery), NULL);
+}
+
+static void api_close(oa_dtarget_t *t)
+{
+    oa_dtarget_closed(t);
+}
+
+static void api_free(oa_dtarget_t *t)
+{
+    free(t);
+}
+
+static const oa_dtarget_ops_t api_ops = {api_update, api_close, api_free};
+
+int oa_delivery_add_api(oa_delivery_t *d, oa_error_t *err)
+{
+    oa_dtarget_t *t;
+
+    if (d->api != NULL)
+        return 0;
+    t = calloc(1, sizeof(*t));
+    if (t == NULL || oa_dtarget_attach(d, t, &api_ops, "api") != 0) {
+        free(t);
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    }
+    d->api = t;
+    return 0;
+}
+
+int oa_delivery_add_haproxy_socket(oa_delivery_t *d, const char *spec, oa_error_t *err)
+{
+    return oa_haproxy_socket_target_new(d, spec, err);
+}
+
+int oa_delivery_add_haproxy_crt(oa_delivery_t *d, const char *crt_path, oa_error_t *err)
+{
+    return oa_haproxy_crt_target_new(d, crt_path, err);
+}
+
+int oa_delivery_add_hook(oa_delivery_t *d, const char *program, oa_error_t *err)
+{
+    return oa_hook_target_new(d, program, err);
+}
+
+/* ---- the staple ---- */
+
+int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
+{
+    oa_ocsp_result_t copy;
+    oa_dtarget_t *t;
+    int rc = 0;
+
+    if (d->closing)
+        return 0;
+    if (res != NULL && d->have_staple && res->der_len == d->staple.der_len &&
+        memcmp(res->der, d->staple.der, res->der_len) == 0)
+        return 0;
+    if (res == NULL && !d->have_staple && d->gen > 0)
+        return 0;
+    memset(&copy, 0, sizeof(copy));
+    if (res != NULL && oa_ocsp_result_copy(&copy, res) != 0) {
+        rc = UV_ENOMEM;
+        res = NULL;
+    }
+    oa_ocsp_result_clear(&d->staple);
+    d->staple = copy;
+    d->have_staple = res != NULL;
+    d->gen++;
+    for (t = d->targets; t != NULL; t = t->next) {
+        if (t->state == OA_DTARGET_DELIVERED)
+            t->state = OA_DTARGET_PENDING;
+        t->ops->update(t);
+    }
+    return rc;
+}
+
+const oa_ocsp_result_t *oa_delivery_staple(const oa_delivery_t *d)
+{
+    return d->have_staple ? &d->staple : NULL;
+}
+
+uint64_t oa_delivery_generation(const oa_delivery_t *d)
+{
+    return d->gen;
+}
+
+void oa_delivery_set_retry_ms(oa_delivery_t *d, uint64_t retry_ms)
+{
+    d->retry_ms = retry_ms > 0 ? retry_ms : 1;
+}
+
+uint64_t oa_delivery_retry_ms(const oa_delivery_t *d)
+{
+    return d->retry_ms;
+}
+
+uv_loop_t *oa_delivery_loop(const oa_delivery_t *d)
+{
+    return d->loop;
+}
+
+const char *oa_delivery_node_id(const oa_delivery_t *d)
+{
+    return d->node_id;
+}
+
+const char *oa_delivery_staple_path(const oa_delivery_t *d)
+{
+    return d->staple_path;
+}
+
+/* ---- reports ---- */
+
+void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
+{
+    oa_delivery_t *d = t->delivery;
+    oa_dtarget_state_t before = t->state;
+    bool reason_changed;
+    char when[OA_RFC1123_LEN];
+
+    if (error == NULL)
+        t->count_ok++;
+    else
+        t->count_failed++;
+    /* A try for a staple that has been replaced since says nothing about the current one. */
+    if (gen != d->gen)
+        return;
+    if (error == NULL) {
+        t->state = OA_DTARGET_DELIVERED;
+        t->delivered_gen = gen;
+        t->last_delivery = time(NULL);
+        t->have_error = false;
+        if (before != OA_DTARGET_DELIVERED)
+            OA_LOG(OA_LOG_INFO, "staple_delivered", OA_KV_STR("target", t->name),
+                   OA_KV_STR("staple", d->have_staple ? oa_cert_status_name(d->staple.cert_status) : "removed"),
+                   OA_KV_STR("this_update", d->have_staple ? oa_time_rfc1123(d->staple.this_update, when) : NULL));
+        return;
+    }
+    reason_changed = !t->have_error || strcmp(t->last_error, error) != 0;
+    t->state = OA_DTARGET_FAILED;
+    t->have_error = true;
+    snprintf(t->last_error, sizeof(t->last_error), "%s", error);
+    if (before != OA_DTARGET_FAILED || reason_changed)
+        OA_LOG(OA_LOG_WARN, "staple_delivery_failed", OA_KV_STR("target", t->name), OA_KV_STR("error", error),
+               OA_KV_STR("staple", d->have_staple ? oa_cert_status_name(d->staple.cert_status) : "removed"));
+}
+
+/* ---- status and metrics ---- */
+
+json_t *oa_delivery_status_json(const oa_delivery_t *d)
+{
+    char when[OA_RFC1123_LEN];
+    const oa_dtarget_t *t;
+    json_t *list, *o;
+
+    list = json_array();
+    if (list == NULL)
+        return NULL;
+    for (t = d->targets; t != NULL; t = t->next) {
+        o = json_object();
+        if (o == NULL || json_array_append_new(list, o) != 0)
+            goto nomem;
+        if (json_object_set_new(o, "target", json_string(t->name)) != 0 ||
+            json_object_set_new(o, "state", json_string(oa_dtarget_state_name(t->state))) != 0)
+            goto nomem;
+        if (t->last_delivery != 0 &&
+            json_object_set_new(o, "last_delivery", json_string(oa_time_rfc1123(t->last_delivery, when))) != 0)
+            goto nomem;
+        if (t->have_error && json_object_set_new(o, "last_error", json_string(t->last_error)) != 0)
+            goto nomem;
+    }
+    return list;
+nomem:
+    json_decref(list);
+    return NULL;
+}
+
+/* A label value in Prometheus' text format: backslash, double quote and line feed escaped. */
+static int append_label(oa_buf_t *out, const char *s)
+{
+    int rc = 0;
+
+    for (; *s != '\0' && rc == 0; s++) {
+        if (*s == '\\' || *s == '"')
+            rc = oa_buf_printf(out, "\\%c", *s);
+        else if (*s == '\n')
+            rc = oa_buf_append_str(out, "\\n");
+        else
+            rc = oa_buf_append(out, s, 1);
+    }
+    return rc;
+}
+
+static int metric_line(oa_buf_t *out, const char *name, const char *target, const char *result, uint64_t value)
+{
+    int rc;
+
+    rc = oa_buf_printf(out, "%s{target=\"", name);
+    rc |= append_label(out, target);
+    if (result != NULL)
+        rc |= oa_buf_printf(out, "\",result=\"%s", result);
+    rc |= oa_buf_printf(out, "\"} %" PRIu64 "\n", value);
+    return rc;
+}
+
+static bool holds_current(const oa_delivery_t *d, const oa_dtarget_t *t)
+{
+    return t->state == OA_DTARGET_DELIVERED && t->delivered_gen == d->gen;
+}
+
+int oa_delivery_metrics(const oa_delivery_t *d, oa_buf_t *out)
+{
+    const oa_dtarget_t *t;
+    int rc = 0;
+
+    if (d->targets == NULL)
+        return 0;
+    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_staple_deliveries_total Tries to deliver the staple to a "
+                                 "target, by result.\n# TYPE ocsp_agent_staple_deliveries_total counter\n");
+    for (t = d->targets; t != NULL; t = t->next) {
+        rc |= metric_line(out, "ocsp_agent_staple_deliveries_total", t->name, "ok", t->count_ok);
+        rc |= metric_line(out, "ocsp_agent_staple_deliveries_total", t->name, "error", t->count_failed);
+    }
+    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_staple_delivered 1 while the target holds the current "
+                                 "staple.\n# TYPE ocsp_agent_staple_delivered gauge\n");
+    for (t = d->targets; t != NULL; t = t->next)
+        rc |= metric_line(out, "ocsp_agent_staple_delivered", t->name, NULL, holds_current(d, t) ? 1 : 0);
+    return rc != 0 ? UV_ENOMEM : 0;
+}
+
+size_t oa_delivery_target_count(const oa_delivery_t *d)
+{
+    const oa_dtarget_t *t;
+    size_t n = 0;
+
+    for (t = d->targets; t != NULL; t = t->next)
+        n++;
+    return n;
+}
+
+bool oa_delivery_all_delivered(const oa_delivery_t *d)
+{
+    const oa_dtarget_t *t;
+
+    for (t = d->targets; t != NULL; t = t->next)
+        if (!holds_current(d, t))
+            return false;
+    return true;
+}
+
+/* ---- HAProxy's rules ---- */
+
+int oa_haproxy_staple_check(const oa_ocsp_result_t *res, time_t now, char *why, size_t why_len)
+{
+    const unsigned char *p = res->der;
+    OCSP_RESPONSE *resp = NULL;
+    OCSP_BASICRESP *basic = NULL;
+    int count, rc = -1;
+
+    resp = d2i_OCSP_RESPONSE(NULL, &p, (long)res->der_len);
+    if (resp != NULL)
+        basic = OCSP_response_get1_basic(resp);
+    if (basic == NULL) {
+        snprintf(why, why_len, "HAProxy will not staple this response: it is not a basic OCSP response");
+        goto out;
+    }
+    count = OCSP_resp_count(basic);
+    if (count != 1) {
+        snprintf(why, why_len, "HAProxy will not staple this response: it holds %d single responses, HAProxy "
+                 "takes exactly one", count);
+        goto out;
+    }
+    if (res->next_update == 0) {
+        snprintf(why, why_len, "HAProxy will not staple this response: it has no nextUpdate");
+        goto out;
+    }
+    if (res->next_update - now <= OA_HAPROXY_STAPLE_MARGIN_SECONDS) {
+        snprintf(why, why_len, "HAProxy will not staple this response: %lld s left before its nextUpdate, HAProxy "
+                 "stops stapling %d s before it", (long long)(res->next_update - now),
+                 OA_HAPROXY_STAPLE_MARGIN_SECONDS);
+        goto out;
+    }
+    rc = 0;
+out:
+    OCSP_BASICRESP_free(basic);
+    OCSP_RESPONSE_free(resp);
+    return rc;
+}
+
+/* ---- teardown ---- */
+
+static void finish(oa_delivery_t *d)
+{
+    oa_dtarget_t *t, *next;
+
+    if (d->pending_closes > 0)
+        return;
+    for (t = d->targets; t != NULL; t = next) {
+        char *name = t->name;
+
+        next = t->next;
+        t->ops->free(t);
+        free(name);
+    }
+    oa_ocsp_result_clear(&d->staple);
+    free(d->node_id);
+    free(d->staple_path);
+    if (d->done != NULL)
+        d->done(d->done_arg);
+    free(d);
+}
+
+void oa_dtarget_closed(oa_dtarget_t *t)
+{
+    oa_delivery_t *d = t->delivery;
+
+    d->pending_closes--;
+    finish(d);
+}
+
+void oa_delivery_close(oa_delivery_t *d, void (*done)(void *arg), void *arg)
+{
+    oa_dtarget_t *t;
+
+    if (d->closing)
+        return;
+    d->closing = true;
+    d->done = done;
+    d->done_arg = arg;
+    /* One extra count so that a target closing synchronously cannot finish the delivery mid-loop. */
+    d->pending_closes = 1;
+    for (t = d->targets; t != NULL; t = t->next)
+        d->pending_closes++;
+    for (t = d->targets; t != NULL; t = t->next) {
+        t->closing = true;
+        t->ops->close(t);
+    }
+    d->pending_closes--;
+    finish(d);
+}

@@ -1,0 +1,77 @@
+/*
+ * Staple delivery (API.md section 6): the verified response reaches the TLS endpoints that hand it to clients.
+ *
+ * The delivery keeps the current staple (a copy of the scheduler's cached response, or none) and a list of targets:
+ * HAProxy runtime sockets, the `<crt>.ocsp` file HAProxy loads at start-up, a hook program, and the agent's own
+ * HTTPS API. Every change of the staple bumps a generation number and is handed to every target; each target
+ * delivers it on the loop, never blocking, and reports back. Per target the delivery keeps what the status and the
+ * metrics show: state (pending, delivered, failed), last delivery, last error, counters. It logs
+ * `staple_delivered` and `staple_delivery_failed` once per change of a target's state, not once per try.
+ */
+#ifndef OA_DELIVERY_H
+#define OA_DELIVERY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <uv.h>
+
+#include "oa_error.h"
+#include "oa_ocsp.h"
+#include "oa_util.h"
+
+typedef struct oa_delivery_s oa_delivery_t;
+
+typedef struct oa_delivery_options_s {
+    const char *node_id;     /* for the hook's OCSP_AGENT_NODE_ID; copied */
+    const char *staple_path; /* <data-dir>/ocsp.der, handed to the hook; copied */
+} oa_delivery_options_t;
+
+/* Creates an empty delivery (no target, no staple). Returns 0 with *out set, or UV_ENOMEM. */
+int oa_delivery_new(uv_loop_t *loop, const oa_delivery_options_t *opts, oa_delivery_t **out);
+
+/*
+ * Targets, added at start-up before the first staple is set. Each returns 0, or -1 with err filled
+ * (OA_E_BAD_OPTION naming the option and the problem, for start-up's one error line).
+ *   haproxy_socket: spec is a UNIX socket path (starts with '/') or "ADDR:PORT" / "[ADDR]:PORT" on loopback.
+ *   haproxy_crt:    the PEM file HAProxy serves; the delivery keeps "<crt>.ocsp" equal to the staple.
+ *   hook:           an executable path, run as `PROGRAM EVENT STAPLE_FILE` without a shell.
+ *   api:            the agent's own HTTPS API, which staples oa_delivery_staple() in its handshakes.
+ */
+int oa_delivery_add_haproxy_socket(oa_delivery_t *d, const char *spec, oa_error_t *err);
+int oa_delivery_add_haproxy_crt(oa_delivery_t *d, const char *crt_path, oa_error_t *err);
+int oa_delivery_add_hook(oa_delivery_t *d, const char *program, oa_error_t *err);
+int oa_delivery_add_api(oa_delivery_t *d, oa_error_t *err);
+
+/*
+ * Makes res (borrowed; copied) the current staple, or removes it (res NULL: invalidated, expired, disabled with
+ * nothing valid). The same response as the current one (equal DER) changes nothing. Otherwise the generation grows
+ * and every target is handed the change at once. Returns 0 or UV_ENOMEM (then the staple counts as removed).
+ */
+int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res);
+
+/* The current staple (borrowed, valid until the next oa_delivery_set_staple), or NULL when there is none. */
+const oa_ocsp_result_t *oa_delivery_staple(const oa_delivery_t *d);
+
+/* How long a target whose delivery failed waits before its next try when it has no rule of its own (the hook
+ * retries every recovery_frequency, scaled by --time-scale). Applied at start-up and on every configuration change. */
+void oa_delivery_set_retry_ms(oa_delivery_t *d, uint64_t retry_ms);
+
+/* The status's `delivery` array (new reference): one object per target with target, state, last_delivery (RFC 1123,
+ * absent before the first delivery) and last_error (absent when the last try succeeded). NULL on out of memory. */
+json_t *oa_delivery_status_json(const oa_delivery_t *d);
+
+/* Appends ocsp_agent_staple_deliveries_total{target,result} and ocsp_agent_staple_delivered{target} in Prometheus'
+ * text format. Returns 0 or UV_ENOMEM. */
+int oa_delivery_metrics(const oa_delivery_t *d, oa_buf_t *out);
+
+/* Number of targets, and whether every one holds the current staple (for tests and logs). */
+size_t oa_delivery_target_count(const oa_delivery_t *d);
+bool oa_delivery_all_delivered(const oa_delivery_t *d);
+
+/* Stops every target (a hook still running is killed), closes every handle; done fires once all is closed and d
+ * is freed. */
+void oa_delivery_close(oa_delivery_t *d, void (*done)(void *arg), void *arg);
+
+#endif
