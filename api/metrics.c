@@ -3,6 +3,7 @@
  */
 #include "oa_api.h"
 #include "oa_cluster.h"
+#include "oa_delivery.h"
 
 void oa_api_metrics_get(const oa_api_call_t *call)
 {
@@ -12,6 +13,8 @@ void oa_api_metrics_get(const oa_api_call_t *call)
 
     oa_buf_init(&out);
     rc = oa_sched_metrics(agent->sched, &out);
+    if (rc == 0)
+        rc = oa_delivery_metrics(agent->delivery, &out);
     if (rc == 0 && agent->cluster != NULL)
         rc = oa_cluster_metrics(agent->cluster, &out);
     if (rc == 0)

@@ -2,12 +2,22 @@
  * GET /v1/ocsp/status (the cached status) and POST /v1/ocsp/test (a fresh query, answered when it completes).
  */
 #include "oa_api.h"
+#include "oa_delivery.h"
 #include "oa_log.h"
 
 void oa_api_ocsp_status_get(const oa_api_call_t *call)
 {
     json_t *status = oa_sched_status_json(call->agent->sched);
+    json_t *delivery;
 
+    /* Where the staple went: one entry per target, an empty list on a node that delivers nowhere. */
+    if (status != NULL) {
+        delivery = oa_delivery_status_json(call->agent->delivery);
+        if (delivery == NULL || json_object_set_new(status, "delivery", delivery) != 0) {
+            json_decref(status);
+            status = NULL;
+        }
+    }
     if (status == NULL) {
         oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
         return;

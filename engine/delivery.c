@@ -155,11 +155,8 @@ int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
     d->staple = copy;
     d->have_staple = res != NULL;
     d->gen++;
-    for (t = d->targets; t != NULL; t = t->next) {
-        if (t->state == OA_DTARGET_DELIVERED)
-            t->state = OA_DTARGET_PENDING;
+    for (t = d->targets; t != NULL; t = t->next)
         t->ops->update(t);
-    }
     return rc;
 }
 
@@ -219,8 +216,10 @@ void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
         t->delivered_gen = gen;
         t->last_delivery = time(NULL);
         t->have_error = false;
-        if (before != OA_DTARGET_DELIVERED)
-            OA_LOG(OA_LOG_INFO, "staple_delivered", OA_KV_STR("target", t->name),
+        /* A routine refresh of a target that took the previous staple too is a debug line; the first delivery
+         * and the one after a failure are what an operator looks for. */
+        OA_LOG(before != OA_DTARGET_DELIVERED ? OA_LOG_INFO : OA_LOG_DEBUG, "staple_delivered",
+               OA_KV_STR("target", t->name),
                    OA_KV_STR("staple", d->have_staple ? oa_cert_status_name(d->staple.cert_status) : "removed"),
                    OA_KV_STR("this_update", d->have_staple ? oa_time_rfc1123(d->staple.this_update, when) : NULL));
         return;
@@ -236,6 +235,17 @@ void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
 
 /* ---- status and metrics ---- */
 
+static bool holds_current(const oa_delivery_t *d, const oa_dtarget_t *t)
+{
+    return t->state == OA_DTARGET_DELIVERED && t->delivered_gen == d->gen;
+}
+
+/* What the status shows: a target that took the previous staple and has not yet reported on this one is pending. */
+static oa_dtarget_state_t shown_state(const oa_delivery_t *d, const oa_dtarget_t *t)
+{
+    return t->state == OA_DTARGET_DELIVERED && !holds_current(d, t) ? OA_DTARGET_PENDING : t->state;
+}
+
 json_t *oa_delivery_status_json(const oa_delivery_t *d)
 {
     char when[OA_RFC1123_LEN];
@@ -250,7 +260,7 @@ json_t *oa_delivery_status_json(const oa_delivery_t *d)
         if (o == NULL || json_array_append_new(list, o) != 0)
             goto nomem;
         if (json_object_set_new(o, "target", json_string(t->name)) != 0 ||
-            json_object_set_new(o, "state", json_string(oa_dtarget_state_name(t->state))) != 0)
+            json_object_set_new(o, "state", json_string(oa_dtarget_state_name(shown_state(d, t)))) != 0)
             goto nomem;
         if (t->last_delivery != 0 &&
             json_object_set_new(o, "last_delivery", json_string(oa_time_rfc1123(t->last_delivery, when))) != 0)
@@ -292,10 +302,6 @@ static int metric_line(oa_buf_t *out, const char *name, const char *target, cons
     return rc;
 }
 
-static bool holds_current(const oa_delivery_t *d, const oa_dtarget_t *t)
-{
-    return t->state == OA_DTARGET_DELIVERED && t->delivered_gen == d->gen;
-}
 
 int oa_delivery_metrics(const oa_delivery_t *d, oa_buf_t *out)
 {

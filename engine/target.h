@@ -41,7 +41,9 @@ struct oa_dtarget_s {
     char *name; /* "haproxy:/run/haproxy/admin.sock", "file:/etc/haproxy/proxy.pem.ocsp", "hook:/x", "api"; owned */
     struct oa_dtarget_s *next;
 
-    /* Kept by engine/delivery.c; targets read, never write. */
+    /* Kept by engine/delivery.c; targets read, never write. state is the outcome of the last try that was about
+     * the generation current at the time: DELIVERED with delivered_gen behind the current generation shows as
+     * pending. */
     oa_dtarget_state_t state;
     uint64_t delivered_gen; /* the generation the target last delivered, 0 for none */
     time_t last_delivery;   /* wall clock of the last successful try, 0 for none */

@@ -842,6 +842,122 @@ static void test_cluster_url_tls(void **state)
     assert_string_equal(err.text, "--cluster: expected redis[s]://HOST:PORT[/DB], got \"redisss://h\"");
 }
 
+/* --haproxy-socket repeats in order; the file takes a string or an array; the command line's list replaces the
+ * file's; --haproxy-crt and --staple-hook are plain paths. */
+static void test_delivery_options(void **state)
+{
+    static const char *const one[] = {"--users", "u", "--haproxy-socket", "/run/haproxy/admin.sock", NULL};
+    static const char *const three[] = {"--users", "u", "--haproxy-socket", "/a.sock", "--haproxy-socket=127.0.0.1:9",
+                                        "--haproxy-socket", "[::1]:10", "--haproxy-crt", "/etc/haproxy/p.pem",
+                                        "--staple-hook", "/bin/true", NULL};
+    static const char *const file[] = {"--config", "@/delivery.json", NULL};
+    static const char *const file_one[] = {"--config", "@/delivery_one_socket.json", NULL};
+    static const char *const file_cli[] = {"--config", "@/delivery.json", "--haproxy-socket", "/x.sock", NULL};
+    static const char *const none[] = {"--users", "u", NULL};
+    static const struct {
+        const char *const *args;
+        int n;
+        const char *sockets[3];
+        const char *crt;
+        const char *hook;
+    } cases[] = {
+        {none, 0, {NULL}, NULL, NULL},
+        {one, 1, {"/run/haproxy/admin.sock"}, NULL, NULL},
+        {three, 3, {"/a.sock", "127.0.0.1:9", "[::1]:10"}, "/etc/haproxy/p.pem", "/bin/true"},
+        {file, 2, {"/run/haproxy/admin.sock", "127.0.0.1:9999"}, "/etc/haproxy/certs/proxy.pem",
+         "/usr/local/bin/staple-nginx"},
+        {file_one, 1, {"/run/haproxy/admin.sock"}, NULL, NULL},
+        {file_cli, 1, {"/x.sock"}, "/etc/haproxy/certs/proxy.pem", "/usr/local/bin/staple-nginx"},
+    };
+    oa_options_t o;
+    oa_error_t err;
+    size_t i;
+    int k;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        if (parse(cases[i].args, &o, &err) != 0)
+            fail_msg("case %zu refused: %s", i, err.text);
+        assert_int_equal(o.n_haproxy_sockets, cases[i].n);
+        for (k = 0; k < cases[i].n; k++)
+            assert_string_equal(o.haproxy_sockets[k], cases[i].sockets[k]);
+        assert_str_or_null("haproxy_crt", o.haproxy_crt, cases[i].crt);
+        assert_str_or_null("staple_hook", o.staple_hook, cases[i].hook);
+        oa_options_free(&o);
+    }
+}
+
+static void test_delivery_options_bad(void **state)
+{
+    char long_path[200], many_args[OA_HAPROXY_SOCKETS_MAX + 1][16], want[600];
+    const char *many[2 * (OA_HAPROXY_SOCKETS_MAX + 1) + 3];
+    static const struct {
+        const char *args[8];
+        const char *text;
+    } cases[] = {
+        {{"--users", "u", "--haproxy-socket", "10.0.0.1:9999", NULL},
+         "--haproxy-socket: refused \"10.0.0.1:9999\": a TCP runtime socket must be on loopback"},
+        {{"--users", "u", "--haproxy-socket", "[::]:9999", NULL},
+         "--haproxy-socket: refused \"[::]:9999\": a TCP runtime socket must be on loopback"},
+        {{"--users", "u", "--haproxy-socket", "admin.sock", NULL},
+         "--haproxy-socket: expected a UNIX socket path or ADDR:PORT, got \"admin.sock\""},
+        {{"--users", "u", "--haproxy-socket", "127.0.0.1:0", NULL},
+         "--haproxy-socket: expected a UNIX socket path or ADDR:PORT, got \"127.0.0.1:0\""},
+        {{"--users", "u", "--haproxy-socket", "", NULL}, "--haproxy-socket: expected a value, got an empty string"},
+        {{"--users", "u", "--haproxy-socket", NULL}, "--haproxy-socket: missing value"},
+        {{"--users", "u", "--haproxy-crt", "a", "--haproxy-crt", "b", NULL}, "--haproxy-crt: given more than once"},
+        {{"--users", "u", "--staple-hook", "", NULL}, "--staple-hook: expected a value, got an empty string"},
+        {{"--config", "@/invalid_haproxy_socket_type.json", NULL},
+         "config file @/invalid_haproxy_socket_type.json: \"haproxy_socket\": expected an array of strings"},
+        {{"--config", "@/invalid_haproxy_socket_remote.json", NULL},
+         "config file @/invalid_haproxy_socket_remote.json: \"haproxy_socket\": refused \"10.1.2.3:9999\": a TCP "
+         "runtime socket must be on loopback"},
+    };
+    oa_options_t o;
+    oa_error_t err;
+    const char *at;
+    size_t i;
+    int n = 0, k;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        assert_int_equal(parse(cases[i].args, &o, &err), -1);
+        oa_options_free(&o);
+        at = strstr(cases[i].text, "@/");
+        if (at != NULL)
+            snprintf(want, sizeof(want), "%.*s%s/%s", (int)(at - cases[i].text), cases[i].text, config_dir, at + 2);
+        else
+            snprintf(want, sizeof(want), "%s", cases[i].text);
+        if (strcmp(err.text, want) != 0)
+            fail_msg("case %zu: got \"%s\", want \"%s\"", i, err.text, want);
+    }
+
+    /* A path that does not fit a UNIX socket address. */
+    memset(long_path, 'a', sizeof(long_path) - 1);
+    long_path[0] = '/';
+    long_path[sizeof(long_path) - 1] = '\0';
+    {
+        const char *args[] = {"--users", "u", "--haproxy-socket", long_path, NULL};
+
+        assert_int_equal(parse(args, &o, &err), -1);
+        oa_options_free(&o);
+        assert_string_equal(err.text, "--haproxy-socket: the UNIX socket path is longer than 107 bytes");
+    }
+
+    /* One socket more than the limit. */
+    many[n++] = "--users";
+    many[n++] = "u";
+    for (k = 0; k <= OA_HAPROXY_SOCKETS_MAX; k++) {
+        snprintf(many_args[k], sizeof(many_args[k]), "/s%d.sock", k);
+        many[n++] = "--haproxy-socket";
+        many[n++] = many_args[k];
+    }
+    many[n] = NULL;
+    assert_int_equal(parse(many, &o, &err), -1);
+    oa_options_free(&o);
+    assert_string_equal(err.text, "--haproxy-socket: at most 16 sockets");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -852,6 +968,8 @@ int main(void)
         cmocka_unit_test(test_cluster_lease),
         cmocka_unit_test(test_cluster_tls_options),
         cmocka_unit_test(test_cluster_url_tls),
+        cmocka_unit_test(test_delivery_options),
+        cmocka_unit_test(test_delivery_options_bad),
     };
     const char *data = getenv("OA_TEST_DATA");
 
