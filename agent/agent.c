@@ -108,8 +108,7 @@ static void on_cluster_conf(void *data, const oa_conf_t *conf, unsigned changed,
         return;
     }
     a->conf = *conf;
-    if (oa_api_ocsp_config_refresh(a) != 0)
-        oa_buf_reset(&a->conf_body);
+    oa_api_conf_changed(a->api);
     oa_conf_changed_names(changed, keys, sizeof(keys));
     OA_LOG(OA_LOG_WARN, "config_changed", OA_KV_STR("user", user != NULL ? user : "cluster"), OA_KV_STR("keys", keys),
            OA_KV_STR("note", "in force, but the local cache could not be written"));
@@ -324,17 +323,97 @@ static void log_started(const oa_agent_t *a)
         OA_LOG(OA_LOG_WARN, "auth_disabled", OA_KV_STR("listen", o->listen));
 }
 
+/* ---- what the API asks of the agent (oa_api_backend_t) ---- */
+
+static void api_conf_get(void *data, const oa_conf_t **conf, const char **responder_url)
+{
+    oa_agent_t *a = data;
+
+    *conf = &a->conf;
+    *responder_url = a->responder_url;
+}
+
+/* Validated here against the configuration in force, so that a bad body is a 400 and a body that changes nothing
+ * a 200 even while the cluster's store is out of reach; a change in cluster mode goes to the store, which applies
+ * it here through on_cluster_conf once it holds it. */
+static int api_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
+                        oa_error_t *err)
+{
+    oa_agent_t *a = data;
+    unsigned changed = 0;
+    oa_conf_t next;
+    int rc;
+
+    oa_error_clear(err);
+    if (oa_conf_patch(&a->conf, a->responder_url, body, len, &next, &changed, err) != 0)
+        return 0;
+    if (a->cluster != NULL && changed != 0) {
+        rc = oa_cluster_conf_put(a->cluster, body, len, a->responder_url, user, done, arg, err);
+        if (rc == 0)
+            return 1;
+        if (rc == 1)
+            oa_error_clear(err);
+        return 0;
+    }
+    oa_agent_conf_update(a, &next, changed, user, err);
+    return 0;
+}
+
+static json_t *api_status(void *data)
+{
+    oa_agent_t *a = data;
+    json_t *status = oa_sched_status_json(a->sched);
+    json_t *delivery;
+
+    /* Where the staple went: one entry per target, an empty list on a node that delivers nowhere. */
+    if (status == NULL)
+        return NULL;
+    delivery = oa_delivery_status_json(a->delivery);
+    if (delivery == NULL || json_object_set_new(status, "delivery", delivery) != 0) {
+        json_decref(status);
+        return NULL;
+    }
+    return status;
+}
+
+static int api_test(void *data, oa_api_test_cb cb, void *arg, oa_error_t *err)
+{
+    oa_agent_t *a = data;
+
+    return oa_sched_test(a->sched, cb, arg, err);
+}
+
+static int api_capability_check(void *data, oa_error_t *err)
+{
+    return oa_agent_capability_check(data, err);
+}
+
+static int api_metrics(void *data, oa_buf_t *out)
+{
+    oa_agent_t *a = data;
+    int rc;
+
+    rc = oa_sched_metrics(a->sched, out);
+    if (rc == 0)
+        rc = oa_delivery_metrics(a->delivery, out);
+    if (rc == 0 && a->cluster != NULL)
+        rc = oa_cluster_metrics(a->cluster, out);
+    return rc;
+}
+
 int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_error_t *err)
 {
     oa_sched_options_t so;
     oa_http_limits_t limits;
     int rc;
 
+    const oa_api_backend_t api_backend = {a,          api_conf_get,          api_conf_put, api_status,
+                                          api_test,   api_capability_check, api_metrics};
+
     memset(a, 0, sizeof(*a));
     a->loop = loop;
     a->opts = opts;
     a->responder_url = "";
-    oa_buf_init(&a->conf_body);
     oa_conf_defaults(&a->conf);
 
     /* Signals first: once the port is open, SIGTERM must mean an orderly stop, even during the rest of start-up
@@ -371,9 +450,12 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
      * runs only once start-up is complete. */
     oa_http_limits_default(&limits);
     limits.max_connections = (unsigned)opts->max_connections;
-    if (oa_http_server_start(loop, opts->listen_host, opts->listen_port, &limits, a->tls, oa_api_handle, a,
+    if (oa_api_new(a->auth, &api_backend, &a->api) != 0)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    if (oa_http_server_start(loop, opts->listen_host, opts->listen_port, &limits, a->tls, oa_api_handle, a->api,
                              &a->server, err) != 0)
         return -1;
+    oa_api_set_server(a->api, a->server);
 
     /* The data dir comes after every file was checked, so a bad file stops start-up before anything is created. */
     if (ensure_data_dir(opts->data_dir, err) != 0)
@@ -389,8 +471,7 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
                OA_KV_STR("reason", "the persisted configuration enables OCSP but there is no responder URL"));
         a->conf.ocsp_functionality = false;
     }
-    if (oa_api_ocsp_config_refresh(a) != 0)
-        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    oa_api_conf_changed(a->api);
 
     so.target = a->target;
     so.data_dir = opts->data_dir;
@@ -428,6 +509,8 @@ void oa_agent_stop(oa_agent_t *a)
     if (a->closing)
         return;
     a->closing = 1;
+    if (a->api != NULL)
+        oa_api_shutdown(a->api);
     /* The scheduler goes first so that tests waiting on it are answered while the server can still reply. */
     if (a->sched != NULL) {
         a->pending_closes++;
@@ -466,8 +549,7 @@ void oa_agent_free(oa_agent_t *a)
     SSL_CTX_free(a->tls);
     SSL_CTX_free(a->cluster_tls);
     free(a->conf_path);
-    oa_buf_free(&a->conf_body);
-    free(a->spare_check);
+    oa_api_free(a->api);
     memset(a, 0, sizeof(*a));
 }
 
@@ -488,8 +570,7 @@ int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed,
                             uv_strerror(rc));
     }
     a->conf = *next;
-    if (oa_api_ocsp_config_refresh(a) != 0)
-        oa_buf_reset(&a->conf_body); /* rebuilt on the next GET */
+    oa_api_conf_changed(a->api);
     oa_conf_changed_names(changed, keys, sizeof(keys));
     OA_LOG(OA_LOG_INFO, "config_changed", OA_KV_STR("user", user), OA_KV_STR("keys", keys),
            OA_KV_BOOL("ocsp_functionality", next->ocsp_functionality),

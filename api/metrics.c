@@ -1,22 +1,16 @@
 /*
  * GET /metrics: the engine's metrics, the cluster's (in cluster mode) and the API's own, in Prometheus' text format.
  */
-#include "oa_api.h"
-#include "oa_cluster.h"
-#include "oa_delivery.h"
+#include "api_internal.h"
 
 void oa_api_metrics_get(const oa_api_call_t *call)
 {
-    oa_agent_t *agent = call->agent;
+    oa_api_t *api = call->api;
     oa_buf_t out;
     int rc;
 
     oa_buf_init(&out);
-    rc = oa_sched_metrics(agent->sched, &out);
-    if (rc == 0)
-        rc = oa_delivery_metrics(agent->delivery, &out);
-    if (rc == 0 && agent->cluster != NULL)
-        rc = oa_cluster_metrics(agent->cluster, &out);
+    rc = api->backend.metrics(api->backend.data, &out);
     if (rc == 0)
         rc = oa_buf_printf(&out,
                            "# HELP ocsp_agent_http_connections Open API connections.\n"
@@ -25,7 +19,7 @@ void oa_api_metrics_get(const oa_api_call_t *call)
                            "# HELP ocsp_agent_info Build information.\n"
                            "# TYPE ocsp_agent_info gauge\n"
                            "ocsp_agent_info{version=\"%s\"} 1\n",
-                           oa_http_server_connections(agent->server), OA_VERSION);
+                           api->server != NULL ? oa_http_server_connections(api->server) : 0, OA_VERSION);
     if (rc != 0)
         oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
     else

@@ -6,38 +6,12 @@
 #include <string.h>
 #include <strings.h>
 
-#include "oa_api.h"
-#include "oa_cluster.h"
+#include "api_internal.h"
 #include "oa_log.h"
-
-int oa_api_ocsp_config_refresh(oa_agent_t *agent)
-{
-    json_t *obj = oa_conf_to_json(&agent->conf, agent->responder_url);
-    char *text;
-    int rc;
-
-    if (obj == NULL)
-        return UV_ENOMEM;
-    text = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
-    if (text == NULL)
-        return UV_ENOMEM;
-    oa_buf_reset(&agent->conf_body);
-    rc = oa_buf_append_str(&agent->conf_body, text);
-    free(text);
-    return rc;
-}
 
 void oa_api_ocsp_config_get(const oa_api_call_t *call)
 {
-    oa_agent_t *agent = call->agent;
-
-    /* The body is cached: GET is the hot path, and it changes only when the configuration does. */
-    if (agent->conf_body.len == 0 && oa_api_ocsp_config_refresh(agent) != 0) {
-        oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
-        return;
-    }
-    oa_http_respond(call->req, 200, NULL, agent->conf_body.data, agent->conf_body.len);
+    oa_api_respond_conf(call->api, call->req);
 }
 
 /* A body is JSON when it says so, or says nothing (curl -d without -H); any other declared type is refused. */
@@ -70,64 +44,43 @@ static void reject(oa_http_request_t *req, const char *user, const oa_error_t *e
     oa_http_respond_error(req, 0, err->code, err->text, NULL);
 }
 
-/* In cluster mode the answer waits for the store: an acknowledged change is one the store holds. */
-static void on_cluster_put_done(void *data, const oa_error_t *err)
+/* A change that waited for the cluster's store: an acknowledged change is one the store holds. */
+static void on_put_done(void *arg, const oa_error_t *err)
 {
-    oa_http_request_t *req = data;
-    oa_agent_t *agent = req->data;
+    oa_http_request_t *req = arg;
+    oa_api_t *api = req->data;
 
     if (err != NULL) {
         reject(req, NULL, err, err->code == OA_E_STORE_UNAVAILABLE ? OA_LOG_WARN : OA_LOG_INFO);
         return;
     }
-    if (agent->conf_body.len == 0 && oa_api_ocsp_config_refresh(agent) != 0) {
-        oa_http_respond_error(req, 0, OA_E_NOMEM, "Out of memory.", NULL);
-        return;
-    }
-    oa_http_respond(req, 200, NULL, agent->conf_body.data, agent->conf_body.len);
-}
-
-static void put_to_cluster(const oa_api_call_t *call)
-{
-    oa_agent_t *agent = call->agent;
-    oa_http_request_t *req = call->req;
-    oa_error_t err;
-    int rc;
-
-    req->data = agent;
-    rc = oa_cluster_conf_put(agent->cluster, req->body, req->body_len, agent->responder_url, call->user->name,
-                             on_cluster_put_done, req, &err);
-    if (rc == 1) {
-        oa_api_ocsp_config_get(call);
-    } else if (rc < 0) {
-        reject(req, call->user->name, &err, err.code == OA_E_STORE_UNAVAILABLE ? OA_LOG_DEBUG : OA_LOG_INFO);
-    }
+    oa_api_respond_conf(api, req);
 }
 
 void oa_api_ocsp_config_put(const oa_api_call_t *call)
 {
-    oa_agent_t *agent = call->agent;
+    const oa_api_backend_t *b = oa_api_backend(call->api);
     oa_http_request_t *req = call->req;
-    oa_conf_t next;
-    unsigned changed = 0;
     oa_error_t err;
+    int rc;
 
     if (!content_type_is_json(req->content_type)) {
         oa_http_respond_error(req, 0, OA_E_UNSUPPORTED_MEDIA_TYPE, "The body must be application/json.", NULL);
         return;
     }
-    if (oa_conf_patch(&agent->conf, agent->responder_url, req->body ? req->body : "", req->body_len, &next,
-                      &changed, &err) != 0) {
-        reject(req, call->user->name, &err, OA_LOG_INFO);
+    req->data = call->api;
+    oa_error_clear(&err);
+    rc = b->conf_put(b->data, req->body ? req->body : "", req->body_len, call->user->name, on_put_done, req, &err);
+    if (rc == 1)
+        return;
+    if (err.code == 0) {
+        oa_api_respond_conf(call->api, req);
         return;
     }
-    if (agent->cluster != NULL && changed != 0) {
-        put_to_cluster(call);
-        return;
-    }
-    if (oa_agent_conf_update(agent, &next, changed, call->user->name, &err) != 0) {
+    /* A refusal by the validator is the audit trail's business; one before anything reached an unreachable store is
+     * not (see reject); a failure to persist was logged where it happened. */
+    if (err.code == OA_E_PERSIST)
         oa_http_respond_error(req, 0, err.code, err.text, NULL);
-        return;
-    }
-    oa_api_ocsp_config_get(call);
+    else
+        reject(req, call->user->name, &err, err.code == OA_E_STORE_UNAVAILABLE ? OA_LOG_DEBUG : OA_LOG_INFO);
 }

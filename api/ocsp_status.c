@@ -2,22 +2,13 @@
  * GET /v1/ocsp/status (the cached status) and POST /v1/ocsp/test (a fresh query, answered when it completes).
  */
 #include "oa_api.h"
-#include "oa_delivery.h"
 #include "oa_log.h"
 
 void oa_api_ocsp_status_get(const oa_api_call_t *call)
 {
-    json_t *status = oa_sched_status_json(call->agent->sched);
-    json_t *delivery;
+    const oa_api_backend_t *b = oa_api_backend(call->api);
+    json_t *status = b->status(b->data);
 
-    /* Where the staple went: one entry per target, an empty list on a node that delivers nowhere. */
-    if (status != NULL) {
-        delivery = oa_delivery_status_json(call->agent->delivery);
-        if (delivery == NULL || json_object_set_new(status, "delivery", delivery) != 0) {
-            json_decref(status);
-            status = NULL;
-        }
-    }
     if (status == NULL) {
         oa_http_respond_error(call->req, 0, OA_E_NOMEM, "Out of memory.", NULL);
         return;
@@ -26,9 +17,9 @@ void oa_api_ocsp_status_get(const oa_api_call_t *call)
     json_decref(status);
 }
 
-static void on_test_done(void *data, int err, const char *text, json_t *status)
+static void on_test_done(void *arg, int err, const char *text, json_t *status)
 {
-    oa_http_request_t *req = data;
+    oa_http_request_t *req = arg;
 
     if (err != 0) {
         oa_http_respond_error(req, 0, (oa_errcode_t)err, text, NULL);
@@ -39,10 +30,11 @@ static void on_test_done(void *data, int err, const char *text, json_t *status)
 
 void oa_api_ocsp_test_post(const oa_api_call_t *call)
 {
+    const oa_api_backend_t *b = oa_api_backend(call->api);
     oa_error_t err;
 
     OA_LOG(OA_LOG_INFO, "ocsp_test_requested", OA_KV_STR("user", call->user->name));
-    if (oa_sched_test(call->agent->sched, on_test_done, call->req, &err) != 0) {
+    if (b->test(b->data, on_test_done, call->req, &err) != 0) {
         /* A test that cannot even start is the server's problem to report, not the request's: 500. */
         oa_http_respond_error(call->req, err.code == OA_E_NO_RESPONDER_URL ? 500 : 0, err.code, err.text, NULL);
     }

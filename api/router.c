@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "oa_api.h"
+#include "api_internal.h"
 #include "oa_log.h"
 
 typedef void (*handler_fn)(const oa_api_call_t *call);
@@ -33,18 +33,6 @@ static const route_t routes[] = {
     {"/v1/ocsp/test", "POST", 1, {{HTTP_POST, OA_PERM_TEST_OCSP_STATUS, oa_api_ocsp_test_post}}},
     {"/metrics", "GET, HEAD", 0, {{HTTP_GET, OA_PERM_VIEW_OCSP_STATUS, oa_api_metrics_get}}},
 };
-
-void oa_api_respond_json(oa_http_request_t *req, int status, const json_t *body)
-{
-    char *text = json_dumps(body, JSON_COMPACT);
-
-    if (text == NULL) {
-        oa_http_respond_error(req, 0, OA_E_NOMEM, "The response could not be encoded.", NULL);
-        return;
-    }
-    oa_http_respond(req, status, NULL, text, strlen(text));
-    free(text);
-}
 
 static const route_t *route_find(const char *path)
 {
@@ -72,13 +60,13 @@ static const char *target_path(const char *target)
     return p != NULL ? p : "/";
 }
 
-static void dispatch(oa_http_request_t *req, oa_agent_t *agent, const oa_user_t *user)
+static void dispatch(oa_http_request_t *req, oa_api_t *api, const oa_user_t *user)
 {
     const route_t *route = route_find(target_path(req->path));
     /* HEAD is GET without a body; the server leaves the body out. */
     int method = req->method == HTTP_HEAD ? HTTP_GET : req->method;
     const route_method_t *m = NULL;
-    oa_api_call_t call = {.req = req, .agent = agent, .user = user};
+    oa_api_call_t call = {.req = req, .api = api, .user = user};
     char allow[64];
     oa_error_t err;
     size_t i;
@@ -104,7 +92,7 @@ static void dispatch(oa_http_request_t *req, oa_agent_t *agent, const oa_user_t 
         oa_http_respond_error(req, 0, err.code, err.text, NULL);
         return;
     }
-    if (route->needs_capability && oa_agent_capability_check(agent, &err) != 0) {
+    if (route->needs_capability && api->backend.capability_check(api->backend.data, &err) != 0) {
         oa_http_respond_error(req, 0, err.code, err.text, NULL);
         return;
     }
@@ -124,30 +112,31 @@ static void respond_auth_error(oa_http_request_t *req, int code)
 static void on_auth_done(oa_auth_check_t *check, int result, const oa_user_t *user)
 {
     oa_http_request_t *req = check->data;
-    oa_agent_t *agent = req->data;
+    oa_api_t *api = req->data;
 
     free(check);
     if (result != 0 || user == NULL) {
         respond_auth_error(req, OA_E_UNAUTHORIZED);
         return;
     }
-    if (agent->closing) {
+    /* The KDF ran on the thread pool: the daemon may have begun to stop meanwhile. */
+    if (api->shutting_down) {
         oa_http_respond_error(req, 503, OA_E_INTERNAL, "The agent is shutting down.", NULL);
         return;
     }
-    dispatch(req, agent, user);
+    dispatch(req, api, user);
 }
 
 void oa_api_handle(oa_http_request_t *req, void *app)
 {
-    oa_agent_t *agent = app;
+    oa_api_t *api = app;
     const oa_user_t *user = NULL;
     oa_auth_check_t *check;
     int rc;
 
     /* Most requests are answered from the credential cache, so the check they needed is kept for the next one. */
-    check = agent->spare_check;
-    agent->spare_check = NULL;
+    check = api->spare_check;
+    api->spare_check = NULL;
     if (check != NULL)
         memset(check, 0, sizeof(*check));
     else
@@ -157,14 +146,14 @@ void oa_api_handle(oa_http_request_t *req, void *app)
         return;
     }
     check->data = req;
-    req->data = agent;
-    rc = oa_auth_check(agent->auth, req->authorization, req->authorization_len, check, on_auth_done, &user);
+    req->data = api;
+    rc = oa_auth_check(api->auth, req->authorization, req->authorization_len, check, on_auth_done, &user);
     if (rc == 1)
         return; /* on_auth_done owns check now */
-    agent->spare_check = check;
+    api->spare_check = check;
     if (rc < 0) {
         respond_auth_error(req, -rc);
         return;
     }
-    dispatch(req, agent, user);
+    dispatch(req, api, user);
 }

@@ -34,8 +34,7 @@ typedef struct oa_agent_s {
     oa_http_server_t *server;
     struct oa_cluster_s *cluster; /* NULL without --cluster */
     struct oa_delivery_s *delivery; /* the staple's targets (oa_delivery.h); always set once started */
-    oa_buf_t conf_body;           /* GET /v1/ocsp's body, rebuilt on every change */
-    oa_auth_check_t *spare_check; /* reused by the next request when the last one authenticated at once */
+    struct oa_api_s *api;         /* the REST API, which sees the agent through its backend interface only */
     uv_signal_t sigterm;
     uv_signal_t sigint;
     int closing;
