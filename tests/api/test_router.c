@@ -20,6 +20,7 @@
 #include "oa_auth.h"
 #include "oa_log.h"
 #include "oa_util.h"
+#include "testnet.h"
 
 typedef struct fixture_s {
     char dir[64];
@@ -134,37 +135,13 @@ typedef struct reply_s {
 static void request(fixture_t *f, const char *method, const char *path, const char *auth, const char *extra,
                     const char *body, reply_t *r)
 {
-    struct sockaddr_in sa;
-    struct timeval tv = {.tv_sec = 10};
-    char req[4096], resp[16384];
-    size_t got = 0;
-    ssize_t n;
-    char *sep;
-    int fd;
+    oa_testnet_reply_t raw;
 
     memset(r, 0, sizeof(*r));
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)f->port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s%s%s%s"
-             "Content-Length: %zu\r\n\r\n%s",
-             method, path, auth ? "Authorization: Basic " : "", auth ? auth : "", auth ? "\r\n" : "",
-             extra ? extra : "", body ? strlen(body) : 0, body ? body : "");
-    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
-    while ((n = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
-        got += (size_t)n;
-    close(fd);
-    resp[got] = '\0';
-    assert_int_equal(sscanf(resp, "HTTP/1.1 %d", &r->status), 1);
-    sep = strstr(resp, "\r\n\r\n");
-    assert_non_null(sep);
-    snprintf(r->headers, sizeof(r->headers), "%.*s", (int)(sep - resp), resp);
-    r->json = json_loads(sep + 4, 0, NULL);
+    assert_int_equal(oa_testnet_http(f->port, method, path, auth, extra, body, &raw), 0);
+    r->status = raw.status;
+    snprintf(r->headers, sizeof(r->headers), "%s", raw.headers);
+    r->json = json_loads(raw.body, 0, NULL);
 }
 
 static void assert_error(reply_t *r, int status, const char *code)

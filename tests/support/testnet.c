@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -155,4 +156,44 @@ void oa_testnet_redis_stop(pid_t pid, int sig)
         return;
     kill(pid, sig);
     reap(pid);
+}
+
+int oa_testnet_http(int port, const char *method, const char *path, const char *basic_auth, const char *extra,
+                    const char *body, oa_testnet_reply_t *r)
+{
+    struct timeval tv = {.tv_sec = 10};
+    struct sockaddr_in a;
+    char req[8192], resp[sizeof(r->headers) + sizeof(r->body) + 8];
+    size_t got = 0, len;
+    ssize_t n;
+    char *sep;
+    int fd, rc = -1;
+
+    memset(r, 0, sizeof(*r));
+    len = (size_t)snprintf(req, sizeof(req),
+                           "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s%s%s%s"
+                           "Content-Length: %zu\r\n\r\n%s",
+                           method, path, basic_auth ? "Authorization: Basic " : "", basic_auth ? basic_auth : "",
+                           basic_auth ? "\r\n" : "", extra ? extra : "", body ? strlen(body) : 0, body ? body : "");
+    if (len >= sizeof(req))
+        return -1;
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    loopback(&a, port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || write(fd, req, len) != (ssize_t)len)
+        goto out;
+    while (got < sizeof(resp) - 1 && (n = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
+        got += (size_t)n;
+    resp[got] = '\0';
+    sep = strstr(resp, "\r\n\r\n");
+    if (sscanf(resp, "HTTP/1.1 %d", &r->status) != 1 || sep == NULL)
+        goto out;
+    snprintf(r->headers, sizeof(r->headers), "%.*s", (int)(sep - resp), resp);
+    snprintf(r->body, sizeof(r->body), "%s", sep + 4);
+    rc = 0;
+out:
+    close(fd);
+    return rc;
 }

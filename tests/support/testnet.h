@@ -33,4 +33,17 @@ pid_t oa_testnet_redis_start(int port, const char *dir, const char *const *extra
 /* Sends sig to the server started as pid and reaps it. Does nothing when pid <= 0. */
 void oa_testnet_redis_stop(pid_t pid, int sig);
 
+/* One HTTP/1.1 exchange with a server on 127.0.0.1:port, blocking, bounded by a 10 s receive timeout: sends method
+ * and path with Connection: close, the Authorization header "Basic <basic_auth>" when basic_auth is not NULL, the
+ * extra header lines (each ending in CRLF) and body with its Content-Length, then reads until the server closes. */
+typedef struct oa_testnet_reply_s {
+    int status;         /* the status code, 0 when none could be read */
+    char headers[2048]; /* the status line and headers, without the blank line */
+    char body[16384];   /* the body, NUL-terminated (truncated when larger) */
+} oa_testnet_reply_t;
+
+/* Returns 0 with r filled, or -1 when the connection or the exchange failed or the reply is not HTTP. */
+int oa_testnet_http(int port, const char *method, const char *path, const char *basic_auth, const char *extra,
+                    const char *body, oa_testnet_reply_t *r);
+
 #endif
