@@ -134,14 +134,12 @@ static void quote_first_line(const char *text, size_t len, char *out, size_t out
 
     while (i < len && (text[i] == '\n' || text[i] == '\r' || text[i] == ' '))
         i++;
-    for (; i < len && text[i] != '\n' && n + 1 < out_len && n < QUOTE_MAX; i++) {
+    for (; i < len && text[i] != '\n' && text[i] != '\r' && n + 1 < out_len && n < QUOTE_MAX; i++) {
         unsigned char c = (unsigned char)text[i];
 
         /* HAProxy's words end up in a log line and the status JSON: nothing but printable ASCII. */
         out[n++] = (char)(c >= 0x20 && c < 0x7f && c != '"' ? c : '?');
     }
-    if (n > 0 && out[n - 1] == '\r')
-        n--;
     out[n] = '\0';
 }
 
