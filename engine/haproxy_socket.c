@@ -24,6 +24,9 @@
  * status, CertID, times and revocation lines, and the hex of the response's signature, which is unique to one
  * response. Only those lines are compared so that a HAProxy linked with another OpenSSL version, which lays out
  * other lines differently, still compares equal.
+ *
+ * For tests only, OA_TEST_HAPROXY_CHECK_MS, OA_TEST_HAPROXY_EXCHANGE_MS and OA_TEST_HAPROXY_BACKOFF_MS (the first
+ * retry; the longest is five times it) replace the intervals; production leaves them unset.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -185,7 +188,7 @@ static int fingerprint(const char *text, size_t len, oa_buf_t *out)
             }
             for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
                 if (starts_with(s, (size_t)(e - s), keys[i])) {
-                    if (i == 8)
+                    if (strcmp(keys[i], "This Update:") == 0)
                         have_this_update = 1;
                     rc = oa_buf_append(out, s, (size_t)(e - s));
                     rc |= oa_buf_append(out, "\n", 1);
@@ -401,8 +404,9 @@ static void push_done(hsock_t *t, uint64_t gen)
         snprintf(why, sizeof(why), "HAProxy (%s) refused the response: \"%s\".", t->where, quote);
     }
     oa_dtarget_report(&t->base, gen, ok ? NULL : t->ex_error[0] != '\0' ? t->ex_error : why);
+    /* A newer staple waits for plan() until this exchange is over, so t->next_update is still the pushed one's. */
     if (ok)
-        t->acked_next_update = gen == t->seen_gen ? t->next_update : t->acked_next_update;
+        t->acked_next_update = t->next_update;
     if (gen != oa_delivery_generation(t->base.delivery))
         return;
     if (!ok) {
