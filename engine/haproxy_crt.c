@@ -44,7 +44,7 @@ static void crt_deliver(crt_target_t *c)
 {
     const oa_ocsp_result_t *staple = oa_delivery_staple(c->base.delivery);
     uint64_t gen = oa_delivery_generation(c->base.delivery);
-    char why[OA_DTARGET_ERROR_MAX], error[OA_DTARGET_ERROR_MAX];
+    char why[OA_DTARGET_ERROR_MAX], error[2 * OA_DTARGET_ERROR_MAX];
     bool refused = false;
     time_t now = time(NULL);
     int rc;
