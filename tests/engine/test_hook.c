@@ -598,7 +598,8 @@ static void test_megabytes_of_output(void **state)
     target_status(&c, st, le, NULL);
     assert_string_equal(st, "failed");
     assert_non_null(strstr(le, "chatty.sh exited with status 1: first line"));
-    if (after - before > 2048)
+    /* Keeping the output would take over 10 MB; the bound leaves room for a sanitizer's own bookkeeping. */
+    if (after - before > 8192)
         fail_msg("the resident set grew by %ld kB while the hook wrote 20 MB", after - before);
     ctx_close(&c);
 }
