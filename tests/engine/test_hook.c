@@ -729,6 +729,26 @@ static void test_close_while_running(void **state)
     assert_true(pid_gone((pid_t)child));
 }
 
+/* A relative path without a slash is taken from the current directory at start-up, never looked up in PATH. */
+static void test_relative_path(void **state)
+{
+    char cwd[1024], st[32], le[OA_DTARGET_ERROR_MAX], name[512];
+    ctx_t c;
+
+    (void)state;
+    write_hook(1, "rel.sh", "exit 0");
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(dir), 0);
+    ctx_init(&c, "rel.sh");
+    assert_int_equal(chdir(cwd), 0); /* a later change of directory does not matter */
+    set_good(c.d, -60);
+    wait_tries(&c, 1, 5000);
+    target_status(&c, st, le, name);
+    assert_string_equal(name, "hook:rel.sh");
+    assert_string_equal(st, "delivered");
+    ctx_close(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -743,6 +763,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_change_after_failure_runs_at_once, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_spawn_failure, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_close_while_running, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_relative_path, test_setup, test_teardown),
     };
 
     signal(SIGPIPE, SIG_IGN);
