@@ -75,6 +75,7 @@ int oa_dtarget_attach(oa_delivery_t *d, oa_dtarget_t *t, const oa_dtarget_ops_t 
     t->ops = ops;
     t->delivery = d;
     t->state = OA_DTARGET_PENDING;
+    t->delivered_status = -1;
     t->next = NULL;
     for (tail = &d->targets; *tail != NULL; tail = &(*tail)->next)
         ;
@@ -201,7 +202,8 @@ void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
 {
     oa_delivery_t *d = t->delivery;
     oa_dtarget_state_t before = t->state;
-    bool reason_changed;
+    bool reason_changed, routine;
+    int status;
     char when[OA_RFC1123_LEN];
 
     if (error == NULL)
@@ -212,13 +214,16 @@ void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
     if (gen != d->gen)
         return;
     if (error == NULL) {
+        /* A routine refresh (the same status again, to a target that took the previous staple too) is a debug
+         * line; a first delivery, one after a failure, a new status and a removal are what an operator looks for. */
+        status = d->have_staple ? (int)d->staple.cert_status : -1;
+        routine = before == OA_DTARGET_DELIVERED && status >= 0 && status == t->delivered_status;
         t->state = OA_DTARGET_DELIVERED;
         t->delivered_gen = gen;
+        t->delivered_status = status;
         t->last_delivery = time(NULL);
         t->have_error = false;
-        /* A routine refresh of a target that took the previous staple too is a debug line; the first delivery
-         * and the one after a failure are what an operator looks for. */
-        OA_LOG(before != OA_DTARGET_DELIVERED ? OA_LOG_INFO : OA_LOG_DEBUG, "staple_delivered",
+        OA_LOG(routine ? OA_LOG_DEBUG : OA_LOG_INFO, "staple_delivered",
                OA_KV_STR("target", t->name),
                    OA_KV_STR("staple", d->have_staple ? oa_cert_status_name(d->staple.cert_status) : "removed"),
                    OA_KV_STR("this_update", d->have_staple ? oa_time_rfc1123(d->staple.this_update, when) : NULL));

@@ -46,6 +46,7 @@ struct oa_dtarget_s {
      * pending. */
     oa_dtarget_state_t state;
     uint64_t delivered_gen; /* the generation the target last delivered, 0 for none */
+    int delivered_status;   /* the oa_cert_status_t it last delivered, -1 for a removal or none */
     time_t last_delivery;   /* wall clock of the last successful try, 0 for none */
     bool have_error;
     char last_error[OA_DTARGET_ERROR_MAX];

@@ -518,13 +518,14 @@ make_pki() {
         bail "make-pki.sh $1 $2 fails" "$(cat "$T_DIR/make-pki.err")"
 }
 
-# start_responder PKI_DIR PORT: a loopback OCSP responder (scripts/ocsp-responder.py) for the PKI. Sets
+# start_responder PKI_DIR PORT: a loopback OCSP responder (scripts/ocsp-responder.py) for the PKI; its responses
+# are valid RESP_NMIN minutes (default 5: under HAProxy's 300 s margin, so suites that feed HAProxy ask for more). Sets
 # RESP_PID, RESP_LOG (one line per request) and RESP_CONTROL (write a mode there to change its answers).
 start_responder() {
     RESP_LOG="$T_DIR/responder.log"
     RESP_CONTROL="$T_DIR/responder.control"
     python3 "$OA_SOURCE_DIR/scripts/ocsp-responder.py" --pki "$1" --port "$2" --control "$RESP_CONTROL" \
-        </dev/null 2>"$RESP_LOG" &
+        ${RESP_NMIN:+--nmin "$RESP_NMIN"} </dev/null 2>"$RESP_LOG" &
     RESP_PID=$!
     T_PIDS+=("$RESP_PID")
     wait_port "$2" "$RESP_PID" 10 || bail "the OCSP responder starts on port $2" "$(cat "$RESP_LOG")"

@@ -12,6 +12,7 @@ source "$(dirname "$0")/lib.sh"
 TIME_SCALE=0.02 # query_frequency and recovery_frequency 60 s -> 1.2 s
 
 make_users admin
+RESP_NMIN=30 # HAProxy will not take a response with 300 s or less before its nextUpdate
 start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
@@ -83,7 +84,7 @@ assert_delivery() { # NAME NODE PREFIX JQ_EXPR [TIMEOUT_S]
 }
 
 on n1
-put_json /v1/ocsp '{"ocsp_functionality": true, "recovery_max_tries": 2}'
+put_json /v1/ocsp '{"ocsp_functionality": true, "query_frequency": 60, "recovery_frequency": 60, "recovery_max_tries": 2}'
 assert_status "PUT enables OCSP for the cluster" 200
 
 # --- both nodes deliver the poller's response to their own targets
