@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "oa_auth.h"
+#include "oa_codec.h"
 #include "oa_util.h"
 
 #define PASSWD_PREFIX   "$pbkdf2-sha256$"
@@ -124,54 +125,6 @@ const char *oa_perm_name(oa_perm_t perm)
     return "unknown";
 }
 
-static int b64_char_ok(unsigned char c)
-{
-    return isalnum(c) || c == '+' || c == '/';
-}
-
-static unsigned b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return (unsigned)(c - 'A');
-    if (c >= 'a' && c <= 'z')
-        return (unsigned)(c - 'a' + 26);
-    if (c >= '0' && c <= '9')
-        return (unsigned)(c - '0' + 52);
-    return c == '+' ? 62u : 63u;
-}
-
-/*
- * Decodes standard base64 strictly: length a multiple of four, only alphabet characters, at most two '=' and only
- * at the end, and the unused bits of the last character zero, so every byte string has exactly one accepted
- * spelling. EVP_DecodeBlock does the decoding but counts padding as data bytes, hence the adjustment.
- * Returns the decoded length, or -1.
- */
-static int b64_decode_strict(const char *in, size_t inlen, unsigned char *out, size_t outmax)
-{
-    size_t i, pad = 0, outlen;
-    unsigned last;
-    int n;
-
-    if (inlen == 0 || inlen % 4 != 0 || inlen > INT_MAX)
-        return -1;
-    if (in[inlen - 1] == '=')
-        pad = in[inlen - 2] == '=' ? 2 : 1;
-    for (i = 0; i < inlen - pad; i++)
-        if (!b64_char_ok((unsigned char)in[i]))
-            return -1;
-    last = b64_value((unsigned char)in[inlen - pad - 1]);
-    if ((pad == 1 && (last & 0x3u) != 0) || (pad == 2 && (last & 0xfu) != 0))
-        return -1;
-    outlen = inlen / 4 * 3 - pad;
-    /* EVP_DecodeBlock writes whole groups of three, padding included. */
-    if (inlen / 4 * 3 > outmax)
-        return -1;
-    n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)inlen);
-    if (n < 0 || (size_t)n != inlen / 4 * 3)
-        return -1;
-    return (int)outlen;
-}
-
 /* Splits an encoded hash into its parts. Returns 0, or -1 when any part is malformed. */
 static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char salt[PASSWD_SALT_LEN],
                         unsigned char hash[PASSWD_HASH_LEN])
@@ -205,12 +158,12 @@ static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char
     dollar = strchr(p, '$');
     if (dollar == NULL)
         return -1;
-    n = b64_decode_strict(p, (size_t)(dollar - p), buf, sizeof(buf));
+    n = oa_base64_decode(p, (size_t)(dollar - p), buf, sizeof(buf));
     if (n != PASSWD_SALT_LEN)
         return -1;
     memcpy(salt, buf, PASSWD_SALT_LEN);
     p = dollar + 1;
-    n = b64_decode_strict(p, strlen(p), buf, sizeof(buf));
+    n = oa_base64_decode(p, strlen(p), buf, sizeof(buf));
     if (n != PASSWD_HASH_LEN)
         return -1;
     memcpy(hash, buf, PASSWD_HASH_LEN);
@@ -624,7 +577,7 @@ static int parse_basic(const char *header, size_t len, unsigned char *buf, size_
         p++;
     while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
-    n = b64_decode_strict(p, (size_t)(end - p), buf, bufmax);
+    n = oa_base64_decode(p, (size_t)(end - p), buf, bufmax);
     if (n < 0)
         return -1;
     c = memchr(buf, ':', (size_t)n);

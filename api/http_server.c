@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "http_internal.h"
+#include "oa_codec.h"
 #include "oa_error.h"
 #include "oa_http.h"
 #include "oa_log.h"
@@ -894,30 +895,6 @@ void oa_http_respond(oa_http_request_t *req, int status, const char *extra_heade
     oa_http_respond_typed(req, status, "application/json", extra_headers, body, len);
 }
 
-/* Appends s as the inside of a JSON string. */
-static int json_escape(oa_buf_t *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    int rc = 0;
-
-    for (; *s != '\0' && rc == 0; s++) {
-        unsigned char ch = (unsigned char)*s;
-
-        if (ch == '"' || ch == '\\') {
-            char esc[2] = {'\\', (char)ch};
-
-            rc = oa_buf_append(b, esc, 2);
-        } else if (ch < 0x20) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-
-            rc = oa_buf_append(b, esc, 6);
-        } else {
-            rc = oa_buf_append(b, s, 1);
-        }
-    }
-    return rc;
-}
-
 void oa_http_respond_error(oa_http_request_t *req, int status, oa_errcode_t code, const char *text,
                            const char *extra_headers)
 {
@@ -934,11 +911,11 @@ void oa_http_respond_error(oa_http_request_t *req, int status, oa_errcode_t code
     if (rc == 0)
         rc = oa_buf_append_str(b, "\",\"description\":\"");
     if (rc == 0)
-        rc = json_escape(b, text);
+        rc = oa_json_escape(b, text);
     if (rc == 0)
         rc = oa_buf_append_str(b, "\",\"message\":\"");
     if (rc == 0)
-        rc = json_escape(b, text);
+        rc = oa_json_escape(b, text);
     if (rc == 0)
         rc = oa_buf_append_str(b, "\"}");
     if (rc != 0) {

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "oa_codec.h"
 #include "oa_log.h"
 #include "target.h"
 
@@ -613,7 +614,6 @@ static void on_connect(uv_connect_t *req, int status)
 static int build_command(hsock_t *t, exch_kind_t kind)
 {
     const oa_ocsp_result_t *staple = oa_delivery_staple(t->base.delivery);
-    size_t b64_len;
     int rc;
 
     oa_buf_reset(&t->cmd);
@@ -621,14 +621,11 @@ static int build_command(hsock_t *t, exch_kind_t kind)
         return oa_buf_printf(&t->cmd, "show ssl ocsp-response %s\n", t->certid);
     if (staple == NULL)
         return UV_EINVAL;
-    b64_len = 4 * ((staple->der_len + 2) / 3);
     rc = oa_buf_append_str(&t->cmd, "set ssl ocsp-response ");
     if (rc == 0)
-        rc = oa_buf_reserve(&t->cmd, b64_len + 2);
+        rc = oa_base64_encode(&t->cmd, staple->der, staple->der_len);
     if (rc != 0)
         return rc;
-    EVP_EncodeBlock((unsigned char *)t->cmd.data + t->cmd.len, staple->der, (int)staple->der_len);
-    t->cmd.len += b64_len;
     return oa_buf_append(&t->cmd, "\n", 1);
 }
 

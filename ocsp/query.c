@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "fetch.h"
+#include "oa_codec.h"
 #include "oa_ocsp.h"
 #include "oa_util.h"
 
@@ -58,25 +59,26 @@ static void on_fetched(oa_fetch_t *f, int err, const char *errtext, const unsign
  */
 static char *get_url(const char *base, const unsigned char *der, int der_len)
 {
-    unsigned char b64[GET_MAX_ENCODED + 4];
-    oa_buf_t url;
-    int n, i;
+    oa_buf_t b64, url;
+    size_t i;
 
     if (der_len <= 0 || (size_t)(der_len + 2) / 3 * 4 > GET_MAX_ENCODED)
         return NULL;
     /* A query string in the base URL would swallow the appended request; such responders get POST. */
     if (strchr(base, '?') != NULL)
         return NULL;
-    n = EVP_EncodeBlock(b64, der, der_len);
+    oa_buf_init(&b64);
     oa_buf_init(&url);
+    if (oa_base64_encode(&b64, der, (size_t)der_len) != 0)
+        goto fail;
     if (oa_buf_append_str(&url, base) != 0)
         goto fail;
     if ((url.len == 0 || url.data[url.len - 1] != '/') && oa_buf_append(&url, "/", 1) != 0)
         goto fail;
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < b64.len; i++) {
         int rc;
 
-        switch (b64[i]) {
+        switch (b64.data[i]) {
         case '+':
             rc = oa_buf_append(&url, "%2B", 3);
             break;
@@ -87,14 +89,16 @@ static char *get_url(const char *base, const unsigned char *der, int der_len)
             rc = oa_buf_append(&url, "%3D", 3);
             break;
         default:
-            rc = oa_buf_append(&url, &b64[i], 1);
+            rc = oa_buf_append(&url, &b64.data[i], 1);
             break;
         }
         if (rc != 0)
             goto fail;
     }
+    oa_buf_free(&b64);
     return url.data;
 fail:
+    oa_buf_free(&b64);
     oa_buf_free(&url);
     return NULL;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "oa_log.h"
+#include "oa_codec.h"
 #include "oa_util.h"
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -116,92 +117,15 @@ static void text_put_str(oa_buf_t *b, const char *s)
     oa_buf_append(b, "\"", 1);
 }
 
-/* Length of the valid UTF-8 sequence starting at p, or 0 when the bytes there are not one. Overlong forms,
- * surrogates and code points above U+10FFFF are refused, as RFC 3629 asks. */
-static size_t utf8_seq_len(const unsigned char *p)
-{
-    unsigned char c = p[0];
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (c >= 0xe0 && c <= 0xef) {
-        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
-            return 0;
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
-/* Writes s as a JSON string. Bytes that are not valid UTF-8 become U+FFFD so that every line stays parseable
- * JSON whatever a peer sent us. */
+/* Writes s as a JSON string (null for NULL). */
 static void json_put_str(oa_buf_t *b, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n;
-
     if (s == NULL) {
         oa_buf_append(b, "null", 4);
         return;
     }
     oa_buf_append(b, "\"", 1);
-    while (*p != '\0') {
-        switch (*p) {
-        case '"':
-            oa_buf_append(b, "\\\"", 2);
-            p++;
-            continue;
-        case '\\':
-            oa_buf_append(b, "\\\\", 2);
-            p++;
-            continue;
-        case '\b':
-            oa_buf_append(b, "\\b", 2);
-            p++;
-            continue;
-        case '\f':
-            oa_buf_append(b, "\\f", 2);
-            p++;
-            continue;
-        case '\n':
-            oa_buf_append(b, "\\n", 2);
-            p++;
-            continue;
-        case '\r':
-            oa_buf_append(b, "\\r", 2);
-            p++;
-            continue;
-        case '\t':
-            oa_buf_append(b, "\\t", 2);
-            p++;
-            continue;
-        default:
-            break;
-        }
-        if (*p < 0x20) {
-            oa_buf_printf(b, "\\u%04x", *p);
-            p++;
-            continue;
-        }
-        n = utf8_seq_len(p);
-        if (n == 0) {
-            oa_buf_append(b, "\\ufffd", 6);
-            p++;
-            continue;
-        }
-        oa_buf_append(b, p, n);
-        p += n;
-    }
+    oa_json_escape(b, s);
     oa_buf_append(b, "\"", 1);
 }
 
