@@ -285,11 +285,9 @@ static int start_delivery(oa_agent_t *a, oa_error_t *err)
     if (o->staple_hook != NULL && oa_delivery_add_hook(a->delivery, o->staple_hook, err) != 0)
         return -1;
     /* The API staples only the certificate it serves: another certificate's status would be a lie to its clients. */
-    if (a->tls != NULL && a->target != NULL && oa_tls_server_ctx_staples(a->tls, a->target->cert)) {
-        if (oa_delivery_add_api(a->delivery, err) != 0)
-            return -1;
-        oa_tls_server_ctx_staple_from(a->tls, a->delivery);
-    }
+    if (a->tls != NULL && a->target != NULL && oa_tls_ctx_serves(a->tls, a->target->cert) &&
+        oa_delivery_add_api(a->delivery, a->tls, err) != 0)
+        return -1;
     apply_delivery_retry(a);
     return 0;
 }

@@ -3,6 +3,7 @@
  */
 #include <inttypes.h>
 #include <openssl/ocsp.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,7 +103,26 @@ static void api_free(oa_dtarget_t *t)
 
 static const oa_dtarget_ops_t api_ops = {api_update, api_close, api_free};
 
-int oa_delivery_add_api(oa_delivery_t *d, oa_error_t *err)
+/* Called in a handshake whose client asked for the certificate status: hands it the current staple, if any. */
+static int on_status_request(SSL *ssl, void *arg)
+{
+    const oa_ocsp_result_t *staple = oa_delivery_staple(arg);
+    unsigned char *copy;
+
+    if (staple == NULL)
+        return SSL_TLSEXT_ERR_NOACK;
+    /* OpenSSL takes ownership of the buffer and frees it with the connection. */
+    copy = OPENSSL_memdup(staple->der, staple->der_len);
+    if (copy == NULL)
+        return SSL_TLSEXT_ERR_NOACK;
+    if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, (long)staple->der_len) != 1) {
+        OPENSSL_free(copy);
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+int oa_delivery_add_api(oa_delivery_t *d, SSL_CTX *ctx, oa_error_t *err)
 {
     oa_dtarget_t *t;
 
@@ -114,6 +134,8 @@ int oa_delivery_add_api(oa_delivery_t *d, oa_error_t *err)
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
     }
     d->api = t;
+    SSL_CTX_set_tlsext_status_cb(ctx, on_status_request);
+    SSL_CTX_set_tlsext_status_arg(ctx, d);
     return 0;
 }
 

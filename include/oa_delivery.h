@@ -12,6 +12,7 @@
 #define OA_DELIVERY_H
 
 #include <jansson.h>
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -37,12 +38,13 @@ int oa_delivery_new(uv_loop_t *loop, const oa_delivery_options_t *opts, oa_deliv
  *   haproxy_socket: spec is a UNIX socket path (starts with '/') or "ADDR:PORT" / "[ADDR]:PORT" on loopback.
  *   haproxy_crt:    the PEM file HAProxy serves; the delivery keeps "<crt>.ocsp" equal to the staple.
  *   hook:           an executable path, run as `PROGRAM EVENT STAPLE_FILE` without a shell.
- *   api:            the agent's own HTTPS API, which staples oa_delivery_staple() in its handshakes.
+ *   api:            the agent's own HTTPS API: every handshake on ctx (borrowed; d must outlive its connections)
+ *                   whose client asks for the certificate status gets the current staple, none while there is none.
  */
 int oa_delivery_add_haproxy_socket(oa_delivery_t *d, const char *spec, oa_error_t *err);
 int oa_delivery_add_haproxy_crt(oa_delivery_t *d, const char *crt_path, oa_error_t *err);
 int oa_delivery_add_hook(oa_delivery_t *d, const char *program, oa_error_t *err);
-int oa_delivery_add_api(oa_delivery_t *d, oa_error_t *err);
+int oa_delivery_add_api(oa_delivery_t *d, SSL_CTX *ctx, oa_error_t *err);
 
 /*
  * Makes res (borrowed; copied) the current staple, or removes it (res NULL: invalidated, expired, disabled with

@@ -86,21 +86,5 @@ unsigned oa_http_server_connections(const oa_http_server_t *s);
  * after their response. done fires (on the loop) once every handle is closed and the server is freed. */
 void oa_http_server_stop(oa_http_server_t *s, void (*done)(void *arg), void *arg);
 
-/* A server-side TLS context from PEM files (key unencrypted), TLS 1.2 minimum. Returns 0, or -1 with err filled
- * (OA_E_BAD_FILE naming the file, with OpenSSL's reason). Free with SSL_CTX_free. */
-int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **out, oa_error_t *err);
-
-/* The TLS 1.2 suites the API offers: ECDHE key exchange and an AEAD cipher only. */
-#define OA_TLS12_CIPHERS                                                                                            \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"                     \
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-
-/* true when ctx serves the watched certificate (the same leaf), so that its handshakes can staple its status. */
-bool oa_tls_server_ctx_staples(SSL_CTX *ctx, X509 *watched);
-
-/* Every handshake on ctx whose client asks for the certificate status (status_request) gets d's current staple;
- * none is sent while d has none. d (borrowed) must outlive ctx's connections. */
-struct oa_delivery_s;
-void oa_tls_server_ctx_staple_from(SSL_CTX *ctx, const struct oa_delivery_s *d);
 
 #endif

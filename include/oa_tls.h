@@ -1,6 +1,6 @@
 /*
- * TLS over two memory BIOs, for the HTTP server (server side) and the Redis connection (client side), and the
- * client context the Redis connection uses.
+ * TLS over two memory BIOs, for the HTTP server (server side) and the Redis connection (client side), and every
+ * TLS context the daemon makes (common/tls_ctx.c).
  *
  * A session never touches a socket: ciphertext read from the network is fed in with oa_tls_session_feed,
  * plaintext comes out of oa_tls_session_read, plaintext to send goes in with oa_tls_session_write, and the
@@ -11,6 +11,7 @@
 #define OA_TLS_H
 
 #include <openssl/ssl.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "oa_error.h"
@@ -84,5 +85,18 @@ int oa_tls_ctx_load_identity(SSL_CTX *ctx, const char *cert_pem, const char *key
  */
 int oa_tls_client_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, SSL_CTX **out,
                           oa_error_t *err);
+
+/* A server-side TLS context from PEM files (key unencrypted): the base settings, the server's cipher order, and for
+ * TLS 1.2 only the OA_TLS12_CIPHERS suites. Returns 0, or -1 with err filled (OA_E_BAD_FILE naming the file, with
+ * OpenSSL's reason). Free with SSL_CTX_free. */
+int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **out, oa_error_t *err);
+
+/* The TLS 1.2 suites a server offers: ECDHE key exchange and an AEAD cipher only (TLS 1.3's suites all are). */
+#define OA_TLS12_CIPHERS                                                                                            \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"                     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+/* true when ctx's own certificate is cert (the same leaf). */
+bool oa_tls_ctx_serves(SSL_CTX *ctx, X509 *cert);
 
 #endif

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "oa_http.h"
+#include "oa_tls.h"
 #include "oa_log.h"
 
 typedef struct pki_s {
