@@ -31,32 +31,6 @@ static int ensure_data_dir(const char *dir, oa_error_t *err)
     return 0;
 }
 
-/* A process killed in the middle of an atomic write leaves its "<name>.tmp.<pid>"; nothing else would ever remove
- * it, so start-up does. */
-static void remove_stale_temp_files(const char *dir)
-{
-    static const char *const prefixes[] = {OA_CONF_FILE_NAME ".tmp.", OA_STAPLE_FILE_NAME ".tmp."};
-    struct dirent *e;
-    char *path;
-    DIR *d;
-    size_t i;
-
-    d = opendir(dir);
-    if (d == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        for (i = 0; i < OA_ARRAY_SIZE(prefixes); i++) {
-            if (strncmp(e->d_name, prefixes[i], strlen(prefixes[i])) != 0)
-                continue;
-            path = oa_path_join(dir, e->d_name);
-            if (path != NULL && unlink(path) == 0)
-                OA_LOG(OA_LOG_INFO, "stale_temp_file_removed", OA_KV_STR("path", path));
-            free(path);
-        }
-    }
-    closedir(d);
-}
-
 /* A configuration file that cannot be read back is kept aside for the operator, never silently overwritten. */
 static void load_conf(oa_agent_t *a)
 {
@@ -461,7 +435,12 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     a->conf_path = oa_path_join(opts->data_dir, OA_CONF_FILE_NAME);
     if (a->conf_path == NULL)
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
-    remove_stale_temp_files(opts->data_dir);
+    {
+        /* A process killed in the middle of an atomic write leaves its temp file; nothing else would remove it. */
+        static const char *const data_files[] = {OA_CONF_FILE_NAME, OA_STAPLE_FILE_NAME, OA_CLUSTER_FILE_NAME};
+
+        oa_file_remove_stale_temps(opts->data_dir, data_files, OA_ARRAY_SIZE(data_files));
+    }
 
     load_conf(a);
     if (a->conf.ocsp_functionality && a->responder_url[0] == '\0') {

@@ -1,6 +1,9 @@
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +11,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "oa_log.h"
 #include "oa_util.h"
 
 int oa_file_read(const char *path, size_t max, oa_buf_t *out)
@@ -142,4 +146,50 @@ char *oa_path_join(const char *dir, const char *name)
     p[dl] = '/';
     memcpy(p + dl + 1, name, nl + 1);
     return p;
+}
+
+/* A temp file of another live process (not ours) may be a write in progress and is kept. */
+static bool stale_temp(const char *name, const char *base)
+{
+    size_t blen = strlen(base);
+    const char *p = name;
+    char *end;
+    long pid;
+
+    if (strncmp(p, base, blen) != 0 || strncmp(p + blen, ".tmp.", 5) != 0)
+        return false;
+    p += blen + 5;
+    if (*p < '0' || *p > '9')
+        return false;
+    errno = 0;
+    pid = strtol(p, &end, 10);
+    if (errno != 0 || *end != '\0' || pid <= 0)
+        return false;
+    return pid == (long)getpid() || kill((pid_t)pid, 0) != 0;
+}
+
+void oa_file_remove_stale_temps(const char *dir, const char *const *bases, size_t n)
+{
+    struct dirent *e;
+    DIR *dh;
+    size_t i;
+
+    dh = opendir(dir);
+    if (dh == NULL)
+        return;
+    while ((e = readdir(dh)) != NULL) {
+        char *path;
+
+        for (i = 0; i < n && !stale_temp(e->d_name, bases[i]); i++)
+            ;
+        if (i == n)
+            continue;
+        path = oa_path_join(dir, e->d_name);
+        if (path == NULL)
+            break;
+        if (unlink(path) == 0)
+            OA_LOG(OA_LOG_INFO, "stale_temp_file_removed", OA_KV_STR("path", path));
+        free(path);
+    }
+    closedir(dh);
 }

@@ -106,43 +106,6 @@ static void crt_free(oa_dtarget_t *t)
 
 static const oa_dtarget_ops_t crt_ops = {crt_update, crt_close, crt_free};
 
-/* Removes "<base>.tmp.<pid>" files in dir that oa_file_write_atomic left behind when a process died mid-write. A
- * file of another live process (not ours) may be a write in progress and is kept. */
-static void remove_stale_temps(const char *dir, const char *base)
-{
-    size_t blen = strlen(base);
-    struct dirent *e;
-    DIR *dh;
-
-    dh = opendir(dir);
-    if (dh == NULL)
-        return;
-    while ((e = readdir(dh)) != NULL) {
-        const char *p = e->d_name;
-        char *end, *path;
-        long pid;
-
-        if (strncmp(p, base, blen) != 0 || strncmp(p + blen, ".tmp.", 5) != 0)
-            continue;
-        p += blen + 5;
-        if (*p < '0' || *p > '9')
-            continue;
-        errno = 0;
-        pid = strtol(p, &end, 10);
-        if (errno != 0 || *end != '\0' || pid <= 0)
-            continue;
-        if (pid != (long)getpid() && kill((pid_t)pid, 0) == 0)
-            continue;
-        path = oa_path_join(dir, e->d_name);
-        if (path == NULL)
-            break;
-        if (unlink(path) == 0)
-            OA_LOG(OA_LOG_INFO, "stale_temp_file_removed", OA_KV_STR("path", path));
-        free(path);
-    }
-    closedir(dh);
-}
-
 int oa_haproxy_crt_target_new(oa_delivery_t *d, const char *crt_path, oa_error_t *err)
 {
     uv_loop_t *loop = oa_delivery_loop(d);
@@ -187,7 +150,11 @@ int oa_haproxy_crt_target_new(oa_delivery_t *d, const char *crt_path, oa_error_t
         goto nomem;
     snprintf(c->ocsp_path, len, "%s.ocsp", crt_path);
     snprintf(name, len + strlen("file:"), "file:%s", c->ocsp_path);
-    remove_stale_temps(dir, c->ocsp_path + (base - crt_path));
+    {
+        const char *bases[] = {c->ocsp_path + (base - crt_path)};
+
+        oa_file_remove_stale_temps(dir, bases, 1);
+    }
     if (oa_dtarget_attach(d, &c->base, &crt_ops, name) != 0)
         goto nomem;
     /* Once attached the delivery owns c and closes these from crt_close. */

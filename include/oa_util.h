@@ -55,6 +55,11 @@ int oa_file_write_atomic(const char *path, const void *data, size_t len, int mod
 /* Removes path and fsyncs its directory; a file already absent is success. Returns 0 or a negative UV_E*. */
 int oa_file_remove(const char *path);
 
+/* Removes the "<base>.tmp.<pid>" files in dir, for each of the n names in bases, that oa_file_write_atomic left
+ * behind when a process died in the middle of a write; one of another process still alive is kept (its write may be
+ * in progress). Logs `stale_temp_file_removed` for each file removed. */
+void oa_file_remove_stale_temps(const char *dir, const char *const *bases, size_t n);
+
 /* Joins dir and name with one '/'; returns a malloc'ed string the caller frees, or NULL. */
 char *oa_path_join(const char *dir, const char *name);
 

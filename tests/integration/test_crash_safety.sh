@@ -150,7 +150,11 @@ kept=$(settable "$(cat "$CONF")")
 printf '{"query_frequency": 12' >"$CONF.tmp.1"
 printf '' >"$CONF.tmp.4194303"
 head -c 100 /dev/urandom >"$CONF.tmp.$$"
+printf 'x' >"$DATA/ocsp.der.tmp.4194303"
+printf '{"epoch": "' >"$DATA/cluster.json.tmp.4194303"
 start_agent --no-auth --data-dir "$DATA" || bail "the agent does not start beside stale temporary files"
+assert_eq "start-up removes the dead writers' temp files of every data-dir file" "" \
+    "$(find "$DATA" -maxdepth 1 -name '*.tmp.4194303' -printf '%f ')"
 req GET /v1/ocsp
 assert_eq "stale temporary files are not read as the configuration" "$kept" "$(settable "$BODY")"
 put_json /v1/ocsp '{"query_frequency": 8888}'
