@@ -8,7 +8,8 @@
 #   start_node NAME [ARGS...]   an agent in cluster mode (--cluster $CLUSTER, --time-scale $TIME_SCALE, its own
 #                               data dir, node id NAME; --cluster ${NODE_CLUSTER:-$CLUSTER}); on NAME points
 #                               req/put_json/wait_log at it
-#   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches
+#   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches (now_ms and the generic
+#                               wait_until / assert_wait_eq are in lib.sh)
 #   scheduled_queries SINCE_MS  the scheduled and recovery queries of every node, "epoch_ms node" lines by time
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
@@ -78,7 +79,6 @@ wait_http() { # NODE METHOD PATH STATUS TIMEOUT_S
         sleep 0.1
     done
 }
-now_ms() { date +%s%3N; }
 assert_between() { # NAME LO HI VALUE (integers)
     if [[ $4 =~ ^-?[0-9]+$ ]] && [ "$4" -ge "$2" ] && [ "$4" -le "$3" ]; then pass "$1 ($4)"; else
         fail "$1" "expected a number in [$2, $3], got '$4'"; fi
