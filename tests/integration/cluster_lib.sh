@@ -11,6 +11,7 @@
 #   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches (now_ms and the generic
 #                               wait_until / assert_wait_eq are in lib.sh)
 #   scheduled_queries SINCE_MS  the scheduled and recovery queries of every node, "epoch_ms node" lines by time
+#   query_started_since MS      0 once a node has logged a scheduled or recovery query that started at MS or later
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     echo "skipped: redis-server and redis-cli are needed (Debian: redis-server, redis-tools)"
@@ -97,6 +98,18 @@ scheduled_queries() {
                 [ "$start" -ge "$since" ] && echo "$start $name"
             done
     done | sort -n
+}
+# query_started_since MS: 0 when some node has logged a scheduled or recovery query that started at or after epoch
+# ms MS (only each node's last such query is read: cheap enough to poll).
+query_started_since() {
+    local name line d
+    for name in "${!N_LOG[@]}"; do
+        line=$(grep -E ' event=ocsp_query ' "${N_LOG[$name]}" | grep -E 'trigger=(schedule|recovery)' | tail -n 1)
+        [ -n "$line" ] || continue
+        d=$(field "$line" duration_ms)
+        [ $(($(date -u -d "$(field "$line" ts)" +%s%3N) - ${d:-0})) -ge "$1" ] && return 0
+    done
+    return 1
 }
 # gaps between consecutive lines of scheduled_queries output, in ms
 gaps_of() { awk 'NR > 1 { printf "%d ", $1 - prev } { prev = $1 }'; }
