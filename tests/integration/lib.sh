@@ -163,6 +163,13 @@ secs_to_ms() {
     echo $((10#${s:-0} * 1000 + 10#${f:0:3}))
 }
 
+# sleep_until EPOCH_MS: sleeps until that moment (not at all when it has passed). For the deliberate waits only: a
+# phase that must last a given time, counted from its start, whatever was waited for within it.
+sleep_until() {
+    local left=$(($1 - $(now_ms)))
+    [ "$left" -le 0 ] || sleep "$((left / 1000)).$(printf '%03d' $((left % 1000)))"
+}
+
 # wait_until TIMEOUT_S COMMAND [ARGS...]: runs COMMAND every 50 ms until it succeeds; 0 as soon as it does, 1 when
 # TIMEOUT_S seconds (decimals allowed) have passed first. COMMAND runs at least once, and once more after the
 # deadline has passed, so that a condition that holds by then is not missed. Its output is not captured.
