@@ -8,8 +8,10 @@
 #   start_node NAME [ARGS...]   an agent in cluster mode (--cluster $CLUSTER, --time-scale $TIME_SCALE, its own
 #                               data dir, node id NAME; --cluster ${NODE_CLUSTER:-$CLUSTER}); on NAME points
 #                               req/put_json/wait_log at it
-#   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches
+#   wait_conf / wait_status_on / wait_http   poll a node until what it serves matches (now_ms and the generic
+#                               wait_until / assert_wait_eq are in lib.sh)
 #   scheduled_queries SINCE_MS  the scheduled and recovery queries of every node, "epoch_ms node" lines by time
+#   query_started_since MS      0 once a node has logged a scheduled or recovery query that started at MS or later
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     echo "skipped: redis-server and redis-cli are needed (Debian: redis-server, redis-tools)"
@@ -78,7 +80,6 @@ wait_http() { # NODE METHOD PATH STATUS TIMEOUT_S
         sleep 0.1
     done
 }
-now_ms() { date +%s%3N; }
 assert_between() { # NAME LO HI VALUE (integers)
     if [[ $4 =~ ^-?[0-9]+$ ]] && [ "$4" -ge "$2" ] && [ "$4" -le "$3" ]; then pass "$1 ($4)"; else
         fail "$1" "expected a number in [$2, $3], got '$4'"; fi
@@ -97,6 +98,18 @@ scheduled_queries() {
                 [ "$start" -ge "$since" ] && echo "$start $name"
             done
     done | sort -n
+}
+# query_started_since MS: 0 when some node has logged a scheduled or recovery query that started at or after epoch
+# ms MS (only each node's last such query is read: cheap enough to poll).
+query_started_since() {
+    local name line d
+    for name in "${!N_LOG[@]}"; do
+        line=$(grep -E ' event=ocsp_query ' "${N_LOG[$name]}" | grep -E 'trigger=(schedule|recovery)' | tail -n 1)
+        [ -n "$line" ] || continue
+        d=$(field "$line" duration_ms)
+        [ $(($(date -u -d "$(field "$line" ts)" +%s%3N) - ${d:-0})) -ge "$1" ] && return 0
+    done
+    return 1
 }
 # gaps between consecutive lines of scheduled_queries output, in ms
 gaps_of() { awk 'NR > 1 { printf "%d ", $1 - prev } { prev = $1 }'; }

@@ -145,6 +145,82 @@ assert_file_lacks() { # NAME FILE FIXED_STRING
 }
 
 # ---------------------------------------------------------------------------------------------------------------
+# Waiting: a suite never sleeps and then asserts; it waits until the condition holds, with a deadline, then asserts
+# on what it waited for. The only other sleeps are the deliberate ones that let time pass to show that something
+# did NOT happen; each says so, and why its length is enough, in a comment.
+
+# now_ms: milliseconds since the epoch.
+now_ms() {
+    local t=$EPOCHREALTIME
+    echo $((${t%.*} * 1000 + 10#${t#*.} / 1000))
+}
+
+# secs_to_ms SECONDS: "1.5" -> 1500 (at most three decimals are kept).
+secs_to_ms() {
+    local s=$1 f=000
+    [[ $s == *.* ]] && f=${s#*.}000
+    s=${s%%.*}
+    echo $((10#${s:-0} * 1000 + 10#${f:0:3}))
+}
+
+# sleep_until EPOCH_MS: sleeps until that moment (not at all when it has passed). For the deliberate waits only: a
+# phase that must last a given time, counted from its start, whatever was waited for within it.
+sleep_until() {
+    local left=$(($1 - $(now_ms)))
+    [ "$left" -le 0 ] || sleep "$((left / 1000)).$(printf '%03d' $((left % 1000)))"
+}
+
+# wait_until TIMEOUT_S COMMAND [ARGS...]: runs COMMAND every 50 ms until it succeeds; 0 as soon as it does, 1 when
+# TIMEOUT_S seconds (decimals allowed) have passed first. COMMAND runs at least once, and once more after the
+# deadline has passed, so that a condition that holds by then is not missed. Its output is not captured.
+wait_until() {
+    local deadline
+    deadline=$(($(now_ms) + $(secs_to_ms "$1")))
+    shift
+    while :; do
+        "$@" && return 0
+        if [ "$(now_ms)" -ge "$deadline" ]; then
+            "$@" && return 0
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# assert_wait NAME TIMEOUT_S COMMAND [ARGS...]: wait_until as an assertion.
+assert_wait() {
+    local name=$1 timeout=$2
+    shift 2
+    if wait_until "$timeout" "$@"; then pass "$name"; else fail "$name" "not true within $timeout s: $*"; fi
+}
+
+# wait_eq TIMEOUT_S EXPECTED COMMAND [ARGS...]: wait_until COMMAND prints exactly EXPECTED. WAIT_OUT holds what it
+# printed last.
+WAIT_OUT=
+_prints() { # EXPECTED COMMAND [ARGS...]
+    WAIT_OUT=$("${@:2}")
+    [ "$WAIT_OUT" == "$1" ]
+}
+wait_eq() { wait_until "$1" _prints "${@:2}"; }
+
+# assert_wait_eq NAME TIMEOUT_S EXPECTED COMMAND [ARGS...]: wait_eq as an assertion; a failure shows the last output.
+assert_wait_eq() {
+    if wait_eq "$2" "$3" "${@:4}"; then pass "$1"; else
+        fail "$1" "expected within $2 s: $(short "$3")" "got last:           $(short "$WAIT_OUT")"; fi
+}
+
+# assert_wait_match NAME TIMEOUT_S ERE COMMAND [ARGS...]: waits until COMMAND prints text that matches ERE, then
+# passes; a failure shows the last output (also left in WAIT_OUT).
+_prints_match() { # ERE COMMAND [ARGS...]
+    WAIT_OUT=$("${@:2}")
+    [[ $WAIT_OUT =~ $1 ]]
+}
+assert_wait_match() {
+    if wait_until "$2" _prints_match "$3" "${@:4}"; then pass "$1"; else
+        fail "$1" "expected within $2 s to match: $3" "got last: $(short "$WAIT_OUT")"; fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
 # Processes
 
 # 0 when pid is a live process (not a zombie waiting to be reaped).

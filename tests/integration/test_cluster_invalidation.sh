@@ -77,8 +77,8 @@ for n in "${NODES[@]}"; do
     on "$n"
     wait_log 'event=store_connected' 5 && pass "$n connects to the store" || fail "$n connects to the store"
 done
-deadline=$((SECONDS + 5))
-until [ -n "$(rcli GET ocsp-agent:lease)" ] || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
+lease_held() { [ -n "$(rcli GET ocsp-agent:lease)" ]; }
+wait_until 5 lease_held || fail "a node takes the lease within 5 s"
 assert_between "the lease lives at most --cluster-lease ms (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL ocsp-agent:lease)"
 assert_between "a node's registry entry too (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL ocsp-agent:node:n1)"
 

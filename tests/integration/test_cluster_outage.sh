@@ -6,8 +6,10 @@
 # each outage, tests/support/cluster_load.py runs traffic on every node from before the store goes until after it
 # is back: clients looping GET /v1/ocsp and GET /v1/ocsp/status, and one writer per node looping PUT /v1/ocsp, each
 # request on a new connection, bounded, and recorded (node, method, value sent, status, error_code, start and end
-# times). The store is stopped 2 s into the load, started again 3 s later, and the load goes on for 3 s after every
-# node has reconnected. Then, for that outage:
+# times). The store is stopped once the load flows on every node (an acknowledged PUT and both GETs answered on
+# each); it is started again after 3 s and once every node has refused a PUT and answered both GETs meanwhile; the
+# load goes on for 3 s after every node has reconnected, and until every node has acknowledged a PUT sent after its
+# reconnection. The suite waits for these on the load's live record, with deadlines. Then, for that outage:
 #   - every request got an answer (no connection failure, no timeout); every PUT answered 200 or 503, never anything
 #     else; every 503 is cluster_store_unavailable;
 #   - on each node, every PUT sent after the node logged the outage and answered before the store was back was
@@ -41,9 +43,11 @@ source "$(dirname "$0")/lib.sh"
 TIME_SCALE=0.02 # query_frequency 60 s -> a period of 1.2 s
 NODES=(n1 n2 n3)
 declare -A WRITER_KEY=([n1]=query_frequency [n2]=recovery_frequency [n3]=recovery_max_tries)
-LOAD_BEFORE_S=2   # load with the store up, before it goes
-OUTAGE_S=3        # the store is away this long
-LOAD_AFTER_S=3    # load after every node has reconnected
+FLOW_MAX_S=10      # the load flows on every node within this (the generator starts, each node answers)
+OUTAGE_S=3         # the store is away at least this long: the nodes' retry delay grows meanwhile (0.1 s doubling)
+OUTAGE_MAX_S=10    # ... and until every node has refused a PUT and answered both GETs, within this
+LOAD_AFTER_S=3     # load after every node has reconnected (deliberate: nothing may fail during the resync)
+ACK_MAX_S=10       # ... and until every node has acknowledged a PUT sent after its reconnection, within this
 RECONNECT_MAX_S=15 # the backoff tops at 2 s; generous for a loaded machine
 CONVERGE_MAX_S=10
 
@@ -72,12 +76,15 @@ log_event_ms() {
 LOAD_PID=
 LOAD_OUT=
 LOAD_ERR=
-# load_start NAME START: the load on every node, into $T_DIR/load-NAME.tsv; writers start at value START.
+LOAD_LIVE=
+# load_start NAME START: the load on every node, into $T_DIR/load-NAME.tsv (and, as requests end, the live record
+# $T_DIR/load-NAME.live); writers start at value START.
 load_start() {
     local args=() n
     LOAD_OUT="$T_DIR/load-$1.tsv"
     LOAD_ERR="$T_DIR/load-$1.err"
-    rm -f "$T_DIR/load.stop"
+    LOAD_LIVE="$T_DIR/load-$1.live"
+    rm -f "$T_DIR/load.stop" "$LOAD_LIVE"
     for n in "${NODES[@]}"; do
         args+=(--node "$n=${N_PORT[$n]}" --writer "$n=${WRITER_KEY[$n]}:$2"
             --watch-file "$n=$T_DIR/data-$n/ocsp.der" --watch-pid "$n=${N_PID[$n]}")
@@ -85,7 +92,7 @@ load_start() {
     # Bounded twice: the stop file, and a hard limit well above the phase's own length.
     python3 "$OA_SOURCE_DIR/tests/support/cluster_load.py" --out "$LOAD_OUT" --stop-file "$T_DIR/load.stop" \
         --max-seconds 60 --user admin@example.com --password "${USER_PASS[admin]}" --readers 1 --pause-ms 5 \
-        --timeout 10 "${args[@]}" </dev/null 2>"$LOAD_ERR" &
+        --timeout 10 --live "$LOAD_LIVE" "${args[@]}" </dev/null 2>"$LOAD_ERR" &
     LOAD_PID=$!
     T_PIDS+=("$LOAD_PID")
 }
@@ -118,6 +125,50 @@ expect_none() {
     fi
 }
 
+# live_on NODE AWK_CONDITION: 0 when a request of NODE in the live record so far satisfies the condition (fields as
+# for reqs).
+live_on() {
+    awk -F'\t' -v n="$1" "\$1 == \"REQ\" && \$2 == n && ($2) { found = 1; exit } END { exit !found }" \
+        "$LOAD_LIVE" 2>/dev/null
+}
+
+# load_flows: every node has acknowledged a PUT and answered both GETs (200) in the live record.
+load_flows() {
+    local n
+    for n in "${NODES[@]}"; do
+        live_on "$n" '$3 == "PUT" && $6 == "200"' && live_on "$n" '$3 == "GET" && $4 == "/v1/ocsp" && $6 == "200"' &&
+            live_on "$n" '$4 == "/v1/ocsp/status" && $6 == "200"' || return 1
+    done
+}
+
+# outage_seen K T_DOWN: every node has logged its Kth outage and refused a PUT sent since, and answered
+# GET /v1/ocsp (200) and GET /v1/ocsp/status (200 GOOD, valid) sent after T_DOWN: what the checks of the outage need.
+outage_seen() {
+    local n down_ms
+    for n in "${NODES[@]}"; do
+        down_ms=$(log_event_ms "$n" store_unavailable "$1")
+        [ -n "$down_ms" ] && live_on "$n" "\$3 == \"PUT\" && \$8 >= $down_ms && \$6 == \"503\"" &&
+            live_on "$n" "\$3 == \"GET\" && \$4 == \"/v1/ocsp\" && \$8 >= $2 && \$6 == \"200\"" &&
+            live_on "$n" "\$4 == \"/v1/ocsp/status\" && \$8 >= $2 && \$6 == \"200\" && \$10 == \"GOOD/valid\"" ||
+            return 1
+    done
+}
+
+# reconnected K: every node has logged its Kth reconnection.
+reconnected() {
+    local n
+    for n in "${NODES[@]}"; do [ "$(log_events "$n" store_reconnected)" -ge "$1" ] || return 1; done
+}
+
+# acked_after_reconnect K: every node has acknowledged a PUT sent after it logged its Kth reconnection.
+acked_after_reconnect() {
+    local n up_ms
+    for n in "${NODES[@]}"; do
+        up_ms=$(log_event_ms "$n" store_reconnected "$1")
+        [ -n "$up_ms" ] && live_on "$n" "\$3 == \"PUT\" && \$8 >= $up_ms && \$6 == \"200\"" || return 1
+    done
+}
+
 # kill_redis SIGNAL: stops the store with SIGNAL and waits until its process is gone.
 kill_redis() {
     kill -s "$1" "$REDIS_PID" 2>/dev/null
@@ -137,18 +188,22 @@ outage() {
     label="outage $k (SIG$sig)"
     echo "# $label: load on every node, the store goes away and comes back empty"
     load_start "$k" "$start"
-    sleep "$LOAD_BEFORE_S"
+    wait_until "$FLOW_MAX_S" load_flows || fail "$label: the load flows on every node within $FLOW_MAX_S s"
     t_down=$(now_ms)
     kill_redis "$sig"
-    sleep "$OUTAGE_S"
+    wait_until "$OUTAGE_MAX_S" outage_seen "$k" "$t_down" ||
+        fail "$label: every node refuses a PUT and answers both GETs while the store is down, within $OUTAGE_MAX_S s"
+    # Deliberate: the store stays away OUTAGE_S s in all, so that the nodes retry it with a growing delay.
+    sleep_until $((t_down + OUTAGE_S * 1000))
     t_up=$(now_ms)
     start_redis
-    deadline=$((SECONDS + RECONNECT_MAX_S))
-    for n in "${NODES[@]}"; do
-        until [ "$(log_events "$n" store_reconnected)" -ge "$k" ] || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
-    done
+    wait_until "$RECONNECT_MAX_S" reconnected "$k" ||
+        fail "$label: every node reconnects within $RECONNECT_MAX_S s of the restart"
     t_synced=$(now_ms)
-    sleep "$LOAD_AFTER_S"
+    wait_until "$ACK_MAX_S" acked_after_reconnect "$k" ||
+        fail "$label: every node acknowledges a PUT sent after its reconnection, within $ACK_MAX_S s"
+    # Deliberate: LOAD_AFTER_S s of load in all after the resynchronisation, during which nothing may fail.
+    sleep_until $((t_synced + LOAD_AFTER_S * 1000))
     load_stop
     echo "# $label: store down for $((t_up - t_down)) ms; every node resynchronised $((t_synced - t_up)) ms after" \
         "the restart; $(count 1) requests: $(count '$3 == "PUT"') PUT ($(count '$3 == "PUT" && $6 == "200"')" \

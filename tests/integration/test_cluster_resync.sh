@@ -115,8 +115,11 @@ assert_eq "the seeded mark is cleared" 0 "$(stored seeded)"
 start_node a # version 3, query_frequency 300
 on a
 wait_log 'event=store_connected' 10 || bail "a connects to the store again"
+# a reads the store and makes its choice (seed it or adopt it) before it logs store_connected; its choice is complete
+# once it records the store's epoch and version, which is waited for.
+assert_wait "a records the store's epoch and the lower version" 5 \
+    grep -qF "{\"conf_epoch\":\"$EPOCH\",\"conf_version\":2}" "$T_DIR/data-a/cluster.json"
 assert_file_lacks "a did not seed" "$AGENT_LOG" 'event=cluster_conf_seeded'
-sleep 0.5
 assert_eq "the store still holds version 2" 2 "$(stored version)"
 assert_eq "and its epoch" "$EPOCH" "$(stored epoch)"
 assert_jq "the store keeps the acknowledged write (query_frequency 100, recovery_max_tries 9)" \
@@ -126,8 +129,6 @@ for n in a b; do
     req GET /v1/ocsp
     assert_jq "$n serves the store's configuration" '.query_frequency == 100 and .recovery_max_tries == 9'
 done
-assert_file_contains "a records the store's epoch and the lower version" "$T_DIR/data-a/cluster.json" \
-    "{\"conf_epoch\":\"$EPOCH\",\"conf_version\":2}"
 
 # ---------------------------------------------------------------------------------------------------------------
 echo "# the store comes back empty and nothing is written: the better-informed seed wins"

@@ -186,8 +186,7 @@ rawhttp slowloris --port "$AGENT_PORT" --auth "$ADMIN_CRED" --count 300 --body-c
     --ready-file "$ready" >"$T_DIR/slowloris.json" 2>"$T_DIR/slowloris.err" &
 slow_pid=$!
 T_PIDS+=("$slow_pid")
-deadline=$((SECONDS + 10))
-until [ -s "$ready" ] || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
+wait_until 10 test -s "$ready"
 assert_eq "slowloris: 320 connections opened and holding" 320 "$(cat "$ready" 2>/dev/null)"
 slow_start=$SECONDS
 for i in 1 2 3; do
@@ -200,7 +199,7 @@ for i in 1 2 3; do
         fail "slowloris: a normal client is served within 1 s (request $i)" "status $STATUS after $ms ms" \
             "body: $(short "$BODY")"
     fi
-    sleep 0.5
+    sleep 0.5 # deliberate: the three probes are spread over a second while the slow connections hold
 done
 req GET /metrics
 assert_match "slowloris: the agent counts the held connections" 'ocsp_agent_http_connections (32[0-9])' "$BODY"

@@ -3,7 +3,7 @@
 
     cluster_load.py --out FILE --stop-file FILE --max-seconds S --user NAME --password PW
                     --node NAME=PORT ... [--writer NAME=KEY:START ...] [--readers N] [--pause-ms MS]
-                    [--timeout S] [--watch-file NAME=PATH ...] [--watch-pid NAME=PID ...]
+                    [--timeout S] [--watch-file NAME=PATH ...] [--watch-pid NAME=PID ...] [--live FILE]
 
 For every node, N clients loop GET /v1/ocsp and N clients loop GET /v1/ocsp/status. A node named by --writer also
 gets one client looping PUT /v1/ocsp with a body that sets KEY alone to a new value each time: START, START+1, ...
@@ -26,6 +26,9 @@ and one line per watched file and process:
     WATCH name path samples missing first_missing_ms
     PROC name pid samples dead first_dead_ms
 Times are wall-clock milliseconds since the epoch, the clock of the agents' log timestamps.
+
+With --live, each REQ line is also appended to that file as soon as its request ends (one write per line), so that a
+suite can wait until the load shows what it needs while it runs.
 """
 import argparse
 import base64
@@ -57,6 +60,7 @@ class Run:
         self.auth = "Basic " + token
         self.lock = threading.Lock()
         self.lines = []
+        self.live = open(opts.live, "a", buffering=1) if opts.live else None
 
     def running(self):
         return time.monotonic() < self.deadline and not os.path.exists(self.opts.stop_file)
@@ -65,6 +69,8 @@ class Run:
         line = "\t".join(str(f) for f in fields)
         with self.lock:
             self.lines.append(line)
+            if self.live is not None and fields[0] == "REQ":
+                self.live.write(line + "\n")
 
     def request(self, port, method, path, body):
         """Returns (status, parsed JSON body or None, error name or None)."""
@@ -186,6 +192,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=10)
     ap.add_argument("--watch-file", action="append", default=[], help="NAME=PATH")
     ap.add_argument("--watch-pid", action="append", default=[], help="NAME=PID")
+    ap.add_argument("--live", help="FILE: every REQ line also appended here as it ends")
     opts = ap.parse_args()
 
     run = Run(opts)
