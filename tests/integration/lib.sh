@@ -621,3 +621,41 @@ start_pki_responder() {
     make_resp_pki
     start_responder "$PKI" "$RESP_PORT"
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generic waits
+
+# wait_until TIMEOUT COMMAND [ARGS...]: runs COMMAND every 100 ms until it succeeds; 0 when it did within TIMEOUT
+# seconds (fractions allowed), 1 otherwise. COMMAND runs at least once, however short the timeout.
+wait_until() {
+    local timeout=$1 deadline
+    shift
+    deadline=$(($(date +%s%N) + $(awk -v t="$timeout" 'BEGIN { printf "%.0f", t * 1e9 }')))
+    while :; do
+        "$@" && return 0
+        [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# assert_wait_until NAME TIMEOUT COMMAND [ARGS...]: wait_until as an assertion; a failure shows $WAIT_DETAIL, which
+# COMMAND may set to say what it saw last.
+WAIT_DETAIL=
+assert_wait_until() {
+    local name=$1
+    shift
+    WAIT_DETAIL=
+    if wait_until "$@"; then pass "$name"; else fail "$name" "not true within $1 s: ${*:2}" "$WAIT_DETAIL"; fi
+}
+
+# start_responder_nmin PKI_DIR PORT NMIN: start_responder whose responses carry a nextUpdate NMIN minutes ahead
+# (start_responder's default is 5: too close for HAProxy, which staples nothing within 300 s of a nextUpdate).
+start_responder_nmin() {
+    RESP_LOG="$T_DIR/responder.log"
+    RESP_CONTROL="$T_DIR/responder.control"
+    python3 "$OA_SOURCE_DIR/scripts/ocsp-responder.py" --pki "$1" --port "$2" --control "$RESP_CONTROL" \
+        --nmin "$3" </dev/null 2>"$RESP_LOG" &
+    RESP_PID=$!
+    T_PIDS+=("$RESP_PID")
+    wait_port "$2" "$RESP_PID" 10 || bail "the OCSP responder starts on port $2" "$(cat "$RESP_LOG")"
+}
