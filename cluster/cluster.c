@@ -1,11 +1,8 @@
 /*
- * Cluster mode's connection to the store and its life cycle: the two connections (cluster_internal.h says why two,
- * and the teardown rules), the subscription, the resynchronisation that follows every (re)connection (subscribe,
- * seed, read the records; only then is the node synchronised), reconnection with a doubling backoff, the dispatch
- * of the channel's messages, and oa_cluster_new/oa_cluster_close.
- *
- * While the store is unreachable, `store_unavailable` is logged once and `store_reconnected` (with the PUTs refused
- * meanwhile) once it is back; the attempts in between are logged at debug level.
+ * Cluster mode's connection to the store and its life cycle: the two connections, the subscription, the
+ * resynchronisation that follows every (re)connection (subscribe, seed, read the records; only then is the node
+ * synchronised), reconnection with a doubling backoff, the dispatch of the channel's messages, and
+ * oa_cluster_new/oa_cluster_close. oa_cluster.h says why in that order; cluster_internal.h the teardown rules.
  */
 #include <inttypes.h>
 #include <stdio.h>

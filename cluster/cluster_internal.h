@@ -21,16 +21,13 @@
  *   cluster.c   the two connections, the subscription, resynchronisation, reconnection, the life cycle
  *   redis.c     one asynchronous Redis connection on libuv (oa_redis.h)
  *
- * Two Redis connections share the agent's loop: `cmd` for commands, `sub` subscribed to the events channel (a
- * subscribed connection can send nothing else). Either one failing takes both down, because a node that misses
- * messages must resynchronise anyway; the reconnect then subscribes first and reads the store second, so a change
- * published in between is never lost (at worst it is applied twice, which versions make harmless).
+ * Two connections share the agent's loop: `cmd` for commands, `sub` subscribed to the events channel.
  *
  * Teardown follows oa_redis's rules: a connection is forgotten (its pointer set to NULL) before oa_redis_free, whose
  * queued callbacks run with a NULL reply before it returns and must touch nothing but their own request; a
- * connection may be freed from inside one of its own callbacks. Every callback that holds the cluster checks
- * `closing` first. The cluster is freed by the last close callback of its timers and of its PUTs' timers
- * (cluster_release).
+ * connection may be freed from inside one of its own callbacks. Reply callbacks do nothing once the cluster is
+ * closing, but for the goodbye's own (the reply to QUIT). The cluster is freed by the last close callback of its
+ * timers and of its PUTs' timers (cluster_release).
  */
 #ifndef OA_CLUSTER_INTERNAL_H
 #define OA_CLUSTER_INTERNAL_H

@@ -1,9 +1,7 @@
 /*
- * The status and state records: the poller publishes them (one script numbers, stores and publishes each), every
- * node applies them, from the channel or read back at resynchronisation, only when their number is news
- * (rules.c), so a record read back never undoes a newer message that overtook it on the other connection.
- *
- * The status and state travel apart, so that the state can change without the response, and the reverse.
+ * The status and state records (oa_cluster.h: their texts, their numbers and which one wins): publishing them, and
+ * applying them from the channel or as read back at resynchronisation. Which number is news, in which order a pair
+ * is applied and whose records are skipped are rules.c's decisions.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -357,7 +357,8 @@ static void test_timing(void **state)
               leases[i].name);
     for (i = 0; i < sizeof(stalls) / sizeof(stalls[0]); i++)
         check(cluster_store_stalled(stalls[i].now, stalls[i].hb_owed, stalls[i].hb_sent, stalls[i].ttl,
-                                    stalls[i].lease_owed, stalls[i].lease_sent, stalls[i].lease_ms) == stalls[i].stalled,
+                                    stalls[i].lease_owed, stalls[i].lease_sent,
+                                    stalls[i].lease_ms) == stalls[i].stalled,
               "store_stalled", stalls[i].name);
     for (i = 0; i < sizeof(backoffs) / sizeof(backoffs[0]); i++) {
         snprintf(name, sizeof(name), "%u ms, then %u ms", backoffs[i].from, backoffs[i].to);
@@ -382,7 +383,8 @@ static void test_conf_decode(void **state)
          "\"recovery_max_tries\":100}",
          0},
         {"a key missing",
-         "{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,\"recovery_frequency\":60}", -1},
+         "{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,\"recovery_frequency\":60}",
+         -1},
         {"below the minimum",
          "{\"ocsp_functionality\":true,\"query_frequency\":59,\"response_timeout\":10,\"recovery_frequency\":60,"
          "\"recovery_max_tries\":5}",
