@@ -1,23 +1,17 @@
 /*
- * Cluster mode: every node shares one OCSP configuration and one OCSP status through a Redis store.
+ * Cluster mode: every node shares one OCSP configuration and one OCSP status through a Redis store. This comment is
+ * the store protocol, the one description of it (the code is in cluster/, cluster/cluster_internal.h says which file
+ * does what).
  *
  * Keys (DB chosen by the URL), all under the prefix "ocsp-agent:":
  *   node:<id>  a live node: {"node_id","api","version","capabilities":[...]}, SET with PX node_ttl_ms and renewed
  *              every heartbeat_ms, so it disappears when the node dies
  *   nodes      a set of the node ids seen, pruned of those whose key expired
- *   conf       a hash {"epoch": E, "version": N, "conf": <the five settable keys as JSON>, "seeded": "1"|"0"},
- *              written only by two Lua scripts, each of which also publishes what it wrote ({"type":"conf","epoch",
- *              "version","node","conf"}): the compare-and-set of a PUT (on the epoch and the version; it sets
- *              seeded 0) and the seed that a node sends at every (re)connection (seeded 1). E, 16 hex digits, is
- *              made at random by the node whose script finds the hash empty (a store that restarted without
- *              persistence) and is kept until the store loses the hash again; N grows by one per committed PUT
- *              within E. A seed writes into an empty hash, or over a hash still seeded 1 when its version is
- *              higher (the best-informed node wins while nothing was written); never over seeded 0: a PUT
- *              acknowledged in the current epoch is never overwritten by a seed. A compare-and-set that finds the
- *              hash empty writes anyway, under a new epoch, at the node's version + 1
- *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a Lua
- *              compare-and-renew); the holder is "the poller", every other node "a follower"
- *   seq        a counter that numbers every status and state message (INCR in the script that writes it)
+ *   conf       a hash {"epoch": E, "version": N, "conf": <the five settable keys as JSON, without responder_url,
+ *              which is each node's own>, "seeded": "1"|"0"}, written only by the conf scripts below
+ *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a script); the
+ *              holder is "the poller", every other node "a follower"
+ *   seq        a counter that numbers every status and state record
  *   status     what every node must serve, the latest of two records: the poller's last valid response
  *              {"seq","type":"status","node","ts","cert_status","produced_at","this_update","next_update"
  *              [,"revocation_time","revocation_reason"],"der": base64} (times in Unix seconds; the parsed fields
@@ -26,26 +20,72 @@
  *   sched      the poller's last schedule state {"seq","type":"state","node","ts","state","recovering",
  *              "consecutive_failures","recovery_tries","last_attempt_ms","last_error_code","last_error"},
  *              written after every attempt that counted and when its cached response expired
- *   events     the Pub/Sub channel of "conf", "status" and "state" messages, read on a second connection; a status
- *              or state message is the very text stored, published by the same script
+ *   events     the Pub/Sub channel, read on a second connection (a subscribed connection can send nothing else)
  *
- * A node applies a status or state message only when its seq is above the highest it has seen since it last
- * (re)connected, so a record read back at resynchronisation never undoes a newer message that overtook it on the
- * other connection; at resynchronisation it reads status and sched together and applies them in seq order. An
- * invalidation makes every node drop its cached response and remove its staple file; the next valid response
- * restores "valid" everywhere.
+ * Messages on events, each a JSON object with "type" and "node" (the writer's id):
+ *   conf    {"type":"conf","epoch","version","node","conf"}, published by the conf scripts with what they wrote
+ *   status  the very text stored in status, published by the script that stores it
+ *   state   the very text stored in sched (and in status for an invalidation), likewise
+ * Anything else is counted as "invalid" and ignored.
+ *
+ * Scripts: every write that must be atomic is one Lua script, with its PUBLISH inside, so that no node can see a
+ * write without its message or the reverse.
+ *   conf compare-and-set (a PUT): writes only when the stored epoch and version are the node's; on an empty hash
+ *       it writes anyway, at the node's version + 1 under a fresh epoch (a seed and the PUT at once); a write
+ *       always sets seeded=0. Returns what it wrote, or what is stored.
+ *   conf seed (each node, once per (re)connection, after subscribing): on an empty hash it writes the node's
+ *       configuration and version under a fresh epoch with seeded=1; on a hash with seeded=1 it replaces the
+ *       configuration and version (keeping the epoch) only when the node's version is higher, so that the
+ *       best-informed node wins while nothing was written; on seeded=0 it never writes: a PUT acknowledged in the
+ *       current epoch is never overwritten by a seed. A hash without an epoch (written before epochs existed) is
+ *       given one, seeded=0. Returns what the hash holds afterwards and whether it wrote.
+ *   lease renew: extends the lease when it is the node's; a lease that vanished (a store restarted empty) is taken
+ *       back by its holder if nobody took it meanwhile. lease release (at shutdown): deletes it when it is the
+ *       node's. A follower asks with SET NX.
+ *   heartbeat: sets the node's key with its time to live, adds it to nodes, prunes the ids whose key expired and
+ *       returns every live entry: the registry view, from which the capability check and the metrics come.
+ *   publish (status and state records): INCR seq, prefix the record with it as "seq", SET every key it goes to and
+ *       PUBLISH it, as one text.
+ *
+ * The configuration is identified by (epoch, version). The epoch names one life of the stored configuration: a
+ * random id (16 hex digits) made by the node whose script finds the conf hash empty (a new store, or one that
+ * restarted without persistence), kept by every later write until the store loses it again. Within an epoch the
+ * version only grows, by one per committed PUT. "seeded" is 1 while what the hash holds was only seeded, 0 once a
+ * PUT committed in that epoch. On the node's side:
+ *   - a node adopts what its seed returns (the store's configuration after the seed) whatever the versions, because
+ *     the store is the truth once it has been read; the one exception is a newer configuration of the same epoch
+ *     applied from a message while the seed was on its way. An unreadable stored configuration is not adopted, but
+ *     its epoch and version are, so that the next PUT replaces it;
+ *   - a configuration seen on a live connection (a message, the reply to a compare-and-set) is applied when its
+ *     epoch differs from the node's, even at a lower version (the store lost what the node knew, and its new life
+ *     wins), or when it has the node's epoch and a higher version; never when its epoch is the one the node has
+ *     just left (a message written before the store was emptied, overtaken on the other connection);
+ *   - a committed write is applied from the reply to it even when its PUT was answered "not confirmed in time"; this
+ *     node's own conf message is applied only while no compare-and-set reply is owed, because that reply puts the
+ *     write in force itself, under the PUT's user, and must not find it already applied (or be applied twice).
+ * The epoch and version are kept in <data_dir>/cluster.json ({"conf_epoch","conf_version"}) next to ocsp.json, the
+ * local cache. The limit: what a store without persistence lost comes back only through seeds, and seeds count only
+ * until the first PUT of the new epoch commits; a node that comes back after that with a newer configuration from
+ * before the restart (acknowledged PUTs included) adopts the store's instead, and a PUT acknowledged by a store that
+ * lost it before any node applied it is gone at once. Run Redis with persistence (appendonly) where that matters.
+ *
+ * The status and state records are numbered by the store, not by the nodes: two nodes' clocks never have to agree,
+ * and a poller that takes over continues the same sequence. A node applies a record only when its number is above
+ * the highest it has seen since it last (re)connected (a record without one always), so a record read back at
+ * resynchronisation never undoes a newer message that overtook it on the other connection; it forgets that number
+ * when it reconnects, because a store that restarted empty counts from 1 again. At resynchronisation it reads status
+ * and sched together and applies them older first. A node ignores its own records from the channel, and the poller
+ * its own read back from the store (its memory is newer). An invalidation makes every node drop its cached response
+ * and remove its staple file; the next valid response restores "valid" everywhere.
  *
  * Two Redis connections (oa_redis.h: plain TCP or TLS, names resolved asynchronously) run on the agent's libuv
- * loop; no call here ever blocks. While the store is unreachable the module reconnects with a doubling backoff
- * (100 ms to 2 s), logs `store_unavailable` once and `store_reconnected` when it is back, then resynchronises: it
- * seeds (see conf above), adopts the store's configuration as the seed leaves it (whatever its version: the store
- * is the truth once read), and reads the status. On a live connection a configuration is applied when its epoch
- * differs from the node's (even at a lower version) or its version is higher in the same epoch; a committed PUT is
- * applied by the node that sent it even when the PUT was answered "not confirmed in time". The epoch and version
- * are kept in <data_dir>/cluster.json ({"conf_epoch","conf_version"}) next to ocsp.json, the local cache. The limit:
- * what a store without persistence lost comes back only through a seed, and seeds count only until the first PUT
- * of the new epoch commits; a configuration a node brings back after that (acknowledged PUTs included) is
- * discarded in favour of the store's. Run Redis with persistence (appendonly) where that matters.
+ * loop; no call here ever blocks. Either one failing takes both down. While the store is unreachable the module
+ * reconnects with a doubling backoff (100 ms to 2 s), logs `store_unavailable` once and `store_reconnected` when it
+ * is back, then resynchronises: it subscribes first, then seeds, adopts the store's configuration as the seed
+ * leaves it, and reads the records, so that nothing published meanwhile is missed (at worst it is applied twice,
+ * which versions and numbers make harmless). A store that accepts the connection but answers neither a heartbeat
+ * within node_ttl_ms nor a lease request within lease_ms counts as gone; a poller whose lease was not renewed in
+ * time (a tenth short of lease_ms, counted from the request) stops being the poller.
  */
 #ifndef OA_CLUSTER_H
 #define OA_CLUSTER_H
