@@ -12,7 +12,7 @@ PACKAGES=(
   libuv1-dev libjansson-dev libssl-dev node-llhttp         # the daemon's libraries (llhttp ships as C sources)
   libcmocka-dev libhiredis-dev                             # unit tests; the Redis protocol of cluster mode
   redis-server redis-tools openssl curl jq procps iproute2 python3  # integration tests and the demo
-  haproxy python3-redis python3-openssl                    # staple delivery: the TLS proxy and a real client
+  haproxy python3-redis python3-openssl python3-requests   # staple delivery: the TLS proxy and a real client
   nginx wrk testssl.sh                                     # the benchmarks, the nginx hook example, TLS checks
   clang valgrind                                           # fuzzing and leak checks
 )
