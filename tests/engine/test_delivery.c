@@ -13,56 +13,7 @@
 
 #include <cmocka.h>
 
-#include "../../engine/target.h"
-#include "oa_delivery.h"
-#include "oa_log.h"
-#include "oa_util.h"
-#include "testpki.h"
-
-static oa_testpki_t pki;
-static time_t now;
-static FILE *log_stream;
-static char *log_text;
-static size_t log_len;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    now = time(NULL);
-    log_stream = open_memstream(&log_text, &log_len);
-    if (log_stream == NULL)
-        return -1;
-    oa_log_setup(OA_LOG_TEXT, OA_LOG_INFO, log_stream);
-    return oa_testpki_init(&pki, 0x1001, "http://127.0.0.1:1/ocsp");
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    oa_log_setup(OA_LOG_TEXT, OA_LOG_INFO, NULL);
-    fclose(log_stream);
-    free(log_text);
-    oa_testpki_free(&pki);
-    return 0;
-}
-
-static size_t log_mark(void)
-{
-    fflush(log_stream);
-    return log_len;
-}
-
-/* Occurrences of needle in the log since mark. */
-static int log_count(size_t mark, const char *needle)
-{
-    const char *p;
-    int n = 0;
-
-    fflush(log_stream);
-    for (p = log_text + mark; (p = strstr(p, needle)) != NULL; p++)
-        n++;
-    return n;
-}
+#include "target_harness.h"
 
 /* ---- a fake target ---- */
 
@@ -128,31 +79,6 @@ static fake_t *fake_add(oa_delivery_t *d, const char *name, bool async_close, in
     f->freed = freed;
     assert_int_equal(oa_dtarget_attach(d, &f->base, &fake_ops, name), 0);
     return f;
-}
-
-/* ---- responses ---- */
-
-static void make_result(oa_ocsp_result_t *res, long this_off, bool has_next, long next_off)
-{
-    oa_testpki_resp_opts_t o;
-    unsigned char *der;
-    size_t len;
-
-    oa_testpki_resp_opts_init(&o, &pki);
-    o.now = now;
-    o.this_update_offset = this_off;
-    o.produced_at_offset = this_off;
-    o.has_next_update = has_next;
-    o.next_update_offset = next_off;
-    assert_int_equal(oa_testpki_response(&o, &der, &len), 0);
-    memset(res, 0, sizeof(*res));
-    res->cert_status = OA_CERT_GOOD;
-    res->produced_at = now + this_off;
-    res->this_update = now + this_off;
-    res->next_update = has_next ? now + next_off : 0;
-    res->revocation_reason = -1;
-    res->der = der;
-    res->der_len = len;
 }
 
 typedef struct env_s {
@@ -221,8 +147,8 @@ static void test_generations(void **state)
     assert_int_equal(oa_delivery_target_count(e.d), 2);
     assert_int_equal(oa_delivery_generation(e.d), 0);
     assert_null(oa_delivery_staple(e.d));
-    make_result(&a, -60, true, 3600);
-    make_result(&b, -30, true, 3600);
+    make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
+    make_result(&b, V_OCSP_CERTSTATUS_GOOD, -30, true, 3600);
 
     assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
     assert_int_equal(oa_delivery_generation(e.d), 1);
@@ -324,8 +250,8 @@ static void test_states_and_reports(void **state)
     (void)state;
     env_init(&e);
     f = fake_add(e.d, "fake:one", false, NULL);
-    make_result(&a, -60, true, 3600);
-    make_result(&b, -30, true, 3600);
+    make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
+    make_result(&b, V_OCSP_CERTSTATUS_GOOD, -30, true, 3600);
 
     o = status_of(&e, 0);
     assert_string_equal(str_of(o, "target"), "fake:one");
@@ -414,7 +340,7 @@ static void test_metrics_and_all_delivered(void **state)
 
     f1 = fake_add(e.d, "hook:/x", false, NULL);
     f2 = fake_add(e.d, "file:/a \"b\"\\c", false, NULL);
-    make_result(&a, -60, true, 3600);
+    make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
     assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
     oa_dtarget_report(&f1->base, 1, NULL);
     oa_dtarget_report(&f1->base, 1, NULL);
@@ -460,7 +386,7 @@ static void test_close_async(void **state)
     assert_false(e.done);
     assert_int_equal(freed, 0);
     assert_true(f1->base.closing);
-    make_result(&a, -60, true, 3600);
+    make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
     assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
     assert_int_equal(f1->updates, 0);
     oa_ocsp_result_clear(&a);
@@ -510,7 +436,7 @@ static void test_haproxy_staple_check(void **state)
     size_t len;
 
     (void)state;
-    make_result(&r, -60, true, 3600);
+    make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
     assert_int_equal(oa_haproxy_staple_check(&r, now, why, sizeof(why)), 0);
     assert_int_equal(oa_haproxy_staple_check(&r, r.next_update - 301, why, sizeof(why)), 0);
     assert_int_equal(oa_haproxy_staple_check(&r, r.next_update - 300, why, sizeof(why)), -1);
@@ -519,7 +445,7 @@ static void test_haproxy_staple_check(void **state)
     assert_int_equal(oa_haproxy_staple_check(&r, r.next_update + 10, why, sizeof(why)), -1);
     oa_ocsp_result_clear(&r);
 
-    make_result(&r, -60, false, 0);
+    make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, false, 0);
     assert_int_equal(oa_haproxy_staple_check(&r, now, why, sizeof(why)), -1);
     assert_string_equal(why, "HAProxy will not staple this response: it has no nextUpdate");
     oa_ocsp_result_clear(&r);

@@ -17,91 +17,16 @@
 
 #include <cmocka.h>
 
-#include "../../engine/target.h"
-#include "oa_delivery.h"
-#include "oa_log.h"
-#include "oa_util.h"
-#include "testpki.h"
+#include "target_harness.h"
 
-static oa_testpki_t pki;
-static char dir[OA_TESTPKI_DIR_MAX];
-static time_t now;
-static char path_buf[4][512];
-
-/* Logs go to a memory stream the tests read. */
-static FILE *log_stream;
-static char *log_text;
-static size_t log_len;
-
-static int group_setup(void **state)
+/* Every test starts with the production kill timeout unless it shortens it itself. */
+static int hook_test_setup(void **state)
 {
-    (void)state;
-    now = time(NULL);
-    log_stream = open_memstream(&log_text, &log_len);
-    if (log_stream == NULL)
-        return -1;
-    oa_log_setup(OA_LOG_TEXT, OA_LOG_INFO, log_stream);
-    return oa_testpki_init(&pki, 0x1001, "http://127.0.0.1:1/ocsp");
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    oa_log_setup(OA_LOG_TEXT, OA_LOG_INFO, NULL);
-    fclose(log_stream);
-    free(log_text);
-    oa_testpki_free(&pki);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    (void)state;
     unsetenv("OA_TEST_HOOK_TIMEOUT_MS");
-    return oa_testpki_tmpdir(dir);
-}
-
-static int test_teardown(void **state)
-{
-    (void)state;
-    oa_testpki_rmdir(dir);
-    return 0;
-}
-
-static const char *in_dir(int slot, const char *name)
-{
-    return oa_testpki_path(path_buf[slot], sizeof(path_buf[slot]), dir, name);
+    return test_setup(state);
 }
 
 /* ---- responses ---- */
-
-/* A verified-looking result for a real response: status, thisUpdate this_off s from now, nextUpdate next_off s from
- * now (none when !has_next). Different this_off give different DER. Free with oa_ocsp_result_clear. */
-static void make_result(oa_ocsp_result_t *res, int cert_status, long this_off, bool has_next, long next_off)
-{
-    oa_testpki_resp_opts_t o;
-    unsigned char *der;
-    size_t len;
-
-    oa_testpki_resp_opts_init(&o, &pki);
-    o.now = now;
-    o.cert_status = cert_status;
-    o.this_update_offset = this_off;
-    o.produced_at_offset = this_off;
-    o.has_next_update = has_next;
-    o.next_update_offset = next_off;
-    assert_int_equal(oa_testpki_response(&o, &der, &len), 0);
-    memset(res, 0, sizeof(*res));
-    res->cert_status = cert_status == V_OCSP_CERTSTATUS_GOOD ? OA_CERT_GOOD : OA_CERT_REVOKED;
-    res->produced_at = now + this_off;
-    res->this_update = now + this_off;
-    res->next_update = has_next ? now + next_off : 0;
-    res->revocation_reason = -1;
-    if (cert_status == V_OCSP_CERTSTATUS_REVOKED)
-        res->revocation_time = o.revocation_time;
-    res->der = der;
-    res->der_len = len;
-}
 
 static void set_good(oa_delivery_t *d, long this_off)
 {
@@ -114,127 +39,17 @@ static void set_good(oa_delivery_t *d, long this_off)
 
 /* ---- the loop ---- */
 
-typedef struct ctx_s {
-    uv_loop_t loop;
-    uv_timer_t tick; /* wakes the loop up so that conditions on files are checked */
-    oa_delivery_t *d;
-    bool closed;
-} ctx_t;
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
 /* A loop, a delivery with node id "node-7" and staple path <dir>/ocsp.der, and the hook at program. */
 static void ctx_init(ctx_t *c, const char *program)
 {
-    oa_delivery_options_t o = {.node_id = "node-7", .staple_path = in_dir(3, "ocsp.der")};
     oa_error_t err;
 
-    memset(c, 0, sizeof(*c));
-    assert_int_equal(uv_loop_init(&c->loop), 0);
-    assert_int_equal(uv_timer_init(&c->loop, &c->tick), 0);
-    assert_int_equal(uv_timer_start(&c->tick, on_tick, 5, 5), 0);
-    assert_int_equal(oa_delivery_new(&c->loop, &o, &c->d), 0);
+    ctx_start(c);
     if (oa_delivery_add_hook(c->d, program, &err) != 0)
         fail_msg("oa_delivery_add_hook: %s", err.text);
 }
 
-/* Runs the loop until cond(c, arg) holds; fails the test after timeout_ms. */
-static void run_until(ctx_t *c, bool (*cond)(ctx_t *c, const void *arg), const void *arg, uint64_t timeout_ms,
-                      const char *what)
-{
-    uint64_t deadline;
-
-    uv_update_time(&c->loop);
-    deadline = uv_now(&c->loop) + timeout_ms;
-    while (!cond(c, arg)) {
-        if (uv_now(&c->loop) >= deadline)
-            fail_msg("timed out after %llu ms waiting for %s", (unsigned long long)timeout_ms, what);
-        uv_run(&c->loop, UV_RUN_ONCE);
-    }
-}
-
-/* Runs the loop for ms milliseconds (to show that nothing more happens). */
-static void run_for(ctx_t *c, uint64_t ms)
-{
-    uint64_t end;
-
-    uv_update_time(&c->loop);
-    end = uv_now(&c->loop) + ms;
-    while (uv_now(&c->loop) < end)
-        uv_run(&c->loop, UV_RUN_ONCE);
-}
-
-static void on_delivery_closed(void *arg)
-{
-    ((ctx_t *)arg)->closed = true;
-}
-
-static bool is_closed(ctx_t *c, const void *arg)
-{
-    (void)arg;
-    return c->closed;
-}
-
-static void ctx_close(ctx_t *c)
-{
-    oa_delivery_close(c->d, on_delivery_closed, c);
-    run_until(c, is_closed, NULL, 5000, "the delivery to close");
-    uv_close((uv_handle_t *)&c->tick, NULL);
-    assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&c->loop), 0);
-}
-
 /* ---- what the delivery and the hooks tell ---- */
-
-/* The hook target's deliveries_total for result "ok" or "error". */
-static uint64_t count(const ctx_t *c, const char *result)
-{
-    oa_buf_t b;
-    char key[64];
-    const char *p;
-    uint64_t n = 0;
-
-    oa_buf_init(&b);
-    assert_int_equal(oa_delivery_metrics(c->d, &b), 0);
-    snprintf(key, sizeof(key), "result=\"%s\"} ", result);
-    p = strstr(b.data, key);
-    assert_non_null(p);
-    n = strtoull(p + strlen(key), NULL, 10);
-    oa_buf_free(&b);
-    return n;
-}
-
-static bool tries_reach(ctx_t *c, const void *arg)
-{
-    return count(c, "ok") + count(c, "error") >= *(const uint64_t *)arg;
-}
-
-static void wait_tries(ctx_t *c, uint64_t n, uint64_t timeout_ms)
-{
-    char what[64];
-
-    snprintf(what, sizeof(what), "%llu finished runs", (unsigned long long)n);
-    run_until(c, tries_reach, &n, timeout_ms, what);
-}
-
-/* The state and last_error (or "") of the one target, copied into the caller's buffers. */
-static void target_status(const ctx_t *c, char *state, char *last_error, char *name)
-{
-    json_t *list = oa_delivery_status_json(c->d), *o;
-
-    assert_non_null(list);
-    assert_int_equal(json_array_size(list), 1);
-    o = json_array_get(list, 0);
-    snprintf(state, 32, "%s", json_string_value(json_object_get(o, "state")));
-    snprintf(last_error, OA_DTARGET_ERROR_MAX, "%s",
-             json_object_get(o, "last_error") != NULL ? json_string_value(json_object_get(o, "last_error")) : "");
-    if (name != NULL)
-        snprintf(name, 512, "%s", json_string_value(json_object_get(o, "target")));
-    json_decref(list);
-}
 
 /* Number of lines in the file at path (0 when absent). */
 static int line_count(const char *path)
@@ -269,19 +84,6 @@ static void nth_line(const char *path, int n, char *out, size_t size)
     assert_non_null(e);
     snprintf(out, size, "%.*s", (int)(e - p), p);
     oa_buf_free(&b);
-}
-
-/* The log lines written since mark (a length of log_text), and the length now. */
-static size_t log_mark(void)
-{
-    fflush(log_stream);
-    return log_len;
-}
-
-static const char *log_since(size_t mark)
-{
-    fflush(log_stream);
-    return log_text + mark;
 }
 
 /* Writes an executable /bin/sh script named name in the test's directory; returns its path (slot 1 or 2). */
@@ -752,18 +554,18 @@ static void test_relative_path(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_constructor_checks, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_args_and_env, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_coalescing, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_timeout_kills_group, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_crash_and_exit_status, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_megabytes_of_output, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_long_stderr_line, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_retry_until_success, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_change_after_failure_runs_at_once, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_spawn_failure, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_close_while_running, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_relative_path, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_constructor_checks, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_args_and_env, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_coalescing, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_kills_group, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_crash_and_exit_status, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_megabytes_of_output, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_long_stderr_line, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_retry_until_success, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_change_after_failure_runs_at_once, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_spawn_failure, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_while_running, hook_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_relative_path, hook_test_setup, test_teardown),
     };
 
     signal(SIGPIPE, SIG_IGN);
