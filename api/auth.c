@@ -6,6 +6,11 @@
  * bounded so that a storm of guesses costs the attacker a 503, not the agent its thread pool. Clients that open many
  * connections at once with the same credentials (a proxy pool, a benchmark) would otherwise fill that bound with
  * copies of one KDF, so a check of a header whose KDF is already running waits on it and shares its answer.
+ *
+ * The users are one counted, read-only version of the users file. A reload makes a new version current; the old one
+ * lives on, untouched, as long as a KDF started on it runs on the thread pool (that thread reads an entry's hash and
+ * the version's dummy hash without a lock), and is freed on the loop when the last of them is answered. Counting
+ * happens on the loop only, so it needs no atomics.
  */
 #include <ctype.h>
 #include <jansson.h>
@@ -51,6 +56,15 @@ static const struct {
     [OA_ROLE_NONE] = {"none", 0},
 };
 
+/* One version of the users file, and the hash verified in place of an unknown user's. */
+typedef struct oa_auth_users_s {
+    unsigned refs; /* the authenticator's, while current, and one per KDF started on it */
+    oa_user_t *users;
+    size_t nusers;
+    /* A well-formed hash that no password is expected to match, as costly as the first user's. */
+    char dummy_hash[OA_PASSWD_ENCODED_MAX];
+} users_t;
+
 /* One KDF in flight: the check that started it, and the checks of the same header waiting on it, in arrival order. */
 typedef struct flight_s {
     oa_auth_check_t *leader; /* NULL when the slot is free */
@@ -68,10 +82,7 @@ typedef struct cache_entry_s {
 struct oa_auth_s {
     uv_loop_t *loop;
     int open;
-    oa_user_t *users;
-    size_t nusers;
-    /* A well-formed hash that no password is expected to match, verified in place of an unknown user's hash. */
-    char dummy_hash[OA_PASSWD_ENCODED_MAX];
+    users_t *users; /* the users in force; NULL for an open authenticator */
     unsigned long kdf_runs;
     flight_t flights[AUTH_MAX_PENDING];
     /* Fetched once: an implicit fetch on every request would take OpenSSL's provider locks each time. */
@@ -242,12 +253,56 @@ static oa_auth_t *auth_alloc(uv_loop_t *loop)
     return a;
 }
 
-/* Fills a->dummy_hash with a hash of the given cost whose salt and value are zero bytes, so verifying against it
+/* Fills u->dummy_hash with a hash of the given cost whose salt and value are zero bytes, so verifying against it
  * costs what verifying a real user's password costs without a KDF being spent to make it. */
-static void set_dummy_hash(oa_auth_t *a, unsigned iterations)
+static void set_dummy_hash(users_t *u, unsigned iterations)
 {
-    snprintf(a->dummy_hash, sizeof(a->dummy_hash), PASSWD_PREFIX "%u$%s$%s", iterations,
+    snprintf(u->dummy_hash, sizeof(u->dummy_hash), PASSWD_PREFIX "%u$%s$%s", iterations,
              "AAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+}
+
+static users_t *users_ref(users_t *u)
+{
+    u->refs++;
+    return u;
+}
+
+/* Drops one reference; the last one frees the version. */
+static void users_unref(users_t *u)
+{
+    size_t i;
+
+    if (u == NULL || --u->refs > 0)
+        return;
+    for (i = 0; i < u->nusers; i++) {
+        free(u->users[i].name);
+        if (u->users[i].password_hash != NULL)
+            OPENSSL_cleanse(u->users[i].password_hash, strlen(u->users[i].password_hash));
+        free(u->users[i].password_hash);
+    }
+    free(u->users);
+    free(u);
+}
+
+static const oa_user_t *users_find(const users_t *u, const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < u->nusers; i++) {
+        if (strlen(u->users[i].name) == len && memcmp(u->users[i].name, name, len) == 0)
+            return &u->users[i];
+    }
+    return NULL;
+}
+
+/* The entry of u for the same name, role and password hash as old, or NULL: what old's credentials are now. */
+static const oa_user_t *users_same(const users_t *u, const oa_user_t *old)
+{
+    const oa_user_t *e = users_find(u, old->name, strlen(old->name));
+
+    if (e == NULL || e->role != old->role || strcmp(e->password_hash, old->password_hash) != 0)
+        return NULL;
+    return e;
 }
 
 /* Jansson's messages may quote the text near the error, which in a users file can be a password hash; only the
@@ -311,13 +366,14 @@ static int load_user(const char *path, size_t idx, json_t *entry, oa_user_t *u, 
     return 0;
 }
 
-int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa_error_t *err)
+/* Reads and checks the users file. Returns 0 with *out set (one reference), or -1 with err filled. */
+static int users_load(const char *path, users_t **out, oa_error_t *err)
 {
     oa_buf_t text = {0};
     json_error_t je;
     json_t *root = NULL, *list, *v;
     const char *key;
-    oa_auth_t *a = NULL;
+    users_t *u = NULL;
     unsigned char salt[PASSWD_SALT_LEN], hash[PASSWD_HASH_LEN];
     unsigned iterations;
     char reason[160];
@@ -358,38 +414,111 @@ int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa
         goto out;
     }
 
-    a = auth_alloc(loop);
-    if (a == NULL || (a->users = calloc(json_array_size(list), sizeof(*a->users))) == NULL) {
+    u = calloc(1, sizeof(*u));
+    if (u == NULL || (u->users = calloc(json_array_size(list), sizeof(*u->users))) == NULL) {
         oa_error_set(err, OA_E_NOMEM, "users file %s: out of memory", path);
         goto out;
     }
     json_array_foreach(list, i, v) {
-        a->nusers = i + 1; /* counted before loading so a half-loaded entry is freed too */
-        if (load_user(path, i, v, &a->users[i], err) != 0)
+        u->nusers = i + 1; /* counted before loading so a half-loaded entry is freed too */
+        if (load_user(path, i, v, &u->users[i], err) != 0)
             goto out;
         for (j = 0; j < i; j++) {
-            if (strcmp(a->users[j].name, a->users[i].name) == 0) {
+            if (strcmp(u->users[j].name, u->users[i].name) == 0) {
                 oa_error_set(err, OA_E_BAD_FILE,
                              "users file %s: users[%zu]: duplicate name \"%.64s\" (see users[%zu])", path, i,
-                             a->users[i].name, j);
+                             u->users[i].name, j);
                 goto out;
             }
         }
     }
     /* Unknown names are checked against a hash as costly as the first user's, so both answers take as long. */
-    passwd_parse(a->users[0].password_hash, &iterations, salt, hash);
-    set_dummy_hash(a, iterations);
-    *out = a;
-    a = NULL;
+    passwd_parse(u->users[0].password_hash, &iterations, salt, hash);
+    set_dummy_hash(u, iterations);
+    u->refs = 1;
+    *out = u;
+    u = NULL;
     rc = 0;
 out:
-    if (a != NULL)
-        oa_auth_free(a);
+    if (u != NULL) {
+        u->refs = 1;
+        users_unref(u);
+    }
     json_decref(root);
     if (text.data != NULL)
         OPENSSL_cleanse(text.data, text.len);
     oa_buf_free(&text);
     return rc;
+}
+
+int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa_error_t *err)
+{
+    users_t *u = NULL;
+    oa_auth_t *a;
+
+    *out = NULL;
+    if (users_load(path, &u, err) != 0)
+        return -1;
+    a = auth_alloc(loop);
+    if (a == NULL) {
+        users_unref(u);
+        return oa_error_set(err, OA_E_NOMEM, "users file %s: out of memory", path);
+    }
+    a->users = u;
+    *out = a;
+    return 0;
+}
+
+/* Forgets every remembered header of a user that is not in next as it was; the others now name next's entry. */
+static void cache_follow(oa_auth_t *a, const users_t *next)
+{
+    size_t i;
+
+    for (i = 0; i < AUTH_CACHE_SIZE; i++) {
+        cache_entry_t *e = &a->cache[i];
+
+        if (e->user == NULL)
+            continue;
+        e->user = users_same(next, e->user);
+        if (e->user == NULL)
+            OPENSSL_cleanse(e, sizeof(*e));
+    }
+}
+
+int oa_auth_reload(oa_auth_t *a, const char *path, oa_auth_reload_stats_t *stats, oa_error_t *err)
+{
+    users_t *next = NULL, *old = a->users;
+    const oa_user_t *e;
+    size_t i;
+
+    memset(stats, 0, sizeof(*stats));
+    if (a->open)
+        return oa_error_set(err, OA_E_BAD_OPTION, "users file %s: authentication is off (--no-auth)", path);
+    if (users_load(path, &next, err) != 0)
+        return -1;
+    stats->users = next->nusers;
+    for (i = 0; i < next->nusers; i++) {
+        e = users_find(old, next->users[i].name, strlen(next->users[i].name));
+        if (e == NULL)
+            stats->added++;
+        else if (users_same(next, e) != NULL)
+            stats->unchanged++;
+        else
+            stats->changed++;
+    }
+    for (i = 0; i < old->nusers; i++) {
+        if (users_find(next, old->users[i].name, strlen(old->users[i].name)) == NULL)
+            stats->removed++;
+    }
+    if (stats->added == 0 && stats->removed == 0 && stats->changed == 0) {
+        users_unref(next);
+        return 0;
+    }
+    cache_follow(a, next);
+    a->users = next;
+    /* KDFs still running on the old version hold their own references: it is freed when the last is answered. */
+    users_unref(old);
+    return 0;
 }
 
 int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out)
@@ -406,15 +535,9 @@ int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out)
 
 void oa_auth_free(oa_auth_t *a)
 {
-    size_t i;
-
     if (a == NULL)
         return;
-    for (i = 0; i < a->nusers; i++) {
-        free(a->users[i].name);
-        free(a->users[i].password_hash);
-    }
-    free(a->users);
+    users_unref(a->users);
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
     OPENSSL_cleanse(a->flights, sizeof(a->flights));
     EVP_MD_free(a->sha256);
@@ -434,17 +557,6 @@ unsigned oa_auth_pending(const oa_auth_t *a)
 unsigned long oa_auth_kdf_runs(const oa_auth_t *a)
 {
     return a->kdf_runs;
-}
-
-static const oa_user_t *find_user(const oa_auth_t *a, const char *name, size_t len)
-{
-    size_t i;
-
-    for (i = 0; i < a->nusers; i++) {
-        if (strlen(a->users[i].name) == len && memcmp(a->users[i].name, name, len) == 0)
-            return &a->users[i];
-    }
-    return NULL;
 }
 
 static const oa_user_t *cache_lookup(oa_auth_t *a, const unsigned char key[32])
@@ -496,8 +608,9 @@ static void wipe_password(oa_auth_check_t *check)
     check->password_len = 0;
 }
 
-/* The flight running the KDF for key, or NULL. The key is a hash of the credentials, so it is compared in constant
- * time like the cache's keys. */
+/* The flight a new check of key may wait on: one running the KDF for key against the users in force, or NULL. A
+ * flight started before a reload verifies against entries that may be gone, so it takes no new waiters. The key is a
+ * hash of the credentials, so it is compared in constant time like the cache's keys. */
 static flight_t *flight_find(oa_auth_t *a, const unsigned char key[32])
 {
     size_t i;
@@ -505,8 +618,20 @@ static flight_t *flight_find(oa_auth_t *a, const unsigned char key[32])
     for (i = 0; i < AUTH_MAX_PENDING; i++) {
         flight_t *f = &a->flights[i];
 
-        if (f->leader != NULL && CRYPTO_memcmp(f->key, key, 32) == 0)
+        if (f->leader != NULL && f->leader->users == a->users && CRYPTO_memcmp(f->key, key, 32) == 0)
             return f;
+    }
+    return NULL;
+}
+
+/* The flight check leads (there is one: a flight ends only in its leader's kdf_done). */
+static flight_t *flight_of(oa_auth_t *a, const oa_auth_check_t *check)
+{
+    size_t i;
+
+    for (i = 0; i < AUTH_MAX_PENDING; i++) {
+        if (a->flights[i].leader == check)
+            return &a->flights[i];
     }
     return NULL;
 }
@@ -523,7 +648,8 @@ static void flight_clear(flight_t *f)
 static void kdf_work(uv_work_t *work)
 {
     oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
-    const char *encoded = check->user != NULL ? check->user->password_hash : check->auth->dummy_hash;
+    /* Both strings belong to check->users, which this check's reference keeps alive and a reload never changes. */
+    const char *encoded = check->user != NULL ? check->user->password_hash : check->users->dummy_hash;
     int ok = oa_passwd_verify(encoded, check->password, check->password_len) == 1;
 
     check->verified = ok && check->user != NULL;
@@ -536,7 +662,7 @@ static void kdf_done(uv_work_t *work, int status)
 {
     oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
     oa_auth_t *a = check->auth;
-    flight_t *f = flight_find(a, check->key); /* the flight check leads: one flight per key */
+    flight_t *f = flight_of(a, check);
     const oa_user_t *user = NULL;
     oa_auth_check_t *waiter, *next;
     int result = OA_E_UNAUTHORIZED;
@@ -547,11 +673,16 @@ static void kdf_done(uv_work_t *work, int status)
     waiter = f->first;
     flight_clear(f);
     wipe_password(check);
-    if (status == 0 && check->verified) {
-        user = check->user;
+    /* A KDF started before a reload verified an entry that may be gone: it authenticates only a user that is still
+     * there with the same role and hash, and then as the entry in force. */
+    if (status == 0 && check->verified)
+        user = check->users == a->users ? check->user : users_same(a->users, check->user);
+    if (user != NULL) {
         result = 0;
         cache_store(a, check->key, user);
     }
+    users_unref(check->users);
+    check->users = NULL;
     check->user = user;
     /* Each callback may free its check, so a check is not touched once its callback has been called. */
     check->cb(check, result, user);
@@ -625,6 +756,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     check->cb = cb;
     check->verified = 0;
     check->next = NULL;
+    check->users = NULL;
     check->password = NULL;
     check->password_len = 0;
     f = flight_find(a, check->key);
@@ -657,7 +789,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     }
     /* An unknown name still pays for a KDF (against the dummy hash) and is answered through the callback, so
      * neither the timing nor the kind of answer tells which names exist. */
-    check->user = find_user(a, (const char *)decoded, colon);
+    check->user = users_find(a->users, (const char *)decoded, colon);
     check->password_len = (size_t)n - colon - 1;
     check->password = malloc(check->password_len + 1);
     if (check->password == NULL) {
@@ -666,8 +798,12 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     }
     memcpy(check->password, decoded + colon + 1, check->password_len);
     check->password[check->password_len] = '\0';
+    /* Taken before the work is queued: the thread may start reading at once. */
+    check->users = users_ref(a->users);
     if (uv_queue_work(a->loop, &check->work, kdf_work, kdf_done) != 0) {
         wipe_password(check);
+        users_unref(check->users);
+        check->users = NULL;
         rc = -OA_E_AUTH_BUSY;
         goto out;
     }

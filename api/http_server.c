@@ -1118,6 +1118,18 @@ int oa_http_server_start(uv_loop_t *loop, const char *host, int port, const oa_h
     return 0;
 }
 
+int oa_http_server_set_tls(oa_http_server_t *s, SSL_CTX *ctx)
+{
+    if (ctx == NULL || s->tls == NULL)
+        return UV_EINVAL;
+    /* SSL_new took a reference for every open connection, so releasing ours frees the old context only once the
+     * last connection that started on it is gone. */
+    SSL_CTX_up_ref(ctx);
+    SSL_CTX_free(s->tls);
+    s->tls = ctx;
+    return 0;
+}
+
 void oa_http_server_stop(oa_http_server_t *s, void (*done)(void *arg), void *arg)
 {
     conn_t *c;

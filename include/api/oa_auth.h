@@ -5,6 +5,10 @@
  * OpenSSL, 16-byte random salt, 32-byte hash). The KDF runs on libuv's thread pool, never on the loop; a verified
  * Authorization header is remembered (keyed by its SHA-256) so later requests with it cost one hash, not the KDF.
  * Checks of a header whose KDF is already running share that KDF instead of starting another.
+ *
+ * The users file can be read again while the agent runs (oa_auth_reload): the authenticator stays the same object,
+ * so the API's borrowed pointer, the bound on KDFs in flight and the cache of unchanged users carry over, and the
+ * swap needs no coordination with the requests in progress.
  */
 #ifndef OA_AUTH_H
 #define OA_AUTH_H
@@ -64,6 +68,35 @@ typedef struct oa_auth_s oa_auth_t;
  * unknown keys. Returns 0 with *out set, or -1 with err filled (OA_E_BAD_FILE, sentence names the file and the
  * entry). */
 int oa_auth_new_from_file(uv_loop_t *loop, const char *path, oa_auth_t **out, oa_error_t *err);
+/* What oa_auth_reload found: users in the new file, and how they differ from those in force before it. A user is
+ * unchanged when its name, role and password hash are all the same; changed when its name is kept but its role or
+ * password hash is not. */
+typedef struct oa_auth_reload_stats_s {
+    size_t users;
+    size_t added;
+    size_t removed;
+    size_t changed;
+    size_t unchanged;
+} oa_auth_reload_stats_t;
+
+/*
+ * Reads the users file at path again, with every check of oa_auth_new_from_file, and puts it in force at once, whole,
+ * or not at all.
+ * Returns 0 with stats filled: when nothing was added, removed or changed, nothing is touched (the users in force
+ * stay, with their cache). Otherwise, from the next check on:
+ *   - a removed or changed user's remembered credentials are forgotten, so its next request pays the KDF against the
+ *     new entry (a changed role thus takes effect at once, and an old password is refused);
+ *   - a KDF already running for an old entry of a removed or changed user does not authenticate: every check waiting
+ *     on it is answered OA_E_UNAUTHORIZED; a check that arrives after the reload with the same header starts a KDF of
+ *     its own against the new entry rather than wait on the old one;
+ *   - an unchanged user keeps its remembered credentials, and a KDF running for it still authenticates, so no request
+ *     of an unchanged user pays a new KDF because of the reload.
+ * The old entries stay allocated, untouched, until the last KDF that reads them has been answered, so a reload may
+ * happen at any time on the loop, even with checks pending.
+ * Returns -1 with err filled (the sentences of oa_auth_new_from_file, naming the file and the entry; OA_E_BAD_OPTION
+ * for an open authenticator, which has no file) and the users in force unchanged.
+ */
+int oa_auth_reload(oa_auth_t *a, const char *path, oa_auth_reload_stats_t *stats, oa_error_t *err);
 /* An authenticator that lets every request through as an anonymous admin (--no-auth). */
 int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out);
 /* At most this many checks wait on one KDF besides the check that started it; more get -OA_E_AUTH_BUSY. With at
@@ -81,12 +114,15 @@ unsigned long oa_auth_kdf_runs(const oa_auth_t *a);
 typedef struct oa_auth_check_s oa_auth_check_t;
 /* Fires on the loop thread exactly once per check that oa_auth_check answered 1 to, whether that check started the
  * KDF or waits on another's. result is 0 with user set, or OA_E_UNAUTHORIZED with user NULL. The callback may free
- * check and may start new checks; it must not free the authenticator while other checks are pending. */
+ * check and may start new checks; it must not free the authenticator while other checks are pending.
+ * A user pointer (here or from oa_auth_check) is an entry of the users in force: use it at once, since the next
+ * oa_auth_reload that changes the users may free it. */
 typedef void (*oa_auth_cb)(oa_auth_check_t *check, int result, const oa_user_t *user);
 
 struct oa_auth_check_s {
     uv_work_t work;        /* private */
     oa_auth_check_t *next; /* private: the next check waiting on the same KDF */
+    struct oa_auth_users_s *users; /* private: the users the KDF of this check reads (a counted reference) */
     oa_auth_t *auth;
     oa_auth_cb cb;
     const oa_user_t *user;

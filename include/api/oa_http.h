@@ -77,6 +77,14 @@ void oa_http_respond_error(oa_http_request_t *req, int status, oa_errcode_t code
 int oa_http_server_start(uv_loop_t *loop, const char *host, int port, const oa_http_limits_t *limits, SSL_CTX *tls,
                          oa_http_handler_cb handler, void *app, oa_http_server_t **out, oa_error_t *err);
 
+/*
+ * Serves every connection accepted from now on with ctx; the server takes its own reference (SSL_CTX_up_ref) and
+ * drops the one it held on the previous context. Connections already open (keep-alive ones included) finish on the
+ * context they started with, which each of them keeps alive through its own SSL object. Call on the loop thread.
+ * Returns 0, or UV_EINVAL when ctx is NULL or the server speaks plain HTTP (a listener does not change protocol).
+ */
+int oa_http_server_set_tls(oa_http_server_t *s, SSL_CTX *ctx);
+
 /* The port actually bound (useful with port 0). */
 int oa_http_server_port(const oa_http_server_t *s);
 /* Connections now open. */
