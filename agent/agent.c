@@ -3,6 +3,10 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +18,7 @@
 #include "oa_cluster.h"
 #include "oa_delivery.h"
 #include "oa_log.h"
+#include "oa_reload.h"
 #include "oa_tls.h"
 
 static int ensure_data_dir(const char *dir, oa_error_t *err)
@@ -266,6 +271,169 @@ static int start_delivery(oa_agent_t *a, oa_error_t *err)
     return 0;
 }
 
+/* ---- live reload (SIGHUP) ---- */
+
+static int reload_users(void *data, oa_reload_result_t *res, oa_error_t *err)
+{
+    oa_agent_t *a = data;
+    oa_auth_reload_stats_t st;
+
+    res->file = a->opts->users_file;
+    if (oa_auth_reload(a->auth, a->opts->users_file, &st, err) != 0)
+        return -1;
+    res->changed = st.added != 0 || st.removed != 0 || st.changed != 0;
+    oa_reload_note_int(res, "users", st.users);
+    oa_reload_note_int(res, "added", st.added);
+    oa_reload_note_int(res, "removed", st.removed);
+    oa_reload_note_int(res, "changed", st.changed);
+    return 0;
+}
+
+/* true when both contexts serve the same leaf, chain and key: the files were rewritten with what is in force. */
+static bool tls_same_identity(SSL_CTX *x, SSL_CTX *y)
+{
+    X509 *cx = SSL_CTX_get0_certificate(x), *cy = SSL_CTX_get0_certificate(y);
+    EVP_PKEY *kx = SSL_CTX_get0_privatekey(x), *ky = SSL_CTX_get0_privatekey(y);
+    STACK_OF(X509) *chx = NULL, *chy = NULL;
+    int i, n;
+
+    if (cx == NULL || cy == NULL || X509_cmp(cx, cy) != 0 || kx == NULL || ky == NULL || EVP_PKEY_eq(kx, ky) != 1)
+        return false;
+    SSL_CTX_get0_chain_certs(x, &chx);
+    SSL_CTX_get0_chain_certs(y, &chy);
+    n = chx != NULL ? sk_X509_num(chx) : 0;
+    if (n != (chy != NULL ? sk_X509_num(chy) : 0))
+        return false;
+    for (i = 0; i < n; i++)
+        if (X509_cmp(sk_X509_value(chx, i), sk_X509_value(chy, i)) != 0)
+            return false;
+    return true;
+}
+
+/* Which of --tls-cert and --tls-key a refused pair is blamed on: the certificate file when it does not even start
+ * with a PEM certificate, else the key file (unreadable, not a key, or not the certificate's key). The reason
+ * itself is the context loader's sentence, which names the files. */
+static const char *tls_file_at_fault(const oa_options_t *o)
+{
+    BIO *bio = BIO_new_file(o->tls_cert, "r");
+    X509 *x = bio != NULL ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    const char *file = x != NULL ? o->tls_key : o->tls_cert;
+
+    X509_free(x);
+    BIO_free(bio);
+    ERR_clear_error();
+    return file;
+}
+
+/* subject, serial and notAfter of the certificate a reloaded context serves, for the `reloaded` line. */
+static void note_certificate(oa_reload_result_t *res, X509 *cert)
+{
+    char when[OA_RFC1123_LEN], *hex = NULL, *p;
+    BIGNUM *bn;
+    BIO *bio;
+    struct tm tm;
+    long n;
+
+    bio = BIO_new(BIO_s_mem());
+    if (bio != NULL && X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0 &&
+        (n = BIO_get_mem_data(bio, &p)) >= 0) {
+        char subject[256];
+
+        snprintf(subject, sizeof(subject), "%.*s", (int)n, p);
+        oa_reload_note_str(res, "subject", subject);
+    }
+    BIO_free(bio);
+    bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    if (bn != NULL)
+        hex = BN_bn2hex(bn);
+    oa_reload_note_str(res, "serial", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1)
+        oa_reload_note_str(res, "not_after", oa_time_rfc1123(timegm(&tm), when));
+    ERR_clear_error();
+}
+
+/*
+ * The API's certificate and key. The new context staples exactly when the start-up one would have: when it serves
+ * the watched certificate. When it no longer does, the "api" delivery target goes, rather than showing a target
+ * that staples nothing (the old context keeps the callback for the connections it still serves, which is harmless:
+ * they have finished their handshake). The later --cert reload calls api_staple_follow after a certificate change.
+ */
+static int reload_tls(void *data, oa_reload_result_t *res, oa_error_t *err)
+{
+    oa_agent_t *a = data;
+    const oa_options_t *o = a->opts;
+    SSL_CTX *ctx = NULL;
+    bool staples;
+    int rc;
+
+    res->file = o->tls_cert;
+    if (oa_tls_server_ctx_new(o->tls_cert, o->tls_key, &ctx, err) != 0) {
+        res->file = tls_file_at_fault(o);
+        return -1;
+    }
+    if (tls_same_identity(a->tls, ctx)) {
+        SSL_CTX_free(ctx);
+        return 0;
+    }
+    /* The callback goes on before the first connection can use the context. */
+    staples = a->target != NULL && oa_tls_ctx_serves(ctx, a->target->cert);
+    if (staples && oa_delivery_add_api(a->delivery, ctx, err) != 0) {
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    rc = oa_http_server_set_tls(a->server, ctx);
+    if (rc != 0) {
+        SSL_CTX_free(ctx);
+        return oa_error_set(err, OA_E_INTERNAL, "--tls-cert %s: the server refused the new context: %s", o->tls_cert,
+                            uv_strerror(rc));
+    }
+    if (!staples)
+        oa_delivery_remove_api(a->delivery);
+    SSL_CTX_free(a->tls);
+    a->tls = ctx;
+    res->changed = true;
+    note_certificate(res, SSL_CTX_get0_certificate(ctx));
+    oa_reload_note_str(res, "staples", staples ? "yes" : "no");
+    return 0;
+}
+
+/* The groups SIGHUP reloads, in this order. --no-auth has no users file, and plain HTTP no certificate. */
+static int start_reload(oa_agent_t *a, oa_error_t *err)
+{
+    const oa_options_t *o = a->opts;
+
+    if (oa_reload_new(&a->reload) != 0)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    if (!o->no_auth && oa_reload_add(a->reload, "users", reload_users, a) != 0)
+        return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
+    if (a->tls != NULL && oa_reload_add(a->reload, "tls", reload_tls, a) != 0)
+        return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
+    return 0;
+}
+
+unsigned oa_agent_reload(oa_agent_t *a)
+{
+    if (a->closing || a->reload == NULL)
+        return 0;
+    return oa_reload_run(a->reload);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    oa_agent_t *a = h->data;
+
+    (void)signum;
+    if (a->reload == NULL) {
+        OA_LOG(OA_LOG_WARN, "reload_ignored", OA_KV_STR("signal", "SIGHUP"),
+               OA_KV_STR("reason", "start-up has not finished"));
+        return;
+    }
+    OA_LOG(OA_LOG_INFO, "reload_requested", OA_KV_STR("signal", "SIGHUP"));
+    oa_agent_reload(a);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     oa_agent_t *a = h->data;
@@ -368,6 +536,8 @@ static int api_metrics(void *data, oa_buf_t *out)
     rc = oa_sched_metrics(a->sched, out);
     if (rc == 0)
         rc = oa_delivery_metrics(a->delivery, out);
+    if (rc == 0 && a->reload != NULL)
+        rc = oa_reload_metrics(a->reload, out);
     if (rc == 0 && a->cluster != NULL)
         rc = oa_cluster_metrics(a->cluster, out);
     return rc;
@@ -392,10 +562,14 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
      * (the handlers run when the loop does). */
     uv_signal_init(loop, &a->sigterm);
     uv_signal_init(loop, &a->sigint);
+    uv_signal_init(loop, &a->sighup);
     a->sigterm.data = a;
     a->sigint.data = a;
+    a->sighup.data = a;
     uv_signal_start(&a->sigterm, on_signal, SIGTERM);
     uv_signal_start(&a->sigint, on_signal, SIGINT);
+    /* SIGHUP's default action would end the process: `systemctl reload` must not take the agent down. */
+    uv_signal_start(&a->sighup, on_sighup, SIGHUP);
 
     if (opts->responder_url != NULL && opts->cert == NULL)
         return oa_error_set(err, OA_E_BAD_OPTION, "--responder-url: needs --cert, the certificate to ask about");
@@ -463,6 +637,8 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     oa_sched_set_staple_hook(a->sched, on_sched_staple, a);
     if (opts->cluster_url != NULL && start_cluster(a, err) != 0)
         return -1;
+    if (start_reload(a, err) != 0)
+        return -1;
 
     log_started(a);
     oa_sched_apply_conf(a->sched, &a->conf);
@@ -514,6 +690,7 @@ void oa_agent_stop(oa_agent_t *a)
     if (a->sigterm.loop != NULL && !uv_is_closing((uv_handle_t *)&a->sigterm)) {
         uv_close((uv_handle_t *)&a->sigterm, on_signal_closed);
         uv_close((uv_handle_t *)&a->sigint, on_signal_closed);
+        uv_close((uv_handle_t *)&a->sighup, on_signal_closed);
     }
 }
 
@@ -526,6 +703,7 @@ void oa_agent_free(oa_agent_t *a)
     SSL_CTX_free(a->tls);
     SSL_CTX_free(a->cluster_tls);
     free(a->conf_path);
+    oa_reload_free(a->reload);
     oa_api_free(a->api);
     memset(a, 0, sizeof(*a));
 }

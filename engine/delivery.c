@@ -126,17 +126,38 @@ int oa_delivery_add_api(oa_delivery_t *d, SSL_CTX *ctx, oa_error_t *err)
 {
     oa_dtarget_t *t;
 
-    if (d->api != NULL)
-        return 0;
-    t = calloc(1, sizeof(*t));
-    if (t == NULL || oa_dtarget_attach(d, t, &api_ops, "api") != 0) {
-        free(t);
-        return oa_error_set(err, OA_E_NOMEM, "out of memory");
+    if (d->api == NULL) {
+        t = calloc(1, sizeof(*t));
+        if (t == NULL || oa_dtarget_attach(d, t, &api_ops, "api") != 0) {
+            free(t);
+            return oa_error_set(err, OA_E_NOMEM, "out of memory");
+        }
+        d->api = t;
+        /* Added after a staple was set (a reloaded API certificate): it holds that staple from the next handshake. */
+        if (d->gen > 0)
+            api_update(t);
     }
-    d->api = t;
     SSL_CTX_set_tlsext_status_cb(ctx, on_status_request);
     SSL_CTX_set_tlsext_status_arg(ctx, d);
     return 0;
+}
+
+void oa_delivery_remove_api(oa_delivery_t *d)
+{
+    oa_dtarget_t **p;
+
+    if (d->api == NULL || d->closing)
+        return;
+    /* The target has no handle and nothing in flight: it can go at once. */
+    for (p = &d->targets; *p != NULL; p = &(*p)->next) {
+        if (*p == d->api) {
+            *p = d->api->next;
+            break;
+        }
+    }
+    free(d->api->name);
+    d->api->ops->free(d->api);
+    d->api = NULL;
 }
 
 int oa_delivery_add_haproxy_socket(oa_delivery_t *d, const char *spec, oa_error_t *err)

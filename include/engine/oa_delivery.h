@@ -40,11 +40,17 @@ int oa_delivery_new(uv_loop_t *loop, const oa_delivery_options_t *opts, oa_deliv
  *   hook:           an executable path, run as `PROGRAM EVENT STAPLE_FILE` without a shell.
  *   api:            the agent's own HTTPS API: every handshake on ctx (borrowed; d must outlive its connections)
  *                   whose client asks for the certificate status gets the current staple, none while there is none.
+ *                   Called again with another context (the API's certificate was reloaded), it staples on that one
+ *                   too, keeping the one "api" target; added after a staple was set, the target holds it at once.
  */
 int oa_delivery_add_haproxy_socket(oa_delivery_t *d, const char *spec, oa_error_t *err);
 int oa_delivery_add_haproxy_crt(oa_delivery_t *d, const char *crt_path, oa_error_t *err);
 int oa_delivery_add_hook(oa_delivery_t *d, const char *program, oa_error_t *err);
 int oa_delivery_add_api(oa_delivery_t *d, SSL_CTX *ctx, oa_error_t *err);
+/* Removes the "api" target, if any, from the list, the status and the metrics (the API's reloaded certificate is no
+ * longer the watched one). Contexts it was added on keep answering status requests for the connections they still
+ * serve; the daemon gives new connections a context without that callback. */
+void oa_delivery_remove_api(oa_delivery_t *d);
 
 /*
  * Makes res (borrowed; copied) the current staple, or removes it (res NULL: invalidated, expired, disabled with
