@@ -911,6 +911,312 @@ static void test_open(void **state)
     env_close(&e);
 }
 
+/* ---- reloading the users file ------------------------------------------------------------------------------ */
+
+typedef struct tuser_s {
+    const char *name;
+    const char *role;
+    const char *password;
+    char hash[OA_PASSWD_ENCODED_MAX];
+} tuser_t;
+
+static void tuser_hash(tuser_t *u, unsigned iterations)
+{
+    assert_int_equal(oa_passwd_hash(u->password, strlen(u->password), iterations, u->hash, sizeof(u->hash)), 0);
+}
+
+/* Replaces path (write aside, rename) with a users file of the n users. */
+static void write_users(const char *path, tuser_t *const *users, size_t n)
+{
+    char tmp[128];
+    FILE *fp;
+    size_t i;
+
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    fp = fopen(tmp, "w");
+    assert_non_null(fp);
+    fprintf(fp, "{\"users\": [");
+    for (i = 0; i < n; i++)
+        fprintf(fp, "%s{\"name\": \"%s\", \"role\": \"%s\", \"password\": \"%s\"}", i > 0 ? ",\n" : "", users[i]->name,
+                users[i]->role, users[i]->hash);
+    fprintf(fp, "]}\n");
+    fclose(fp);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+/* An authenticator over a fresh temporary users file holding the n users. */
+static void env_open_users(env_t *e, tuser_t *const *users, size_t n)
+{
+    oa_error_t err;
+    int fd;
+
+    strcpy(e->path, "/tmp/oa-auth-reload-XXXXXX");
+    fd = mkstemp(e->path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_users(e->path, users, n);
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(oa_auth_new_from_file(&e->loop, e->path, &e->auth, &err), 0);
+}
+
+/* A check answered at once from the cache: returns the user, without a KDF. */
+static const oa_user_t *check_cached(env_t *e, const char *header)
+{
+    unsigned long runs = oa_auth_kdf_runs(e->auth);
+    oa_auth_check_t check;
+    const oa_user_t *user = NULL;
+
+    memset(&check, 0, sizeof(check));
+    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), 0);
+    assert_non_null(user);
+    assert_int_equal(oa_auth_kdf_runs(e->auth), runs);
+    return user;
+}
+
+static void reload_ok(env_t *e, oa_auth_reload_stats_t *st)
+{
+    oa_error_t err;
+
+    oa_error_clear(&err);
+    if (oa_auth_reload(e->auth, e->path, st, &err) != 0)
+        fail_msg("reload refused: %s", err.text);
+}
+
+static void test_reload_removed_and_changed(void **state)
+{
+    tuser_t admin = {"admin@example.com", "admin", "adm1n", ""}, viewer = {"viewer@example.com", "db_viewer", "v1", ""},
+            gone = {"gone@example.com", "admin", "g0ne", ""}, viewer2 = {"viewer@example.com", "db_viewer", "v2", ""},
+            newbie = {"new@example.com", "cluster_viewer", "n3w", ""},
+            promoted = {"viewer@example.com", "admin", "v2", ""};
+    tuser_t *before[] = {&admin, &viewer, &gone}, *after[] = {&admin, &viewer2, &newbie},
+            *after_role[] = {&admin, &promoted, &newbie};
+    char h_admin[256], h_viewer[256], h_gone[256], h_viewer2[256], h_new[256];
+    oa_auth_reload_stats_t st;
+    const oa_user_t *u;
+    env_t e = {0};
+    outcome_t o;
+
+    (void)state;
+    tuser_hash(&admin, 1000);
+    tuser_hash(&viewer, 1000);
+    tuser_hash(&gone, 1000);
+    tuser_hash(&viewer2, 1000);
+    tuser_hash(&newbie, 1000);
+    memcpy(promoted.hash, viewer2.hash, sizeof(promoted.hash));
+    env_open_users(&e, before, OA_ARRAY_SIZE(before));
+    basic(h_admin, sizeof(h_admin), "Basic", admin.name, admin.password);
+    basic(h_viewer, sizeof(h_viewer), "Basic", viewer.name, viewer.password);
+    basic(h_gone, sizeof(h_gone), "Basic", gone.name, gone.password);
+    basic(h_viewer2, sizeof(h_viewer2), "Basic", viewer2.name, viewer2.password);
+    basic(h_new, sizeof(h_new), "Basic", newbie.name, newbie.password);
+    /* Every user logs in once, so each header is remembered. */
+    assert_int_equal(check_async(&e, h_admin).result, 0);
+    assert_int_equal(check_async(&e, h_viewer).result, 0);
+    assert_int_equal(check_async(&e, h_gone).result, 0);
+    assert_string_equal(check_cached(&e, h_gone)->name, gone.name);
+    assert_int_equal(check_async(&e, h_new).result, OA_E_UNAUTHORIZED);
+
+    /* gone removed, viewer's password changed, new added, admin as it was. */
+    write_users(e.path, after, OA_ARRAY_SIZE(after));
+    reload_ok(&e, &st);
+    assert_int_equal(st.users, 3);
+    assert_int_equal(st.added, 1);
+    assert_int_equal(st.removed, 1);
+    assert_int_equal(st.changed, 1);
+    assert_int_equal(st.unchanged, 1);
+
+    /* The unchanged user is still remembered: no KDF, and the entry is the new file's. */
+    u = check_cached(&e, h_admin);
+    assert_string_equal(u->name, admin.name);
+    assert_int_equal(u->role, OA_ROLE_ADMIN);
+    /* The removed user and the old password are refused at the next request, after a KDF like any unknown header. */
+    o = check_async(&e, h_gone);
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    assert_null(o.user);
+    o = check_async(&e, h_viewer);
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    /* The new password and the new user are let in. */
+    o = check_async(&e, h_viewer2);
+    assert_int_equal(o.result, 0);
+    assert_string_equal(o.user->name, viewer.name);
+    assert_int_equal(o.user->role, OA_ROLE_DB_VIEWER);
+    o = check_async(&e, h_new);
+    assert_int_equal(o.result, 0);
+    assert_int_equal(o.user->role, OA_ROLE_CLUSTER_VIEWER);
+
+    /* A role changed with the password kept: the remembered header is forgotten and the next check sees the role. */
+    write_users(e.path, after_role, OA_ARRAY_SIZE(after_role));
+    reload_ok(&e, &st);
+    assert_int_equal(st.changed, 1);
+    assert_int_equal(st.added + st.removed, 0);
+    o = check_async(&e, h_viewer2);
+    assert_int_equal(o.result, 0);
+    assert_int_equal(o.user->role, OA_ROLE_ADMIN);
+    assert_string_equal(check_cached(&e, h_admin)->name, admin.name);
+    env_close(&e);
+}
+
+static void test_reload_unchanged_file(void **state)
+{
+    tuser_t admin = {"admin@example.com", "admin", "adm1n", ""}, viewer = {"viewer@example.com", "db_viewer", "v1", ""};
+    tuser_t *users[] = {&admin, &viewer};
+    oa_auth_reload_stats_t st;
+    const oa_user_t *u;
+    env_t e = {0};
+    char h[256];
+
+    (void)state;
+    tuser_hash(&admin, 1000);
+    tuser_hash(&viewer, 1000);
+    env_open_users(&e, users, OA_ARRAY_SIZE(users));
+    basic(h, sizeof(h), "Basic", admin.name, admin.password);
+    assert_int_equal(check_async(&e, h).result, 0);
+    u = check_cached(&e, h);
+    /* The same content, written again: nothing is replaced, not even the entries. */
+    write_users(e.path, users, OA_ARRAY_SIZE(users));
+    reload_ok(&e, &st);
+    assert_int_equal(st.users, 2);
+    assert_int_equal(st.unchanged, 2);
+    assert_int_equal(st.added + st.removed + st.changed, 0);
+    assert_ptr_equal(check_cached(&e, h), u);
+    env_close(&e);
+}
+
+/* KDFs running while the file is replaced. They read the old entries on the thread pool after the reload let go of
+ * them, so under AddressSanitizer this also shows that nothing is freed before the last of them is answered. */
+static void test_reload_kdf_in_flight(void **state)
+{
+    enum { SLOW = 100000 };
+    tuser_t admin = {"admin@example.com", "admin", "adm1n", ""}, viewer = {"viewer@example.com", "db_viewer", "v1", ""},
+            gone = {"gone@example.com", "admin", "g0ne", ""}, viewer2 = {"viewer@example.com", "db_viewer", "v2", ""};
+    tuser_t *before[] = {&admin, &viewer, &gone}, *after[] = {&admin, &viewer2};
+    enum { LEAD_VIEWER, WAIT_VIEWER, LEAD_GONE, LEAD_ADMIN, AFTER_VIEWER, N };
+    oa_auth_check_t checks[N];
+    outcome_t outs[N];
+    char h_admin[256], h_viewer[256], h_gone[256], h_viewer2[256];
+    const char *headers[N];
+    oa_auth_reload_stats_t st;
+    const oa_user_t *user;
+    env_t e = {0};
+    outcome_t o;
+    int i;
+
+    (void)state;
+    /* Costly enough that the KDFs are still running when the reload happens (not that the outcome depends on it). */
+    tuser_hash(&admin, SLOW);
+    tuser_hash(&viewer, SLOW);
+    tuser_hash(&gone, SLOW);
+    tuser_hash(&viewer2, 1000);
+    env_open_users(&e, before, OA_ARRAY_SIZE(before));
+    basic(h_admin, sizeof(h_admin), "Basic", admin.name, admin.password);
+    basic(h_viewer, sizeof(h_viewer), "Basic", viewer.name, viewer.password);
+    basic(h_gone, sizeof(h_gone), "Basic", gone.name, gone.password);
+    basic(h_viewer2, sizeof(h_viewer2), "Basic", viewer2.name, viewer2.password);
+    headers[LEAD_VIEWER] = h_viewer;
+    headers[WAIT_VIEWER] = h_viewer;
+    headers[LEAD_GONE] = h_gone;
+    headers[LEAD_ADMIN] = h_admin;
+    headers[AFTER_VIEWER] = h_viewer;
+    memset(checks, 0, sizeof(checks));
+    for (i = 0; i < N; i++) {
+        outs[i] = (outcome_t){0, -1, NULL};
+        checks[i].data = &outs[i];
+    }
+    for (i = LEAD_VIEWER; i <= LEAD_ADMIN; i++)
+        assert_int_equal(oa_auth_check(e.auth, headers[i], strlen(headers[i]), &checks[i], on_checked, &user), 1);
+    assert_int_equal(oa_auth_pending(e.auth), 3);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 3);
+
+    write_users(e.path, after, OA_ARRAY_SIZE(after));
+    reload_ok(&e, &st);
+    assert_int_equal(st.removed, 1);
+    assert_int_equal(st.changed, 1);
+    assert_int_equal(st.unchanged, 1);
+
+    /* The old header checked after the reload does not wait on the KDF against the old entry: it starts its own. */
+    assert_int_equal(oa_auth_check(e.auth, h_viewer, strlen(h_viewer), &checks[AFTER_VIEWER], on_checked, &user), 1);
+    assert_int_equal(oa_auth_pending(e.auth), 4);
+    assert_int_equal(oa_auth_kdf_runs(e.auth), 4);
+
+    assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(oa_auth_pending(e.auth), 0);
+    for (i = 0; i < N; i++)
+        assert_int_equal(outs[i].fired, 1);
+    /* The old entries' KDFs matched, but their users are gone or changed: refused, the waiter too. */
+    for (i = LEAD_VIEWER; i <= LEAD_GONE; i++) {
+        assert_int_equal(outs[i].result, OA_E_UNAUTHORIZED);
+        assert_null(outs[i].user);
+    }
+    assert_int_equal(outs[AFTER_VIEWER].result, OA_E_UNAUTHORIZED);
+    /* The unchanged user's KDF still counts, as the entry in force (read here after the old entries are freed). */
+    assert_int_equal(outs[LEAD_ADMIN].result, 0);
+    assert_string_equal(outs[LEAD_ADMIN].user->name, admin.name);
+    assert_int_equal(outs[LEAD_ADMIN].user->role, OA_ROLE_ADMIN);
+    assert_ptr_equal(check_cached(&e, h_admin), outs[LEAD_ADMIN].user);
+    /* Nothing was remembered for the refused ones; the new password works. */
+    o = check_async(&e, h_viewer);
+    assert_int_equal(o.result, OA_E_UNAUTHORIZED);
+    o = check_async(&e, h_viewer2);
+    assert_int_equal(o.result, 0);
+    for (i = 0; i < N; i++) {
+        assert_null(checks[i].password);
+        assert_null(checks[i].users);
+    }
+    env_close(&e);
+}
+
+static void test_reload_bad_files(void **state)
+{
+    static const char *const bad[] = {"invalid_not_json.json", "invalid_role_unknown.json", "invalid_users_empty.json",
+                                      "invalid_duplicate_name.json", "invalid_password_plain.json",
+                                      "does_not_exist.json"};
+    tuser_t admin = {"admin@example.com", "admin", "adm1n", ""}, viewer = {"viewer@example.com", "db_viewer", "v1", ""};
+    tuser_t *users[] = {&admin, &viewer};
+    oa_auth_reload_stats_t st;
+    char h_admin[256], h_viewer[256], path[512], want[600];
+    const oa_user_t *u;
+    oa_error_t err;
+    env_t e = {0};
+    size_t i;
+
+    (void)state;
+    tuser_hash(&admin, 1000);
+    tuser_hash(&viewer, 1000);
+    env_open_users(&e, users, OA_ARRAY_SIZE(users));
+    basic(h_admin, sizeof(h_admin), "Basic", admin.name, admin.password);
+    basic(h_viewer, sizeof(h_viewer), "Basic", viewer.name, viewer.password);
+    assert_int_equal(check_async(&e, h_admin).result, 0);
+    u = check_cached(&e, h_admin);
+    for (i = 0; i < OA_ARRAY_SIZE(bad); i++) {
+        data_path(path, sizeof(path), bad[i]);
+        oa_error_clear(&err);
+        assert_int_equal(oa_auth_reload(e.auth, path, &st, &err), -1);
+        assert_int_equal(err.code, OA_E_BAD_FILE);
+        snprintf(want, sizeof(want), "users file %s: ", path);
+        if (strncmp(err.text, want, strlen(want)) != 0)
+            fail_msg("%s: got \"%s\"", bad[i], err.text);
+        assert_null(strstr(err.text, "$pbkdf2"));
+        /* The users in force are untouched: the remembered header, and a KDF against the old entries. */
+        assert_ptr_equal(check_cached(&e, h_admin), u);
+    }
+    assert_int_equal(check_async(&e, h_viewer).result, 0);
+    env_close(&e);
+}
+
+static void test_reload_open(void **state)
+{
+    oa_auth_reload_stats_t st;
+    oa_error_t err;
+    env_t e = {0};
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&e.loop), 0);
+    assert_int_equal(oa_auth_new_open(&e.loop, &e.auth), 0);
+    assert_int_equal(oa_auth_reload(e.auth, "/nonexistent/users.json", &st, &err), -1);
+    assert_int_equal(err.code, OA_E_BAD_OPTION);
+    env_close(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -930,6 +1236,11 @@ int main(void)
         cmocka_unit_test(test_callbacks_free_and_restart),
         cmocka_unit_test(test_waiters_bounded),
         cmocka_unit_test(test_open),
+        cmocka_unit_test(test_reload_removed_and_changed),
+        cmocka_unit_test(test_reload_unchanged_file),
+        cmocka_unit_test(test_reload_kdf_in_flight),
+        cmocka_unit_test(test_reload_bad_files),
+        cmocka_unit_test(test_reload_open),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
