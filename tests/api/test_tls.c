@@ -37,6 +37,8 @@ typedef struct pki_s {
     char key[128];
     char other_key[128];
     char missing[128];
+    char cert2[128]; /* another certificate for localhost, serial 4343, with other_key */
+    char both[128];  /* cert and cert2, what the clients trust */
 } pki_t;
 
 static pki_t pki;
@@ -50,33 +52,22 @@ static void write_key(EVP_PKEY *k, const char *path)
     fclose(f);
 }
 
-/* A P-256 key with a self-signed certificate for localhost (also valid for 127.0.0.1), and an unrelated key. */
-static int make_pki(void **state)
+/* A self-signed certificate for localhost (also valid for 127.0.0.1) with the given serial, key and common name
+ * (distinct names, so that a client trusting both finds the right one). */
+static X509 *self_signed(EVP_PKEY *key, long serial, const char *cn)
 {
-    EVP_PKEY *key = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
     X509 *x = X509_new();
     X509_NAME *name;
     X509_EXTENSION *ext;
     X509V3_CTX v3;
-    FILE *f;
 
-    (void)state;
-    assert_non_null(key);
-    assert_non_null(other);
     assert_non_null(x);
-    strcpy(pki.dir, "/tmp/oa-tls-XXXXXX");
-    assert_non_null(mkdtemp(pki.dir));
-    snprintf(pki.cert, sizeof(pki.cert), "%s/cert.pem", pki.dir);
-    snprintf(pki.key, sizeof(pki.key), "%s/key.pem", pki.dir);
-    snprintf(pki.other_key, sizeof(pki.other_key), "%s/other.pem", pki.dir);
-    snprintf(pki.missing, sizeof(pki.missing), "%s/absent.pem", pki.dir);
-
     X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
     X509_gmtime_adj(X509_getm_notBefore(x), -3600);
     X509_gmtime_adj(X509_getm_notAfter(x), 86400);
     name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
     X509_set_issuer_name(x, name);
     X509_set_pubkey(x, key);
     X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
@@ -85,14 +76,47 @@ static int make_pki(void **state)
     X509_add_ext(x, ext, -1);
     X509_EXTENSION_free(ext);
     assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+    return x;
+}
 
-    f = fopen(pki.cert, "w");
+static void write_cert(X509 *x, const char *path, const char *mode)
+{
+    FILE *f = fopen(path, mode);
+
     assert_non_null(f);
     assert_int_equal(PEM_write_X509(f, x), 1);
     fclose(f);
+}
+
+/* A P-256 key with a self-signed certificate for localhost (also valid for 127.0.0.1), and an unrelated key, which
+ * has a certificate of its own for the replacement tests. */
+static int make_pki(void **state)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    X509 *x, *x2;
+
+    (void)state;
+    assert_non_null(key);
+    assert_non_null(other);
+    strcpy(pki.dir, "/tmp/oa-tls-XXXXXX");
+    assert_non_null(mkdtemp(pki.dir));
+    snprintf(pki.cert, sizeof(pki.cert), "%s/cert.pem", pki.dir);
+    snprintf(pki.key, sizeof(pki.key), "%s/key.pem", pki.dir);
+    snprintf(pki.other_key, sizeof(pki.other_key), "%s/other.pem", pki.dir);
+    snprintf(pki.missing, sizeof(pki.missing), "%s/absent.pem", pki.dir);
+    snprintf(pki.cert2, sizeof(pki.cert2), "%s/cert2.pem", pki.dir);
+    snprintf(pki.both, sizeof(pki.both), "%s/both.pem", pki.dir);
+
+    x = self_signed(key, 4242, "localhost");
+    x2 = self_signed(other, 4343, "localhost-two");
+    write_cert(x, pki.cert, "w");
+    write_cert(x2, pki.cert2, "w");
+    write_cert(x, pki.both, "w");
+    write_cert(x2, pki.both, "a");
     write_key(key, pki.key);
     write_key(other, pki.other_key);
     X509_free(x);
+    X509_free(x2);
     EVP_PKEY_free(key);
     EVP_PKEY_free(other);
     return 0;
@@ -104,6 +128,8 @@ static int remove_pki(void **state)
     unlink(pki.cert);
     unlink(pki.key);
     unlink(pki.other_key);
+    unlink(pki.cert2);
+    unlink(pki.both);
     rmdir(pki.dir);
     return 0;
 }
@@ -175,6 +201,9 @@ typedef struct fx_s {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t async;
+    uv_async_t swap;       /* sets swap_ctx as the server's context, on the loop */
+    SSL_CTX *swap_ctx;
+    atomic_int swapped;
     oa_http_server_t *srv;
     SSL_CTX *server_ctx;
     SSL_CTX *client_ctx;
@@ -205,6 +234,14 @@ static void on_async(uv_async_t *a)
 
     oa_http_server_stop(fx->srv, on_stopped, fx);
     uv_close((uv_handle_t *)a, NULL);
+    uv_close((uv_handle_t *)&fx->swap, NULL);
+}
+
+static void on_swap(uv_async_t *a)
+{
+    fx_t *fx = a->data;
+
+    atomic_store(&fx->swapped, oa_http_server_set_tls(fx->srv, fx->swap_ctx) == 0 ? 1 : -1);
 }
 
 static void loop_thread(void *arg)
@@ -230,11 +267,13 @@ static fx_t *fx_start(void)
     fx->port = oa_http_server_port(fx->srv);
     fx->async.data = fx;
     assert_int_equal(uv_async_init(&fx->loop, &fx->async, on_async), 0);
+    fx->swap.data = fx;
+    assert_int_equal(uv_async_init(&fx->loop, &fx->swap, on_swap), 0);
     assert_int_equal(uv_thread_create(&fx->thread, loop_thread, fx), 0);
 
     fx->client_ctx = SSL_CTX_new(TLS_client_method());
     assert_non_null(fx->client_ctx);
-    assert_int_equal(SSL_CTX_load_verify_locations(fx->client_ctx, pki.cert, NULL), 1);
+    assert_int_equal(SSL_CTX_load_verify_locations(fx->client_ctx, pki.both, NULL), 1);
     SSL_CTX_set_verify(fx->client_ctx, SSL_VERIFY_PEER, NULL);
     return fx;
 }
@@ -419,6 +458,87 @@ static void test_tls_handshake_failure(void **state)
     fx_stop(fx);
 }
 
+/* The serial of the certificate the server showed on cl's connection. */
+static long peer_serial(tls_client_t *cl)
+{
+    X509 *peer = SSL_get1_peer_certificate(cl->ssl);
+    long serial;
+
+    assert_non_null(peer);
+    serial = ASN1_INTEGER_get(X509_get0_serialNumber(peer));
+    X509_free(peer);
+    return serial;
+}
+
+static void test_tls_swap_context(void **state)
+{
+    fx_t *fx = fx_start();
+    tls_client_t before, after, late;
+    char head[2048];
+    oa_error_t err;
+    int i;
+
+    (void)state;
+    client_open(fx, &before);
+    client_write(&before, "GET /before HTTP/1.1\r\n\r\n");
+    assert_string_equal(client_response(&before, head, sizeof(head)), "{\"path\":\"/before\",\"tls\":true,\"body\":\"\"}");
+    assert_int_equal(peer_serial(&before), 4242);
+
+    /* The new context is the only reference the test keeps: the server takes its own. */
+    assert_int_equal(oa_tls_server_ctx_new(pki.cert2, pki.other_key, &fx->swap_ctx, &err), 0);
+    uv_async_send(&fx->swap);
+    for (i = 0; i < 500 && atomic_load(&fx->swapped) == 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&fx->swapped), 1);
+    SSL_CTX_free(fx->swap_ctx);
+    fx->swap_ctx = NULL;
+
+    /* A new connection gets the new certificate. */
+    client_open(fx, &after);
+    assert_int_equal(peer_serial(&after), 4343);
+    client_write(&after, "GET /after HTTP/1.1\r\n\r\n");
+    assert_string_equal(client_response(&after, head, sizeof(head)), "{\"path\":\"/after\",\"tls\":true,\"body\":\"\"}");
+    /* The keep-alive connection opened before finishes on the old one, several requests later. */
+    for (i = 0; i < 3; i++) {
+        client_write(&before, "GET /still HTTP/1.1\r\n\r\n");
+        assert_string_equal(client_response(&before, head, sizeof(head)),
+                            "{\"path\":\"/still\",\"tls\":true,\"body\":\"\"}");
+        assert_non_null(strstr(head, "\r\nConnection: keep-alive\r\n"));
+    }
+    assert_int_equal(peer_serial(&before), 4242);
+    /* Closing the last connection on the old context (whose last reference it held) harms nothing. */
+    client_close(&before);
+    client_open(fx, &late);
+    assert_int_equal(peer_serial(&late), 4343);
+    client_write(&late, "GET /late HTTP/1.1\r\n\r\n");
+    assert_string_equal(client_response(&late, head, sizeof(head)), "{\"path\":\"/late\",\"tls\":true,\"body\":\"\"}");
+    client_close(&late);
+    client_close(&after);
+    fx_stop(fx);
+}
+
+static void test_tls_swap_refused(void **state)
+{
+    oa_http_server_t *srv = NULL;
+    SSL_CTX *ctx = NULL;
+    oa_error_t err;
+    uv_loop_t loop;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(oa_tls_server_ctx_new(pki.cert, pki.key, &ctx, &err), 0);
+    /* A plain HTTP server does not turn into a TLS one, and a NULL context is refused. */
+    assert_int_equal(oa_http_server_start(&loop, "127.0.0.1", 0, NULL, NULL, handler, NULL, &srv, &err), 0);
+    assert_int_equal(oa_http_server_set_tls(srv, ctx), UV_EINVAL);
+    oa_http_server_stop(srv, NULL, NULL);
+    assert_int_equal(oa_http_server_start(&loop, "127.0.0.1", 0, NULL, ctx, handler, NULL, &srv, &err), 0);
+    assert_int_equal(oa_http_server_set_tls(srv, NULL), UV_EINVAL);
+    oa_http_server_stop(srv, NULL, NULL);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    SSL_CTX_free(ctx);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +550,8 @@ int main(void)
         cmocka_unit_test(test_tls_pipelined),
         cmocka_unit_test(test_tls_connection_close),
         cmocka_unit_test(test_tls_handshake_failure),
+        cmocka_unit_test(test_tls_swap_context),
+        cmocka_unit_test(test_tls_swap_refused),
     };
 
     signal(SIGPIPE, SIG_IGN);
