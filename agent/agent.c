@@ -425,6 +425,8 @@ static void on_sighup(uv_signal_t *h, int signum)
     oa_agent_t *a = h->data;
 
     (void)signum;
+    if (a->closing)
+        return;
     if (a->reload == NULL) {
         OA_LOG(OA_LOG_WARN, "reload_ignored", OA_KV_STR("signal", "SIGHUP"),
                OA_KV_STR("reason", "start-up has not finished"));

@@ -4,8 +4,9 @@
  * A group is a set of files that are only meaningful together (the users file; the API's certificate and its key;
  * later the watched certificate and its issuer) with one function that reads them all, checks them all, and puts
  * them in force at once or not at all. The orchestrator runs the groups in the order they were added, logs one line
- * per group (`reloaded`, at debug when nothing changed; `reload_failed` naming the file and the reason) and counts
- * every attempt in ocsp_agent_reloads_total{result="ok"|"failed"}. A failed group never stops the others.
+ * per group (`reloaded` with what changed; `reload_unchanged`, at debug, when the files hold what is in force;
+ * `reload_failed` at error, naming the file and the reason) and counts every attempt in
+ * ocsp_agent_reloads_total{result="ok"|"failed"}. A failed group never stops the others.
  */
 #ifndef OA_RELOAD_H
 #define OA_RELOAD_H
