@@ -114,10 +114,10 @@ const char *oa_role_name(oa_role_t role)
     return roles[role].name;
 }
 
-int oa_role_allows(oa_role_t role, unsigned perms)
+bool oa_role_allows(oa_role_t role, unsigned perms)
 {
     if ((unsigned)role >= OA_ROLE_COUNT)
-        return 0;
+        return false;
     return (roles[role].perms & perms) == perms;
 }
 
@@ -182,7 +182,7 @@ static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char
     return 0;
 }
 
-int oa_passwd_is_valid_encoding(const char *encoded)
+bool oa_passwd_is_valid_encoding(const char *encoded)
 {
     unsigned char salt[PASSWD_SALT_LEN], hash[PASSWD_HASH_LEN];
     unsigned iterations;
@@ -217,20 +217,20 @@ out:
     return rc;
 }
 
-int oa_passwd_verify(const char *encoded, const char *password, size_t len)
+oa_passwd_match_t oa_passwd_verify(const char *encoded, const char *password, size_t len)
 {
     unsigned char salt[PASSWD_SALT_LEN], want[PASSWD_HASH_LEN], got[PASSWD_HASH_LEN];
     unsigned iterations;
-    int rc = 0;
+    oa_passwd_match_t rc = OA_PASSWD_MISMATCH;
 
     if (passwd_parse(encoded, &iterations, salt, want) != 0)
-        return -1;
+        return OA_PASSWD_MALFORMED;
     /* A password too long for the KDF's int length cannot match; it is refused like a wrong one. */
     if (len > INT_MAX)
-        return 0;
+        return OA_PASSWD_MISMATCH;
     if (PKCS5_PBKDF2_HMAC(password, (int)len, salt, sizeof(salt), (int)iterations, EVP_sha256(), sizeof(got), got) ==
         1)
-        rc = CRYPTO_memcmp(got, want, sizeof(got)) == 0;
+        rc = CRYPTO_memcmp(got, want, sizeof(got)) == 0 ? OA_PASSWD_MATCH : OA_PASSWD_MISMATCH;
     else
         oa_error_add_ssl(NULL);
     OPENSSL_cleanse(got, sizeof(got));
@@ -650,7 +650,7 @@ static void kdf_work(uv_work_t *work)
     oa_auth_check_t *check = oa_container_of(work, oa_auth_check_t, work);
     /* Both strings belong to check->users, which this check's reference keeps alive and a reload never changes. */
     const char *encoded = check->user != NULL ? check->user->password_hash : check->users->dummy_hash;
-    int ok = oa_passwd_verify(encoded, check->password, check->password_len) == 1;
+    int ok = oa_passwd_verify(encoded, check->password, check->password_len) == OA_PASSWD_MATCH;
 
     check->verified = ok && check->user != NULL;
     wipe_password(check);
@@ -720,35 +720,36 @@ static int parse_basic(const char *header, size_t len, unsigned char *buf, size_
     return n;
 }
 
-int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
-                  const oa_user_t **user)
+oa_auth_verdict_t oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
+                                const oa_user_t **user)
 {
     unsigned char decoded[AUTH_HEADER_MAX];
     const oa_user_t *cached;
     flight_t *f;
     size_t colon = 0, i;
-    int n, rc;
+    oa_auth_verdict_t rc;
+    int n;
 
     *user = NULL;
     if (a->open) {
         *user = &anonymous_user;
-        return 0;
+        return OA_AUTH_VERIFIED;
     }
     if (header == NULL || len > AUTH_HEADER_MAX)
-        return -OA_E_UNAUTHORIZED;
+        return OA_AUTH_REFUSED;
     n = parse_basic(header, len, decoded, sizeof(decoded), &colon);
     if (n < 0)
-        return -OA_E_UNAUTHORIZED;
+        return OA_AUTH_REFUSED;
 
     if (EVP_Digest(header, len, check->key, NULL, a->sha256, NULL) != 1) {
         oa_error_add_ssl(NULL);
-        rc = -OA_E_UNAUTHORIZED;
+        rc = OA_AUTH_REFUSED;
         goto out;
     }
     cached = cache_lookup(a, check->key);
     if (cached != NULL) {
         *user = cached;
-        rc = 0;
+        rc = OA_AUTH_VERIFIED;
         goto out;
     }
 
@@ -764,7 +765,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
         /* The same header is being verified already: its answer will be this check's answer, so no KDF and no copy
          * of the password are needed. The list is bounded so that one header cannot pin unbounded memory. */
         if (f->nwaiters >= OA_AUTH_MAX_WAITERS) {
-            rc = -OA_E_AUTH_BUSY;
+            rc = OA_AUTH_BUSY;
             goto out;
         }
         check->user = NULL;
@@ -774,7 +775,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
             f->first = check;
         f->last = check;
         f->nwaiters++;
-        rc = 1;
+        rc = OA_AUTH_QUEUED;
         goto out;
     }
     /* A new header needs a KDF of its own, and a free slot for it. */
@@ -784,7 +785,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
             f = &a->flights[i];
     }
     if (f == NULL) {
-        rc = -OA_E_AUTH_BUSY;
+        rc = OA_AUTH_BUSY;
         goto out;
     }
     /* An unknown name still pays for a KDF (against the dummy hash) and is answered through the callback, so
@@ -793,7 +794,7 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
     check->password_len = (size_t)n - colon - 1;
     check->password = malloc(check->password_len + 1);
     if (check->password == NULL) {
-        rc = -OA_E_AUTH_BUSY;
+        rc = OA_AUTH_BUSY;
         goto out;
     }
     memcpy(check->password, decoded + colon + 1, check->password_len);
@@ -804,13 +805,13 @@ int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t 
         wipe_password(check);
         users_unref(check->users);
         check->users = NULL;
-        rc = -OA_E_AUTH_BUSY;
+        rc = OA_AUTH_BUSY;
         goto out;
     }
     f->leader = check;
     memcpy(f->key, check->key, sizeof(f->key));
     a->kdf_runs++;
-    rc = 1;
+    rc = OA_AUTH_QUEUED;
 out:
     OPENSSL_cleanse(decoded, (size_t)n);
     return rc;

@@ -671,7 +671,7 @@ static void conn_process(conn_t *c)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = oa_container_of(s, conn_t, tcp);
-    int rc;
+    oa_error_t err;
 
     if (nread < 0) {
         /* A client that half-closes right after its request (printf ... | nc -N) still reads the answer: with a
@@ -696,15 +696,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         oa_buf_consume(&c->in, c->in_off);
         c->in_off = 0;
     }
-    rc = oa_tls_session_feed(&c->tls, buf->base, (size_t)nread);
-    if (rc == 0)
-        rc = oa_tls_session_read(&c->tls, &c->in);
+    oa_error_clear(&err);
+    if (oa_tls_session_feed(&c->tls, buf->base, (size_t)nread) != 0)
+        oa_error_set(&err, OA_E_NOMEM, "Out of memory for TLS records");
+    else if (oa_tls_session_read(&c->tls, &c->in, &err) == OA_TLS_READ_CLOSED)
+        oa_error_set(&err, OA_E_IO, "The client closed the TLS session");
     /* Handshake records, tickets and alerts go out whatever happened. */
-    if (oa_tls_session_drain(&c->tls, &c->obuf) != 0 && rc == 0)
-        rc = UV_ENOMEM;
+    if (oa_tls_session_drain(&c->tls, &c->obuf) != 0 && err.code == OA_OK)
+        oa_error_set(&err, OA_E_NOMEM, "Out of memory for TLS records");
     conn_flush(c);
-    if (rc != 0) {
-        OA_LOG(OA_LOG_DEBUG, "http_tls_failed", OA_KV_STR("peer", c->peer), OA_KV_STR("reason", uv_err_name(rc)));
+    if (err.code != OA_OK) {
+        OA_LOG(OA_LOG_DEBUG, "http_tls_failed", OA_KV_STR("peer", c->peer), OA_KV_STR("reason", err.text));
         conn_close(c);
         return;
     }

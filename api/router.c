@@ -99,9 +99,9 @@ static void dispatch(oa_http_request_t *req, oa_api_t *api, const oa_user_t *use
     m->fn(&call);
 }
 
-static void respond_auth_error(oa_http_request_t *req, int code)
+static void respond_auth_error(oa_http_request_t *req, oa_auth_verdict_t verdict)
 {
-    if (code == OA_E_AUTH_BUSY)
+    if (verdict == OA_AUTH_BUSY)
         oa_http_respond_error(req, 0, OA_E_AUTH_BUSY, "Too many authentications in progress; retry shortly.",
                               "Retry-After: 1\r\n");
     else
@@ -116,7 +116,7 @@ static void on_auth_done(oa_auth_check_t *check, int result, const oa_user_t *us
 
     free(check);
     if (result != 0 || user == NULL) {
-        respond_auth_error(req, OA_E_UNAUTHORIZED);
+        respond_auth_error(req, OA_AUTH_REFUSED);
         return;
     }
     /* The KDF ran on the thread pool: the daemon may have begun to stop meanwhile. */
@@ -132,7 +132,7 @@ void oa_api_handle(oa_http_request_t *req, void *app)
     oa_api_t *api = app;
     const oa_user_t *user = NULL;
     oa_auth_check_t *check;
-    int rc;
+    oa_auth_verdict_t verdict;
 
     /* Most requests are answered from the credential cache, so the check they needed is kept for the next one. */
     check = api->spare_check;
@@ -147,12 +147,12 @@ void oa_api_handle(oa_http_request_t *req, void *app)
     }
     check->data = req;
     req->data = api;
-    rc = oa_auth_check(api->auth, req->authorization, req->authorization_len, check, on_auth_done, &user);
-    if (rc == 1)
+    verdict = oa_auth_check(api->auth, req->authorization, req->authorization_len, check, on_auth_done, &user);
+    if (verdict == OA_AUTH_QUEUED)
         return; /* on_auth_done owns check now */
     api->spare_check = check;
-    if (rc < 0) {
-        respond_auth_error(req, -rc);
+    if (verdict != OA_AUTH_VERIFIED) {
+        respond_auth_error(req, verdict);
         return;
     }
     dispatch(req, api, user);

@@ -429,16 +429,14 @@ static void become_ready(oa_redis_t *r)
 static void tls_pump(oa_redis_t *r)
 {
     oa_error_t e;
-    int rc, wrc;
+    oa_tls_read_t rd;
+    int wrc;
 
     oa_error_clear(&e);
     oa_buf_reset(&r->dec);
-    rc = oa_tls_session_read_err(&r->tls, &r->dec, &e);
-    if (rc < 0) {
-        if (rc == UV_EPROTO)
-            fail(r, "TLS with Redis at %s:%d failed: %s", r->host, r->port, e.text);
-        else
-            fail(r, "TLS with Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
+    rd = oa_tls_session_read(&r->tls, &r->dec, &e);
+    if (rd == OA_TLS_READ_FAILED) {
+        fail(r, "TLS with Redis at %s:%d failed: %s", r->host, r->port, e.text);
         return;
     }
     wrc = flush(r);
@@ -453,7 +451,7 @@ static void tls_pump(oa_redis_t *r)
     }
     if (r->dec.len > 0)
         feed_replies(r, r->dec.data, r->dec.len);
-    if (!r->failed && rc == 1)
+    if (!r->failed && rd == OA_TLS_READ_CLOSED)
         fail(r, "Redis at %s:%d closed the TLS session", r->host, r->port);
 }
 

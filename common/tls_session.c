@@ -110,15 +110,16 @@ static void describe_failure(oa_tls_session_t *t, oa_error_t *err)
     oa_error_add_ssl(err);
 }
 
-int oa_tls_session_read_err(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err)
+oa_tls_read_t oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err)
 {
     for (;;) {
         size_t room;
-        int n, rc;
+        int n;
 
-        rc = oa_buf_reserve(out, 16384);
-        if (rc != 0)
-            return rc;
+        if (oa_buf_reserve(out, 16384) != 0) {
+            oa_error_set(err, OA_E_NOMEM, "Out of memory for TLS plaintext");
+            return OA_TLS_READ_FAILED;
+        }
         room = out->cap - out->len - 1;
         if (room > (size_t)INT32_MAX)
             room = (size_t)INT32_MAX;
@@ -131,24 +132,19 @@ int oa_tls_session_read_err(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err)
         switch (SSL_get_error(t->ssl, n)) {
         case SSL_ERROR_WANT_READ:
         case SSL_ERROR_WANT_WRITE: /* a memory BIO never refuses a write; treated as "wait" for completeness */
-            return 0;
+            return OA_TLS_READ_MORE;
         case SSL_ERROR_ZERO_RETURN:
-            return 1;
+            return OA_TLS_READ_CLOSED;
         default:
             if (err != NULL)
                 describe_failure(t, err);
             ERR_clear_error();
-            return UV_EPROTO;
+            return OA_TLS_READ_FAILED;
         }
     }
 }
 
-int oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out)
-{
-    return oa_tls_session_read_err(t, out, NULL);
-}
-
-int oa_tls_session_established(const oa_tls_session_t *t)
+bool oa_tls_session_established(const oa_tls_session_t *t)
 {
     return t->ssl != NULL && SSL_is_init_finished(t->ssl);
 }

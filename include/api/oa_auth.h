@@ -43,18 +43,24 @@ typedef enum oa_perm_e {
 /* "admin" -> OA_ROLE_ADMIN. Returns 0 or -1. */
 int oa_role_parse(const char *name, oa_role_t *out);
 const char *oa_role_name(oa_role_t role);
-/* 1 when role holds every permission bit in perms (one table, in auth.c). */
-int oa_role_allows(oa_role_t role, unsigned perms);
+/* true when role holds every permission bit in perms (one table, in auth.c). */
+bool oa_role_allows(oa_role_t role, unsigned perms);
 /* "view_ocsp_config" for OA_PERM_VIEW_OCSP_CONFIG (a single bit). */
 const char *oa_perm_name(oa_perm_t perm);
 
 /* Hashes password (len bytes) with a fresh salt into out. Returns 0 or -1 (OpenSSL failure, out too small). */
 int oa_passwd_hash(const char *password, size_t len, unsigned iterations, char *out, size_t outlen);
-/* 1 when password matches encoded, 0 when not, -1 when encoded is not a valid hash string. Constant time in the
- * password. Runs the full KDF: call it off the loop. */
-int oa_passwd_verify(const char *encoded, const char *password, size_t len);
-/* 1 when encoded is a well-formed hash string (checked at load time). */
-int oa_passwd_is_valid_encoding(const char *encoded);
+/* What oa_passwd_verify found. */
+typedef enum oa_passwd_match_e {
+    OA_PASSWD_MATCH,     /* the password is the one encoded */
+    OA_PASSWD_MISMATCH,  /* it is not (or the KDF failed: never a match by accident) */
+    OA_PASSWD_MALFORMED, /* encoded is not a valid hash string */
+} oa_passwd_match_t;
+
+/* Checks password against encoded, in constant time in the password. Runs the full KDF: call it off the loop. */
+oa_passwd_match_t oa_passwd_verify(const char *encoded, const char *password, size_t len);
+/* true when encoded is a well-formed hash string (checked at load time). */
+bool oa_passwd_is_valid_encoding(const char *encoded);
 
 typedef struct oa_user_s {
     char *name;
@@ -99,7 +105,7 @@ typedef struct oa_auth_reload_stats_s {
 int oa_auth_reload(oa_auth_t *a, const char *path, oa_auth_reload_stats_t *stats, oa_error_t *err);
 /* An authenticator that lets every request through as an anonymous admin (--no-auth). */
 int oa_auth_new_open(uv_loop_t *loop, oa_auth_t **out);
-/* At most this many checks wait on one KDF besides the check that started it; more get -OA_E_AUTH_BUSY. With at
+/* At most this many checks wait on one KDF besides the check that started it; more get OA_AUTH_BUSY. With at
  * most 8 KDFs in flight, this bounds the checks that can be waiting at once. */
 #define OA_AUTH_MAX_WAITERS 1024
 
@@ -112,7 +118,7 @@ unsigned long oa_auth_kdf_runs(const oa_auth_t *a);
 
 /* One authentication in progress; embed it in the request or connection that waits for it. */
 typedef struct oa_auth_check_s oa_auth_check_t;
-/* Fires on the loop thread exactly once per check that oa_auth_check answered 1 to, whether that check started the
+/* Fires on the loop thread exactly once per check that oa_auth_check answered OA_AUTH_QUEUED to, whether that check started the
  * KDF or waits on another's. result is 0 with user set, or OA_E_UNAUTHORIZED with user NULL. The callback may free
  * check and may start new checks; it must not free the authenticator while other checks are pending.
  * A user pointer (here or from oa_auth_check) is an entry of the users in force: use it at once, since the next
@@ -133,21 +139,22 @@ struct oa_auth_check_s {
     void *data; /* the caller's */
 };
 
-/*
- * Checks an Authorization header value (header may be NULL when the request had none).
- * Returns:
- *   0                  verified now (cache hit, or an open authenticator); *user is set; cb will not fire.
- *   1                  the KDF was queued, or check waits on the KDF already running for the same header (the
- *                      same bytes: equal SHA-256); cb fires later with the result, the same for every check of
- *                      that header. check must stay alive until then. A waiting check starts no KDF, holds no copy
- *                      of the password and does not count against the 8 KDFs in flight.
- *   -OA_E_UNAUTHORIZED no header, not "Basic", bad base64, no colon: answer 401 now. An unknown user name is
- *                      answered through cb, after a KDF against a dummy hash, so that timing does not tell which
- *                      names exist (checks of the same such header share that KDF too).
- *   -OA_E_AUTH_BUSY    a new header while 8 KDFs are in flight (a guess storm), or a header whose KDF already has
- *                      OA_AUTH_MAX_WAITERS checks waiting on it: answer 503 now.
- */
-int oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
-                  const oa_user_t **user);
+/* What oa_auth_check did with a header. */
+typedef enum oa_auth_verdict_e {
+    OA_AUTH_VERIFIED, /* verified now (cache hit, or an open authenticator); *user is set; cb will not fire */
+    OA_AUTH_QUEUED,   /* the KDF was queued, or check waits on the KDF already running for the same header (the
+                       * same bytes: equal SHA-256); cb fires later with the result, the same for every check of
+                       * that header. check must stay alive until then. A waiting check starts no KDF, holds no copy
+                       * of the password and does not count against the 8 KDFs in flight. */
+    OA_AUTH_REFUSED,  /* no header, not "Basic", bad base64, no colon: answer 401 now. An unknown user name is
+                       * answered through cb, after a KDF against a dummy hash, so that timing does not tell which
+                       * names exist (checks of the same such header share that KDF too). */
+    OA_AUTH_BUSY,     /* a new header while 8 KDFs are in flight (a guess storm), or a header whose KDF already has
+                       * OA_AUTH_MAX_WAITERS checks waiting on it: answer 503 now. */
+} oa_auth_verdict_t;
+
+/* Checks an Authorization header value (header may be NULL when the request had none). */
+oa_auth_verdict_t oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,
+                                const oa_user_t **user);
 
 #endif

@@ -2,9 +2,14 @@
  * Error codes shared by every module, and the one table that maps them to the API's `error_code` strings and
  * HTTP statuses.
  *
- * Convention: a function returns 0 on success or a negative value on failure (libuv's UV_E* passed through
- * unchanged where the failure is an I/O one). Parsers, validators and anything whose failure an operator must read
- * also fill a caller-owned oa_error_t with a code from this list and one full sentence.
+ * The return convention of every public call, in every layer:
+ *   - A call that can fail returns int: 0 on success, negative on failure. A call that takes an oa_error_t returns
+ *     -1 and fills it with a code from this list and one full sentence (parsers, validators, anything whose failure
+ *     an operator reads). A call without one returns the libuv UV_E* code of its failure (UV_ENOMEM, or an I/O
+ *     error passed through unchanged). No call mixes the two.
+ *   - A call with more than two outcomes returns a named enum whose values say them (oa_auth_verdict_t,
+ *     oa_tls_read_t, ...); a question returns bool. Never 0/1/-1 or a negated oa_errcode_t.
+ *   - An oa_errcode_t travels as a positive value: in oa_error_t.code, or as a callback's result argument.
  */
 #ifndef OA_ERROR_H
 #define OA_ERROR_H

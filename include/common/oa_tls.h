@@ -41,17 +41,21 @@ void oa_tls_session_free(oa_tls_session_t *t);
 /* Hands n bytes of ciphertext from the peer to the session. Returns 0 or UV_ENOMEM. */
 int oa_tls_session_feed(oa_tls_session_t *t, const void *p, size_t n);
 
-/* Runs the handshake as far as the fed bytes allow and appends every plaintext byte they carry to out.
- * Returns 0 when more ciphertext is needed, 1 when the peer sent close_notify, UV_EPROTO when the handshake or
- * a record failed (the queued alert can still be drained), UV_ENOMEM. OpenSSL's error queue is emptied. */
-int oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out);
+/* Where oa_tls_session_read left the session. */
+typedef enum oa_tls_read_e {
+    OA_TLS_READ_MORE,   /* every fed byte was used: more ciphertext is needed */
+    OA_TLS_READ_CLOSED, /* the peer sent close_notify */
+    OA_TLS_READ_FAILED, /* the handshake or a record failed (the queued alert can still be drained), or memory ran out */
+} oa_tls_read_t;
 
-/* As oa_tls_session_read; when it returns UV_EPROTO, err (if not NULL) also says why in one sentence: the result of
- * the peer certificate's verification when that failed, then OpenSSL's reasons (a received alert among them). */
-int oa_tls_session_read_err(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err);
+/* Runs the handshake as far as the fed bytes allow and appends every plaintext byte they carry to out. On
+ * OA_TLS_READ_FAILED, err (if not NULL) says why in one sentence: OA_E_NOMEM, or OA_E_IO with the result of the peer
+ * certificate's verification when that failed, then OpenSSL's reasons (a received alert among them). OpenSSL's
+ * error queue is emptied. */
+oa_tls_read_t oa_tls_session_read(oa_tls_session_t *t, oa_buf_t *out, oa_error_t *err);
 
-/* 1 once the handshake has completed. */
-int oa_tls_session_established(const oa_tls_session_t *t);
+/* true once the handshake has completed. */
+bool oa_tls_session_established(const oa_tls_session_t *t);
 
 /* Encrypts n bytes of plaintext. The memory BIO takes every record, so the write is complete or failed.
  * Returns 0 or UV_EPROTO. */

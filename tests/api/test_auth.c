@@ -67,9 +67,9 @@ static void test_roles_table(void **state)
         assert_string_equal(oa_perm_name(perms[j]), perm_names[j]);
 
     /* Several bits at once need all of them. */
-    assert_int_equal(oa_role_allows(OA_ROLE_ADMIN, OA_PERM_CONFIG_OCSP | OA_PERM_TEST_OCSP_STATUS), 1);
-    assert_int_equal(oa_role_allows(OA_ROLE_CLUSTER_VIEWER, OA_PERM_VIEW_OCSP_STATUS | OA_PERM_VIEW_OCSP_CONFIG), 0);
-    assert_int_equal(oa_role_allows(OA_ROLE_COUNT, OA_PERM_VIEW_OCSP_CONFIG), 0);
+    assert_int_equal(oa_role_allows(OA_ROLE_ADMIN, OA_PERM_CONFIG_OCSP | OA_PERM_TEST_OCSP_STATUS), true);
+    assert_int_equal(oa_role_allows(OA_ROLE_CLUSTER_VIEWER, OA_PERM_VIEW_OCSP_STATUS | OA_PERM_VIEW_OCSP_CONFIG), false);
+    assert_int_equal(oa_role_allows(OA_ROLE_COUNT, OA_PERM_VIEW_OCSP_CONFIG), false);
 
     role = OA_ROLE_NONE;
     assert_int_equal(oa_role_parse("root", &role), -1);
@@ -90,21 +90,21 @@ static void test_hash_and_verify(void **state)
     assert_int_equal(strncmp(h, "$pbkdf2-sha256$1000$", 20), 0);
     /* 24 characters of salt and 44 of hash after the prefix and separator. */
     assert_int_equal(strlen(h), 20 + 24 + 1 + 44);
-    assert_int_equal(oa_passwd_is_valid_encoding(h), 1);
-    assert_int_equal(oa_passwd_verify(h, "secret", 6), 1);
-    assert_int_equal(oa_passwd_verify(h, "Secret", 6), 0);
-    assert_int_equal(oa_passwd_verify(h, "secret!", 7), 0);
-    assert_int_equal(oa_passwd_verify(h, "secret", 5), 0);
-    assert_int_equal(oa_passwd_verify(h, "", 0), 0);
+    assert_int_equal(oa_passwd_is_valid_encoding(h), true);
+    assert_int_equal(oa_passwd_verify(h, "secret", 6), OA_PASSWD_MATCH);
+    assert_int_equal(oa_passwd_verify(h, "Secret", 6), OA_PASSWD_MISMATCH);
+    assert_int_equal(oa_passwd_verify(h, "secret!", 7), OA_PASSWD_MISMATCH);
+    assert_int_equal(oa_passwd_verify(h, "secret", 5), OA_PASSWD_MISMATCH);
+    assert_int_equal(oa_passwd_verify(h, "", 0), OA_PASSWD_MISMATCH);
 
     /* The length counts, not a terminating NUL. */
     assert_int_equal(oa_passwd_hash("a\0b", 3, 1000, h, sizeof(h)), 0);
-    assert_int_equal(oa_passwd_verify(h, "a\0b", 3), 1);
-    assert_int_equal(oa_passwd_verify(h, "a", 1), 0);
+    assert_int_equal(oa_passwd_verify(h, "a\0b", 3), OA_PASSWD_MATCH);
+    assert_int_equal(oa_passwd_verify(h, "a", 1), OA_PASSWD_MISMATCH);
 
     /* An independent implementation's output verifies. */
-    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secret", 6), 1);
-    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secreT", 6), 0);
+    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secret", 6), OA_PASSWD_MATCH);
+    assert_int_equal(oa_passwd_verify(KNOWN_HASH, "secreT", 6), OA_PASSWD_MISMATCH);
 }
 
 static void test_hash_salts_differ(void **state)
@@ -117,8 +117,8 @@ static void test_hash_salts_differ(void **state)
     assert_string_not_equal(a, b);
     /* The salt part (after "$pbkdf2-sha256$1000$") differs, not just the output. */
     assert_int_not_equal(memcmp(a + 20, b + 20, 24), 0);
-    assert_int_equal(oa_passwd_verify(a, "secret", 6), 1);
-    assert_int_equal(oa_passwd_verify(b, "secret", 6), 1);
+    assert_int_equal(oa_passwd_verify(a, "secret", 6), OA_PASSWD_MATCH);
+    assert_int_equal(oa_passwd_verify(b, "secret", 6), OA_PASSWD_MATCH);
 }
 
 static void test_hash_bad_arguments(void **state)
@@ -171,17 +171,17 @@ static void test_bad_encodings(void **state)
     size_t i;
 
     (void)state;
-    assert_int_equal(oa_passwd_is_valid_encoding(KNOWN_HASH), 1);
+    assert_int_equal(oa_passwd_is_valid_encoding(KNOWN_HASH), true);
     /* The bounds of the iteration range are accepted. */
     assert_int_equal(
         oa_passwd_is_valid_encoding(
             "$pbkdf2-sha256$10000000$AAECAwQFBgcICQoLDA0ODw==$Tvsru20utY6o3q7VRBeuL9h/1QqKhWhwk2PaYNRWBgY="),
         1);
-    assert_int_equal(oa_passwd_is_valid_encoding(NULL), 0);
+    assert_int_equal(oa_passwd_is_valid_encoding(NULL), false);
     for (i = 0; i < OA_ARRAY_SIZE(bad); i++) {
         if (oa_passwd_is_valid_encoding(bad[i]) != 0)
             fail_msg("accepted bad encoding #%zu: %s", i, bad[i]);
-        assert_int_equal(oa_passwd_verify(bad[i], "secret", 6), -1);
+        assert_int_equal(oa_passwd_verify(bad[i], "secret", 6), OA_PASSWD_MALFORMED);
     }
 }
 
@@ -323,7 +323,7 @@ static outcome_t check_async(env_t *e, const char *header)
 
     memset(&check, 0, sizeof(check));
     check.data = &o;
-    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), 1);
+    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), OA_AUTH_QUEUED);
     assert_null(user);
     assert_int_equal(oa_auth_pending(e->auth), 1);
     assert_int_equal(o.fired, 0);
@@ -366,11 +366,11 @@ static void test_check_malformed(void **state)
     check.data = &o;
 
     user = (const oa_user_t *)&e;
-    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), -OA_E_UNAUTHORIZED);
+    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), OA_AUTH_REFUSED);
     assert_null(user);
     for (i = 0; i < OA_ARRAY_SIZE(headers); i++) {
         user = (const oa_user_t *)&e;
-        if (oa_auth_check(e.auth, headers[i], strlen(headers[i]), &check, on_checked, &user) != -OA_E_UNAUTHORIZED)
+        if (oa_auth_check(e.auth, headers[i], strlen(headers[i]), &check, on_checked, &user) != OA_AUTH_REFUSED)
             fail_msg("header #%zu \"%s\" was not refused at once", i, headers[i]);
         assert_null(user);
     }
@@ -380,7 +380,7 @@ static void test_check_malformed(void **state)
     memcpy(huge, "Basic ", 6);
     memset(huge + 6, 'A', 1092);
     memcpy(huge + 1098, "Og", 2); /* ends with ':' when decoded */
-    assert_int_equal(oa_auth_check(e.auth, huge, 1100, &check, on_checked, &user), -OA_E_UNAUTHORIZED);
+    assert_int_equal(oa_auth_check(e.auth, huge, 1100, &check, on_checked, &user), OA_AUTH_REFUSED);
     free(huge);
 
     assert_int_equal(oa_auth_pending(e.auth), 0);
@@ -426,7 +426,7 @@ static void test_check_flow(void **state)
     o = (outcome_t){0, -1, NULL};
     check.data = &o;
     user = NULL;
-    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &check, on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &check, on_checked, &user), OA_AUTH_VERIFIED);
     assert_ptr_equal(user, first.user);
     assert_int_equal(oa_auth_pending(e.auth), 0);
     assert_null(check.password);
@@ -438,7 +438,7 @@ static void test_check_flow(void **state)
     o = check_async(&e, h2);
     assert_int_equal(o.result, 0);
     assert_ptr_equal(o.user, first.user);
-    assert_int_equal(oa_auth_check(e.auth, h2, strlen(h2), &check, on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, h2, strlen(h2), &check, on_checked, &user), OA_AUTH_VERIFIED);
 
     /* A second user with another role. */
     o = check_async(&e, basic(h, sizeof(h), "Basic", "viewer@example.com", "view-only"));
@@ -504,12 +504,12 @@ static void test_check_busy(void **state)
         checks[i].data = &outs[i];
     }
     for (i = 0; i < N - 1; i++) {
-        assert_int_equal(oa_auth_check(e.auth, h[i], strlen(h[i]), &checks[i], on_checked, &user), 1);
+        assert_int_equal(oa_auth_check(e.auth, h[i], strlen(h[i]), &checks[i], on_checked, &user), OA_AUTH_QUEUED);
         assert_int_equal(oa_auth_pending(e.auth), (unsigned)i + 1);
     }
     user = (const oa_user_t *)&e;
     assert_int_equal(oa_auth_check(e.auth, h[N - 1], strlen(h[N - 1]), &checks[N - 1], on_checked, &user),
-                     -OA_E_AUTH_BUSY);
+                     OA_AUTH_BUSY);
     assert_null(user);
     assert_null(checks[N - 1].password);
     assert_int_equal(oa_auth_pending(e.auth), N - 1);
@@ -519,8 +519,8 @@ static void test_check_busy(void **state)
     memset(&dup_wrong, 0, sizeof(dup_wrong));
     dup_right.data = &dup_right_out;
     dup_wrong.data = &dup_wrong_out;
-    assert_int_equal(oa_auth_check(e.auth, h[3], strlen(h[3]), &dup_right, on_checked, &user), 1);
-    assert_int_equal(oa_auth_check(e.auth, h[4], strlen(h[4]), &dup_wrong, on_checked, &user), 1);
+    assert_int_equal(oa_auth_check(e.auth, h[3], strlen(h[3]), &dup_right, on_checked, &user), OA_AUTH_QUEUED);
+    assert_int_equal(oa_auth_check(e.auth, h[4], strlen(h[4]), &dup_wrong, on_checked, &user), OA_AUTH_QUEUED);
     assert_null(dup_right.password);
     assert_null(dup_wrong.password);
     assert_int_equal(oa_auth_pending(e.auth), N - 1);
@@ -574,7 +574,7 @@ static void issue_same(env_t *e, const char *header, oa_auth_check_t *checks, ou
         outs[i] = (outcome_t){0, -1, NULL};
         checks[i].data = &outs[i];
         user = (const oa_user_t *)e;
-        assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &checks[i], on_checked, &user), 1);
+        assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &checks[i], on_checked, &user), OA_AUTH_QUEUED);
         assert_null(user);
         assert_int_equal(oa_auth_pending(e->auth), pending + 1);
         assert_int_equal(oa_auth_kdf_runs(e->auth), runs + 1);
@@ -618,7 +618,7 @@ static void test_same_header_right(void **state)
     /* The shared answer was remembered: a 51st check is answered at once, without a KDF. */
     outs[SAME] = (outcome_t){0, -1, NULL};
     checks[SAME].data = &outs[SAME];
-    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[SAME], on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[SAME], on_checked, &user), OA_AUTH_VERIFIED);
     assert_ptr_equal(user, outs[0].user);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
     assert_int_equal(oa_auth_pending(e.auth), 0);
@@ -686,7 +686,7 @@ static void test_interleaved_headers(void **state)
         outs[i] = (outcome_t){0, -1, NULL};
         checks[i].data = &outs[i];
         assert_int_equal(oa_auth_check(e.auth, h[i % GROUPS], strlen(h[i % GROUPS]), &checks[i], on_checked, &user),
-                         1);
+                         OA_AUTH_QUEUED);
         assert_int_equal(oa_auth_pending(e.auth), i < GROUPS ? (unsigned)i + 1 : GROUPS);
     }
     assert_int_equal(oa_auth_kdf_runs(e.auth), GROUPS);
@@ -704,10 +704,10 @@ static void test_interleaved_headers(void **state)
     }
     /* The two verified headers are remembered, each for its own user; the refused one is not. */
     for (g = 0; g < 2; g++) {
-        assert_int_equal(oa_auth_check(e.auth, h[g], strlen(h[g]), &checks[0], on_checked, &user), 0);
+        assert_int_equal(oa_auth_check(e.auth, h[g], strlen(h[g]), &checks[0], on_checked, &user), OA_AUTH_VERIFIED);
         assert_ptr_equal(user, outs[g].user);
     }
-    assert_int_equal(oa_auth_check(e.auth, h[2], strlen(h[2]), &checks[0], on_checked, &user), 1);
+    assert_int_equal(oa_auth_check(e.auth, h[2], strlen(h[2]), &checks[0], on_checked, &user), OA_AUTH_QUEUED);
     assert_int_equal(oa_auth_kdf_runs(e.auth), GROUPS + 1);
     env_close(&e);
     assert_int_equal(outs[0].fired, 2);
@@ -721,25 +721,25 @@ typedef struct self_freeing_s {
     env_t *env;
     outcome_t *out;
     const char *again;      /* a header to check from inside the callback, or NULL */
-    int again_rc;           /* what oa_auth_check answered to that */
+    oa_auth_verdict_t again_rc; /* what oa_auth_check answered to that */
     unsigned again_pending; /* KDFs in flight right after it */
 } self_freeing_t;
 
 static void on_checked_free(oa_auth_check_t *check, int result, const oa_user_t *user);
 
 /* Starts a heap check of header whose callback frees it. Returns what oa_auth_check answered; the check is freed at
- * once unless that is 1. */
-static int start_self_freeing(env_t *e, const char *header, self_freeing_t *sf)
+ * once unless that is OA_AUTH_QUEUED. */
+static oa_auth_verdict_t start_self_freeing(env_t *e, const char *header, self_freeing_t *sf)
 {
     oa_auth_check_t *check = calloc(1, sizeof(*check));
     const oa_user_t *user = NULL;
-    int rc;
+    oa_auth_verdict_t rc;
 
     assert_non_null(check);
     check->data = sf;
     rc = oa_auth_check(e->auth, header, strlen(header), check, on_checked_free, &user);
-    if (rc != 1) {
-        if (rc == 0)
+    if (rc != OA_AUTH_QUEUED) {
+        if (rc == OA_AUTH_VERIFIED)
             sf->out->user = user;
         free(check);
     }
@@ -788,7 +788,7 @@ static void test_callbacks_free_and_restart(void **state)
     sf[4][0].again = wrong;
     sf[5][0].again = wrong;
     for (i = 0; i < N; i++)
-        assert_int_equal(start_self_freeing(&e, good, &sf[i][0]), 1);
+        assert_int_equal(start_self_freeing(&e, good, &sf[i][0]), OA_AUTH_QUEUED);
     assert_int_equal(oa_auth_pending(e.auth), 1);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 1);
     assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
@@ -801,13 +801,13 @@ static void test_callbacks_free_and_restart(void **state)
         assert_ptr_equal(outs[i][0].user, outs[0][0].user);
     }
     assert_string_equal(outs[0][0].user->name, "admin@example.com");
-    assert_int_equal(sf[0][0].again_rc, 0);
+    assert_int_equal(sf[0][0].again_rc, OA_AUTH_VERIFIED);
     assert_int_equal(sf[0][0].again_pending, 0);
     assert_ptr_equal(outs[0][1].user, outs[0][0].user);
     assert_int_equal(outs[0][1].fired, 0);
-    assert_int_equal(sf[4][0].again_rc, 1);
+    assert_int_equal(sf[4][0].again_rc, OA_AUTH_QUEUED);
     assert_int_equal(sf[4][0].again_pending, 1);
-    assert_int_equal(sf[5][0].again_rc, 1);
+    assert_int_equal(sf[5][0].again_rc, OA_AUTH_QUEUED);
     assert_int_equal(sf[5][0].again_pending, 1);
     for (i = 4; i <= 5; i++) {
         assert_int_equal(outs[i][1].fired, 1);
@@ -829,7 +829,7 @@ static void test_callbacks_free_and_restart(void **state)
     }
     sf[2][0].again = wrong2;
     for (i = 0; i < N; i++)
-        assert_int_equal(start_self_freeing(&e, wrong2, &sf[i][0]), 1);
+        assert_int_equal(start_self_freeing(&e, wrong2, &sf[i][0]), OA_AUTH_QUEUED);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 3);
     assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 4);
@@ -838,7 +838,7 @@ static void test_callbacks_free_and_restart(void **state)
         assert_int_equal(outs[i][0].result, OA_E_UNAUTHORIZED);
         assert_null(outs[i][0].user);
     }
-    assert_int_equal(sf[2][0].again_rc, 1);
+    assert_int_equal(sf[2][0].again_rc, OA_AUTH_QUEUED);
     assert_int_equal(sf[2][0].again_pending, 1);
     assert_int_equal(outs[2][1].fired, 1);
     assert_int_equal(outs[2][1].result, OA_E_UNAUTHORIZED);
@@ -866,7 +866,7 @@ static void test_waiters_bounded(void **state)
         checks[i].data = &outs[i];
         user = (const oa_user_t *)&e;
         assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[i], on_checked, &user),
-                         i < N - 1 ? 1 : -OA_E_AUTH_BUSY);
+                         i < N - 1 ? OA_AUTH_QUEUED : OA_AUTH_BUSY);
         assert_null(user);
     }
     assert_int_equal(oa_auth_pending(e.auth), 1);
@@ -880,7 +880,7 @@ static void test_waiters_bounded(void **state)
     assert_string_equal(outs[0].user->name, "viewer@example.com");
     assert_int_equal(outs[N - 1].fired, 0);
     /* The refused one is now a cache hit. */
-    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[N - 1], on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, h, strlen(h), &checks[N - 1], on_checked, &user), OA_AUTH_VERIFIED);
     assert_ptr_equal(user, outs[0].user);
     env_close(&e);
     free(checks);
@@ -899,12 +899,12 @@ static void test_open(void **state)
     assert_int_equal(oa_auth_new_open(&e.loop, &e.auth), 0);
     memset(&check, 0, sizeof(check));
     check.data = &o;
-    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, NULL, 0, &check, on_checked, &user), OA_AUTH_VERIFIED);
     assert_non_null(user);
     assert_string_equal(user->name, "anonymous");
     assert_int_equal(user->role, OA_ROLE_ADMIN);
     user = NULL;
-    assert_int_equal(oa_auth_check(e.auth, "Bearer x", 8, &check, on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e.auth, "Bearer x", 8, &check, on_checked, &user), OA_AUTH_VERIFIED);
     assert_string_equal(user->name, "anonymous");
     assert_int_equal(oa_auth_pending(e.auth), 0);
     assert_int_equal(o.fired, 0);
@@ -967,7 +967,7 @@ static const oa_user_t *check_cached(env_t *e, const char *header)
     const oa_user_t *user = NULL;
 
     memset(&check, 0, sizeof(check));
-    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), 0);
+    assert_int_equal(oa_auth_check(e->auth, header, strlen(header), &check, on_checked, &user), OA_AUTH_VERIFIED);
     assert_non_null(user);
     assert_int_equal(oa_auth_kdf_runs(e->auth), runs);
     return user;
@@ -1123,7 +1123,7 @@ static void test_reload_kdf_in_flight(void **state)
         checks[i].data = &outs[i];
     }
     for (i = LEAD_VIEWER; i <= LEAD_ADMIN; i++)
-        assert_int_equal(oa_auth_check(e.auth, headers[i], strlen(headers[i]), &checks[i], on_checked, &user), 1);
+        assert_int_equal(oa_auth_check(e.auth, headers[i], strlen(headers[i]), &checks[i], on_checked, &user), OA_AUTH_QUEUED);
     assert_int_equal(oa_auth_pending(e.auth), 3);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 3);
 
@@ -1134,7 +1134,7 @@ static void test_reload_kdf_in_flight(void **state)
     assert_int_equal(st.unchanged, 1);
 
     /* The old header checked after the reload does not wait on the KDF against the old entry: it starts its own. */
-    assert_int_equal(oa_auth_check(e.auth, h_viewer, strlen(h_viewer), &checks[AFTER_VIEWER], on_checked, &user), 1);
+    assert_int_equal(oa_auth_check(e.auth, h_viewer, strlen(h_viewer), &checks[AFTER_VIEWER], on_checked, &user), OA_AUTH_QUEUED);
     assert_int_equal(oa_auth_pending(e.auth), 4);
     assert_int_equal(oa_auth_kdf_runs(e.auth), 4);
 
