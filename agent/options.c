@@ -716,7 +716,7 @@ int oa_options_split_listen(const char *listen, char *host, size_t hostlen, int 
     return 0;
 }
 
-int oa_options_host_is_loopback(const char *host)
+bool oa_options_host_is_loopback(const char *host)
 {
     char tmp[64];
     struct in_addr a4;

@@ -30,7 +30,7 @@ int oa_cluster_caps_valid(const char *caps)
     return empty_item ? -1 : 0;
 }
 
-int oa_cluster_caps_have(const char *caps, const char *name)
+bool oa_cluster_caps_have(const char *caps, const char *name)
 {
     size_t n = strlen(name);
     const char *p = caps;

@@ -704,7 +704,7 @@ int oa_redis_command(oa_redis_t *r, oa_redis_reply_cb cb, void *priv, const char
     return 0;
 }
 
-int oa_redis_ready(const oa_redis_t *r)
+bool oa_redis_ready(const oa_redis_t *r)
 {
     return r != NULL && !r->failed && r->state == ST_READY;
 }

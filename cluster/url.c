@@ -65,7 +65,7 @@ int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *p
     return 0;
 }
 
-int oa_cluster_url_is_tls(const char *url)
+bool oa_cluster_url_is_tls(const char *url)
 {
     return url != NULL && strncmp(url, "rediss://", 9) == 0;
 }

@@ -99,7 +99,7 @@ void oa_buf_free(void *b_)
     oa_buf_init(b);
 }
 
-int oa_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
+bool oa_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
 {
     const unsigned char *pa = a, *pb = b;
     unsigned char diff = (unsigned char)(alen != blen);

@@ -21,7 +21,7 @@ void oa_log_setup(oa_log_format_t format, oa_log_level_t min_level, FILE *out)
     log_out = out;
 }
 
-int oa_log_enabled(oa_log_level_t level)
+bool oa_log_enabled(oa_log_level_t level)
 {
     return (unsigned)level < OA_ARRAY_SIZE(level_names) && level >= log_min_level;
 }

@@ -111,11 +111,11 @@
  * err filled (OA_E_BAD_OPTION) naming what is wrong. */
 int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *port, int *db, oa_error_t *err);
 
-/* 1 when url starts with "rediss://", the scheme that asks for TLS to the store; else 0 (also for NULL). */
-int oa_cluster_url_is_tls(const char *url);
+/* true when url starts with "rediss://", the scheme that asks for TLS to the store (false for NULL). */
+bool oa_cluster_url_is_tls(const char *url);
 
-/* 1 when the comma-separated capability list caps holds the capability name (exactly). */
-int oa_cluster_caps_have(const char *caps, const char *name);
+/* true when the comma-separated capability list caps holds the capability name (exactly). */
+bool oa_cluster_caps_have(const char *caps, const char *name);
 
 /* 0 when caps is a valid list ("" or names of [a-z0-9_-] separated by commas), else -1. */
 int oa_cluster_caps_valid(const char *caps);

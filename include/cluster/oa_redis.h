@@ -15,6 +15,7 @@
 #define OA_REDIS_H
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
@@ -56,8 +57,8 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
  */
 int oa_redis_command(oa_redis_t *r, oa_redis_reply_cb cb, void *priv, const char *fmt, ...);
 
-/* 1 once on_ready has fired and until the connection fails. */
-int oa_redis_ready(const oa_redis_t *r);
+/* true once on_ready has fired and until the connection fails. */
+bool oa_redis_ready(const oa_redis_t *r);
 
 /* The data pointer of the options. */
 void *oa_redis_data(const oa_redis_t *r);

@@ -3,10 +3,10 @@
  * HTTP statuses.
  *
  * The return convention of every public call, in every layer:
- *   - A call that can fail returns int: 0 on success, negative on failure. A call that takes an oa_error_t returns
- *     -1 and fills it with a code from this list and one full sentence (parsers, validators, anything whose failure
- *     an operator reads). A call without one returns the libuv UV_E* code of its failure (UV_ENOMEM, or an I/O
- *     error passed through unchanged). No call mixes the two.
+ *   - A call that can fail returns int: 0 on success, negative on failure, one of two kinds per call and never
+ *     both: -1, with the caller's oa_error_t (when the call takes one) filled with a code from this list and one
+ *     full sentence (parsers, validators, loaders: anything whose failure an operator reads); or, for a call whose
+ *     only failures are the system's, the libuv UV_E* code (UV_ENOMEM, an I/O error passed through unchanged).
  *   - A call with more than two outcomes returns a named enum whose values say them (oa_auth_verdict_t,
  *     oa_tls_read_t, ...); a question returns bool. Never 0/1/-1 or a negated oa_errcode_t.
  *   - An oa_errcode_t travels as a positive value: in oa_error_t.code, or as a callback's result argument.

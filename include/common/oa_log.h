@@ -12,6 +12,7 @@
 #ifndef OA_LOG_H
 #define OA_LOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -39,8 +40,8 @@ typedef struct oa_log_kv_s {
 /* Sets format, minimum level and destination (stderr when out is NULL). Defaults: text, info, stderr. */
 void oa_log_setup(oa_log_format_t format, oa_log_level_t min_level, FILE *out);
 
-/* 1 when events of level are written. */
-int oa_log_enabled(oa_log_level_t level);
+/* true when events of level are written. */
+bool oa_log_enabled(oa_log_level_t level);
 
 /* Writes one event line with n key/value pairs, flushed at once. */
 void oa_log_write(oa_log_level_t level, const char *event, const oa_log_kv_t *kv, size_t n);

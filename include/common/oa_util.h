@@ -5,6 +5,7 @@
 #ifndef OA_UTIL_H
 #define OA_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -63,7 +64,7 @@ void oa_file_remove_stale_temps(const char *dir, const char *const *bases, size_
 /* Joins dir and name with one '/'; returns a malloc'ed string the caller frees, or NULL. */
 char *oa_path_join(const char *dir, const char *name);
 
-/* Compares two byte strings in time that depends only on the lengths. Returns 1 when equal. */
-int oa_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
+/* Compares two byte strings in time that depends only on the lengths. Returns true when equal. */
+bool oa_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 #endif

@@ -89,7 +89,7 @@ const char *oa_options_usage(void);
 /* Splits "ADDR:PORT" / "[v6]:PORT" into host and port, and checks both. Returns 0 or -1. */
 int oa_options_split_listen(const char *listen, char *host, size_t hostlen, int *port);
 
-/* 1 when host is a loopback address literal (127.0.0.0/8 or ::1). */
-int oa_options_host_is_loopback(const char *host);
+/* true when host is a loopback address literal (127.0.0.0/8 or ::1). */
+bool oa_options_host_is_loopback(const char *host);
 
 #endif
