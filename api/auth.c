@@ -144,7 +144,7 @@ static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char
     const char *p, *dollar;
     unsigned long iter = 0;
     size_t len;
-    int n;
+    size_t n;
 
     if (encoded == NULL)
         return -1;
@@ -169,13 +169,11 @@ static int passwd_parse(const char *encoded, unsigned *iterations, unsigned char
     dollar = strchr(p, '$');
     if (dollar == NULL)
         return -1;
-    n = oa_base64_decode(p, (size_t)(dollar - p), buf, sizeof(buf));
-    if (n != PASSWD_SALT_LEN)
+    if (oa_base64_decode(p, (size_t)(dollar - p), buf, sizeof(buf), &n) != 0 || n != PASSWD_SALT_LEN)
         return -1;
     memcpy(salt, buf, PASSWD_SALT_LEN);
     p = dollar + 1;
-    n = oa_base64_decode(p, strlen(p), buf, sizeof(buf));
-    if (n != PASSWD_HASH_LEN)
+    if (oa_base64_decode(p, strlen(p), buf, sizeof(buf), &n) != 0 || n != PASSWD_HASH_LEN)
         return -1;
     memcpy(hash, buf, PASSWD_HASH_LEN);
     *iterations = (unsigned)iter;
@@ -699,7 +697,7 @@ static int parse_basic(const char *header, size_t len, unsigned char *buf, size_
 {
     const char *p = header, *end = header + len;
     unsigned char *c;
-    int n;
+    size_t n;
 
     if (len < 6 || strncasecmp(p, "Basic", 5) != 0 || (p[5] != ' ' && p[5] != '\t'))
         return -1;
@@ -708,16 +706,15 @@ static int parse_basic(const char *header, size_t len, unsigned char *buf, size_
         p++;
     while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
-    n = oa_base64_decode(p, (size_t)(end - p), buf, bufmax);
-    if (n < 0)
+    if (oa_base64_decode(p, (size_t)(end - p), buf, bufmax, &n) != 0)
         return -1;
-    c = memchr(buf, ':', (size_t)n);
+    c = memchr(buf, ':', n);
     if (c == NULL) {
-        OPENSSL_cleanse(buf, (size_t)n);
+        OPENSSL_cleanse(buf, n);
         return -1;
     }
     *colon = (size_t)(c - buf);
-    return n;
+    return (int)n;
 }
 
 oa_auth_verdict_t oa_auth_check(oa_auth_t *a, const char *header, size_t len, oa_auth_check_t *check, oa_auth_cb cb,

@@ -128,28 +128,28 @@ static unsigned b64_value(unsigned char c)
 
 /* Every byte string has exactly one accepted spelling. EVP_DecodeBlock does the decoding but counts padding as data
  * bytes, hence the adjustment. */
-int oa_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax)
+int oa_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax, size_t *outlen)
 {
-    size_t i, pad = 0, outlen;
+    size_t i, pad = 0;
     unsigned last;
     int n;
 
     if (inlen == 0 || inlen % 4 != 0 || inlen > INT_MAX)
-        return -1;
+        return UV_EINVAL;
     if (in[inlen - 1] == '=')
         pad = in[inlen - 2] == '=' ? 2 : 1;
     for (i = 0; i < inlen - pad; i++)
         if (!b64_char_ok((unsigned char)in[i]))
-            return -1;
+            return UV_EINVAL;
     last = b64_value((unsigned char)in[inlen - pad - 1]);
     if ((pad == 1 && (last & 0x3u) != 0) || (pad == 2 && (last & 0xfu) != 0))
-        return -1;
-    outlen = inlen / 4 * 3 - pad;
+        return UV_EINVAL;
     /* EVP_DecodeBlock writes whole groups of three, padding included. */
     if (inlen / 4 * 3 > outmax)
-        return -1;
+        return UV_EINVAL;
     n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)inlen);
     if (n < 0 || (size_t)n != inlen / 4 * 3)
-        return -1;
-    return (int)outlen;
+        return UV_EINVAL;
+    *outlen = inlen / 4 * 3 - pad;
+    return 0;
 }

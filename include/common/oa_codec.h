@@ -22,9 +22,9 @@ int oa_base64_encode(oa_buf_t *b, const void *data, size_t len);
 
 /*
  * Decodes standard base64 with padding, strictly: only the alphabet, a length that is a multiple of four, '=' only
- * as the last one or two characters, and no bits set in the padding. Writes at most outmax bytes to out. Returns the
- * number of bytes decoded, or -1 when in is not such a base64 text or does not fit.
+ * as the last one or two characters, and no bits set in the padding. Writes at most outmax bytes to out. Returns 0
+ * with *outlen set to the number of bytes decoded, or UV_EINVAL when in is not such a base64 text or does not fit.
  */
-int oa_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax);
+int oa_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax, size_t *outlen);
 
 #endif
