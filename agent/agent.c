@@ -630,6 +630,7 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     so.data_dir = opts->data_dir;
     so.time_scale = opts->time_scale;
     so.querier = NULL;
+    so.clock = NULL;
     rc = oa_sched_new(loop, &so, &a->sched);
     if (rc != 0)
         return oa_error_set(err, OA_E_IO, "the scheduler could not start: %s", uv_strerror(rc));

@@ -79,6 +79,7 @@ struct oa_sched_s {
     char *staple_path; /* NULL when there is no data directory */
     double time_scale;
     const oa_sched_querier_t *querier;
+    const oa_sched_clock_t *clock;
     oa_conf_t conf;
     bool enabled;
 
@@ -188,6 +189,32 @@ static void notify_state(oa_sched_t *s)
     s->state_hook(s->state_hook_data, &v);
 }
 
+/* Every reading of the time and every timer goes through the clock. */
+static uint64_t now_mono(const oa_sched_t *s)
+{
+    return s->clock->now_mono(s->clock, s->loop);
+}
+
+static int64_t now_wall_ms(const oa_sched_t *s)
+{
+    return s->clock->now_wall_ms(s->clock);
+}
+
+static time_t now_wall(const oa_sched_t *s)
+{
+    return s->clock->now_wall(s->clock);
+}
+
+static void timer_start(const oa_sched_t *s, uv_timer_t *t, uv_timer_cb cb, uint64_t timeout_ms)
+{
+    s->clock->timer_start(s->clock, t, cb, timeout_ms);
+}
+
+static void timer_stop(const oa_sched_t *s, uv_timer_t *t)
+{
+    s->clock->timer_stop(s->clock, t);
+}
+
 static uint64_t scaled_ms(const oa_sched_t *s, int seconds)
 {
     double ms = (double)seconds * 1000.0 * s->time_scale;
@@ -259,7 +286,7 @@ static void waiter_answer(waiter_t *w, int err, const char *text, json_t *status
 {
     oa_sched_t *s = w->sched;
 
-    uv_timer_stop(&w->safety);
+    timer_stop(s, &w->safety);
     w->cb(w->data, err, text, status);
     s->pending_closes++;
     uv_close((uv_handle_t *)&w->safety, on_waiter_closed);
@@ -280,11 +307,11 @@ static void arm_expiry(oa_sched_t *s)
 {
     int64_t delay;
 
-    uv_timer_stop(&s->expiry);
+    timer_stop(s, &s->expiry);
     if (!s->have_cache || s->cache.next_update == 0 || s->closing)
         return;
-    delay = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
-    uv_timer_start(&s->expiry, on_expiry, delay > 0 ? (uint64_t)delay : 1, 0);
+    delay = (int64_t)s->cache.next_update * 1000 - now_wall_ms(s);
+    timer_start(s, &s->expiry, on_expiry, delay > 0 ? (uint64_t)delay : 1);
 }
 
 /* Tells the staple's listener (the delivery) what is cached now. */
@@ -311,7 +338,7 @@ static void drop_cache(oa_sched_t *s, const char *why)
     oa_ocsp_result_clear(&s->cache);
     s->have_cache = false;
     s->mid_due = 0;
-    uv_timer_stop(&s->expiry);
+    timer_stop(s, &s->expiry);
     /* The file goes even when nothing was cached in memory: it must never outlive the status it stands for. */
     remove_staple(s, why);
     staple_changed(s);
@@ -322,7 +349,7 @@ static void expire_if_due(oa_sched_t *s)
 {
     char nu[OA_RFC1123_LEN];
 
-    if (!s->have_cache || s->cache.next_update == 0 || time(NULL) < s->cache.next_update)
+    if (!s->have_cache || s->cache.next_update == 0 || now_wall(s) < s->cache.next_update)
         return;
     oa_time_rfc1123(s->cache.next_update, nu);
     drop_cache(s, "the cached response reached its nextUpdate");
@@ -364,7 +391,7 @@ static void load_staple(oa_sched_t *s)
     oa_buf_t buf;
     oa_ocsp_result_t res;
     oa_error_t err;
-    time_t now = time(NULL);
+    time_t now = now_wall(s);
     int rc;
 
     oa_buf_init(&buf);
@@ -413,14 +440,14 @@ static void rearm(oa_sched_t *s)
 {
     uint64_t now, due;
 
-    uv_timer_stop(&s->timer);
+    timer_stop(s, &s->timer);
     s->timer_armed = false;
     if (!s->enabled || s->closing || s->follower)
         return;
     /* A regular query in flight re-arms the timer when it completes. */
     if (s->in_flight && s->query_regular && !s->query_cancelled)
         return;
-    now = uv_now(s->loop);
+    now = now_mono(s);
     if (s->due_now || !s->have_anchor) {
         due = now;
     } else if (s->recovering) {
@@ -432,7 +459,7 @@ static void rearm(oa_sched_t *s)
     }
     s->next_due = due;
     s->timer_armed = true;
-    uv_timer_start(&s->timer, on_timer, due > now ? due - now : 0, 0);
+    timer_start(s, &s->timer, on_timer, due > now ? due - now : 0);
 }
 
 /*
@@ -454,8 +481,8 @@ static int start_query(oa_sched_t *s, bool regular, oa_error_t *err)
         s->query_trigger = TRIGGER_TEST;
         s->query_attempt = 0;
     }
-    s->query_start_mono = uv_now(s->loop);
-    s->query_start_wall = time(NULL);
+    s->query_start_mono = now_mono(s);
+    s->query_start_wall = now_wall(s);
     for (w = s->waiters; w != NULL; w = w->next)
         w->attached = true;
 
@@ -493,7 +520,7 @@ static void anchor_attempt(oa_sched_t *s)
     s->have_anchor = true;
     s->anchor_mono = s->query_start_mono;
     s->last_attempt = s->query_start_wall;
-    s->last_attempt_ms = oa_time_now_ms() - (int64_t)(uv_now(s->loop) - s->query_start_mono);
+    s->last_attempt_ms = now_wall_ms(s) - (int64_t)(now_mono(s) - s->query_start_mono);
 }
 
 static void invalidate(oa_sched_t *s)
@@ -542,8 +569,8 @@ static void settle_valid(oa_sched_t *s)
     s->consecutive_failures = 0;
     s->mid_due = 0;
     if (s->cache.next_update != 0) {
-        remaining_ms = (int64_t)s->cache.next_update * 1000 - oa_time_now_ms();
-        mid = uv_now(s->loop) + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
+        remaining_ms = (int64_t)s->cache.next_update * 1000 - now_wall_ms(s);
+        mid = now_mono(s) + (remaining_ms > 0 ? (uint64_t)(remaining_ms / 2) : 0);
         floor_due = s->anchor_mono + MIDPOINT_FLOOR_MS;
         s->mid_due = mid > floor_due ? mid : floor_due;
     }
@@ -581,7 +608,7 @@ static void apply_success(oa_sched_t *s, const oa_ocsp_result_t *res)
     s->have_cache = true;
     write_staple(s);
     anchor_attempt(s);
-    s->last_success = time(NULL);
+    s->last_success = now_wall(s);
     settle_valid(s);
 
     if (s->result_hook != NULL)
@@ -661,8 +688,8 @@ static json_t *status_json(oa_sched_t *s, const oa_ocsp_result_t *r)
     json_object_set_new(o, "recovery_tries", json_integer(s->recovery_tries));
     json_object_set_new(o, "recovery_max_tries", json_integer(s->conf.recovery_max_tries));
     if (s->timer_armed) {
-        now = uv_now(s->loop);
-        set_time(o, "next_query", time(NULL) + (time_t)((s->next_due > now ? s->next_due - now : 0) / 1000));
+        now = now_mono(s);
+        set_time(o, "next_query", now_wall(s) + (time_t)((s->next_due > now ? s->next_due - now : 0) / 1000));
     }
     return o;
 }
@@ -822,6 +849,7 @@ int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **o
     s->target = opts->target;
     s->time_scale = opts->time_scale > 0 ? opts->time_scale : 1.0;
     s->querier = opts->querier != NULL ? opts->querier : &real_querier;
+    s->clock = opts->clock != NULL ? opts->clock : oa_sched_clock_real();
     if (opts->data_dir != NULL) {
         s->staple_path = oa_path_join(opts->data_dir, OA_STAPLE_FILE_NAME);
         if (s->staple_path == NULL) {
@@ -914,8 +942,7 @@ int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *er
         w->attached = true;
     }
     uv_timer_init(s->loop, &w->safety);
-    uv_timer_start(&w->safety, on_waiter_timeout, (uint64_t)s->conf.response_timeout * 1000 + TEST_SAFETY_MARGIN_MS,
-                   0);
+    timer_start(s, &w->safety, on_waiter_timeout, (uint64_t)s->conf.response_timeout * 1000 + TEST_SAFETY_MARGIN_MS);
     waiter_link(s, w);
     return 0;
 }
@@ -938,8 +965,8 @@ void oa_sched_set_follower(oa_sched_t *s, bool follower)
  * that many milliseconds before now on the monotonic clock. */
 static void anchor_remote(oa_sched_t *s, int64_t at_ms)
 {
-    int64_t age_ms = oa_time_now_ms() - at_ms;
-    uint64_t mono = uv_now(s->loop);
+    int64_t age_ms = now_wall_ms(s) - at_ms;
+    uint64_t mono = now_mono(s);
 
     if (age_ms < 0)
         age_ms = 0;
@@ -953,7 +980,7 @@ static void anchor_remote(oa_sched_t *s, int64_t at_ms)
 int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err)
 {
     oa_ocsp_result_t res;
-    time_t now = time(NULL);
+    time_t now = now_wall(s);
 
     if (s->closing)
         return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
@@ -1076,7 +1103,7 @@ int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out)
                         "Seconds until the cached response's nextUpdate, NaN when there is none.");
     if (s->have_cache && s->cache.next_update != 0)
         rc |= oa_buf_printf(out, "ocsp_agent_staple_expiry_seconds %lld\n",
-                            (long long)(s->cache.next_update - time(NULL)));
+                            (long long)(s->cache.next_update - now_wall(s)));
     else
         rc |= oa_buf_append_str(out, "ocsp_agent_staple_expiry_seconds NaN\n");
 
@@ -1106,8 +1133,8 @@ void oa_sched_close(oa_sched_t *s, void (*done)(void *arg), void *arg)
     s->done = done;
     s->done_arg = arg;
     /* Handles first: their pending closes keep s allocated through whatever the steps below call back. */
-    uv_timer_stop(&s->timer);
-    uv_timer_stop(&s->expiry);
+    timer_stop(s, &s->timer);
+    timer_stop(s, &s->expiry);
     s->pending_closes += 2;
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->expiry, on_handle_closed);

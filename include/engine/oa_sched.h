@@ -2,8 +2,9 @@
  * The querying engine's schedule (API.md section 4): when to query, what a result does to the cached status, the
  * staple file, recovery and invalidation, explicit tests, the status object and the metrics.
  *
- * Timers run on uv_now (monotonic); timestamps shown to operators are wall-clock. --time-scale multiplies
- * query_frequency and recovery_frequency (never response_timeout). Never more than one query in flight.
+ * Timers run on the monotonic clock (uv_now); timestamps shown to operators are wall-clock. --time-scale multiplies
+ * query_frequency and recovery_frequency (never response_timeout). Never more than one query in flight. Both clocks
+ * are read, and every timer armed, only through an oa_sched_clock_t (oa_sched_clock.h), so a test can drive time.
  */
 #ifndef OA_SCHED_H
 #define OA_SCHED_H
@@ -16,6 +17,7 @@
 #include "oa_conf.h"
 #include "oa_error.h"
 #include "oa_ocsp.h"
+#include "oa_sched_clock.h"
 #include "oa_util.h"
 
 typedef enum oa_sched_state_e {
@@ -40,6 +42,7 @@ typedef struct oa_sched_options_s {
     const char *data_dir;             /* where ocsp.der lives; copied */
     double time_scale;                /* 1 in production */
     const oa_sched_querier_t *querier; /* NULL: the real engine */
+    const oa_sched_clock_t *clock;     /* borrowed, outlives the scheduler; NULL: oa_sched_clock_real() */
 } oa_sched_options_t;
 
 typedef struct oa_sched_s oa_sched_t;
