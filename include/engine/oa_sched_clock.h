@@ -1,7 +1,7 @@
 /*
  * Where the scheduler reads the time and how it arms its timers (oa_sched_options_t.clock): the real clock, or a
- * manual one that a test moves by hand, so that an hour-long schedule can be checked to the millisecond without
- * waiting for it.
+ * manual one that a test moves by hand (tests/support/testclock.h), so that an hour-long schedule can be checked to
+ * the millisecond without waiting for it.
  *
  * The timers are uv_timer_t handles the scheduler owns: it initialises them on its loop and closes them itself
  * (uv_close), always after timer_stop. The clock only arms and disarms them: timer_start on an armed timer re-arms
