@@ -501,21 +501,12 @@ static int api_conf_put(void *data, const char *body, size_t len, const char *us
     return 0;
 }
 
-static json_t *api_status(void *data)
+static int api_status(void *data, oa_api_status_t *out)
 {
     oa_agent_t *a = data;
-    json_t *status = oa_sched_status_json(a->sched);
-    json_t *delivery;
 
-    /* Where the staple went: one entry per target, an empty list on a node that delivers nowhere. */
-    if (status == NULL)
-        return NULL;
-    delivery = oa_delivery_status_json(a->delivery);
-    if (delivery == NULL || json_object_set_new(status, "delivery", delivery) != 0) {
-        json_decref(status);
-        return NULL;
-    }
-    return status;
+    oa_sched_snapshot(a->sched, &out->sched);
+    return oa_delivery_snapshot(a->delivery, &out->delivery);
 }
 
 static int api_test(void *data, oa_api_test_cb cb, void *arg, oa_error_t *err)
@@ -533,12 +524,10 @@ static int api_capability_check(void *data, oa_error_t *err)
 static int api_metrics(void *data, oa_buf_t *out)
 {
     oa_agent_t *a = data;
-    int rc;
+    int rc = 0;
 
-    rc = oa_sched_metrics(a->sched, out);
-    if (rc == 0)
-        rc = oa_delivery_metrics(a->delivery, out);
-    if (rc == 0 && a->reload != NULL)
+    /* The engine's families come first, rendered by the API from the status snapshots. */
+    if (a->reload != NULL)
         rc = oa_reload_metrics(a->reload, out);
     if (rc == 0 && a->cluster != NULL)
         rc = oa_cluster_metrics(a->cluster, out);

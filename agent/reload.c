@@ -1,13 +1,13 @@
 /*
  * Live reload: the groups of files SIGHUP reads again, their log lines and their counter.
  */
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "oa_prom.h"
 #include "oa_reload.h"
 
 typedef struct group_s {
@@ -113,11 +113,9 @@ int oa_reload_metrics(const oa_reload_t *r, oa_buf_t *out)
 {
     int rc;
 
-    rc = oa_buf_printf(out,
-                       "# HELP ocsp_agent_reloads_total Reloads of a group of files (SIGHUP), by result.\n"
-                       "# TYPE ocsp_agent_reloads_total counter\n"
-                       "ocsp_agent_reloads_total{result=\"ok\"} %" PRIu64 "\n"
-                       "ocsp_agent_reloads_total{result=\"failed\"} %" PRIu64 "\n",
-                       r->ok, r->failed);
+    rc = oa_prom_family(out, "ocsp_agent_reloads_total", OA_PROM_COUNTER,
+                        "Reloads of a group of files (SIGHUP), by result.");
+    rc |= oa_prom_sample_u64(out, "ocsp_agent_reloads_total", &(oa_prom_label_t){"result", "ok"}, 1, r->ok);
+    rc |= oa_prom_sample_u64(out, "ocsp_agent_reloads_total", &(oa_prom_label_t){"result", "failed"}, 1, r->failed);
     return rc != 0 ? UV_ENOMEM : 0;
 }

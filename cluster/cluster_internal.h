@@ -17,7 +17,7 @@
  *   put.c       PUT /v1/ocsp: the compare-and-set rounds and their time limit
  *   records.c   the status and state records: publishing them, applying them in the order of their numbers
  *   registry.c  the heartbeat, the registry view, the lease and the poller role
- *   metrics.c   the Prometheus text
+ *   metrics.c   the Prometheus text, through oa_prom.h
  *   cluster.c   the two connections, the subscription, resynchronisation, reconnection, the life cycle
  *   redis.c     one asynchronous Redis connection on libuv (oa_redis.h)
  *

@@ -1,7 +1,6 @@
 /*
  * The staple's way to the TLS endpoints: the current staple, the targets, and what each of them did with it.
  */
-#include <inttypes.h>
 #include <openssl/ocsp.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
@@ -281,7 +280,7 @@ void oa_dtarget_report(oa_dtarget_t *t, uint64_t gen, const char *error)
                OA_KV_STR("staple", d->have_staple ? oa_cert_status_name(d->staple.cert_status) : "removed"));
 }
 
-/* ---- status and metrics ---- */
+/* ---- the snapshot for the status and the metrics ---- */
 
 static bool holds_current(const oa_delivery_t *d, const oa_dtarget_t *t)
 {
@@ -294,81 +293,37 @@ static oa_dtarget_state_t shown_state(const oa_delivery_t *d, const oa_dtarget_t
     return t->state == OA_DTARGET_DELIVERED && !holds_current(d, t) ? OA_DTARGET_PENDING : t->state;
 }
 
-json_t *oa_delivery_status_json(const oa_delivery_t *d)
+int oa_delivery_snapshot(const oa_delivery_t *d, oa_delivery_status_t *st)
 {
-    char when[OA_RFC1123_LEN];
+    oa_delivery_target_status_t *ts;
     const oa_dtarget_t *t;
-    json_t *list, *o;
 
-    list = json_array();
-    if (list == NULL)
-        return NULL;
-    for (t = d->targets; t != NULL; t = t->next) {
-        o = json_object();
-        if (o == NULL || json_array_append_new(list, o) != 0)
-            goto nomem;
-        if (json_object_set_new(o, "target", json_string(t->name)) != 0 ||
-            json_object_set_new(o, "state", json_string(oa_dtarget_state_name(shown_state(d, t)))) != 0)
-            goto nomem;
-        if (t->last_delivery != 0 &&
-            json_object_set_new(o, "last_delivery", json_string(oa_time_rfc1123(t->last_delivery, when))) != 0)
-            goto nomem;
-        if (t->have_error && json_object_set_new(o, "last_error", json_string(t->last_error)) != 0)
-            goto nomem;
-    }
-    return list;
-nomem:
-    json_decref(list);
-    return NULL;
-}
-
-/* A label value in Prometheus' text format: backslash, double quote and line feed escaped. */
-static int append_label(oa_buf_t *out, const char *s)
-{
-    int rc = 0;
-
-    for (; *s != '\0' && rc == 0; s++) {
-        if (*s == '\\' || *s == '"')
-            rc = oa_buf_printf(out, "\\%c", *s);
-        else if (*s == '\n')
-            rc = oa_buf_append_str(out, "\\n");
-        else
-            rc = oa_buf_append(out, s, 1);
-    }
-    return rc;
-}
-
-static int metric_line(oa_buf_t *out, const char *name, const char *target, const char *result, uint64_t value)
-{
-    int rc;
-
-    rc = oa_buf_printf(out, "%s{target=\"", name);
-    rc |= append_label(out, target);
-    if (result != NULL)
-        rc |= oa_buf_printf(out, "\",result=\"%s", result);
-    rc |= oa_buf_printf(out, "\"} %" PRIu64 "\n", value);
-    return rc;
-}
-
-
-int oa_delivery_metrics(const oa_delivery_t *d, oa_buf_t *out)
-{
-    const oa_dtarget_t *t;
-    int rc = 0;
-
-    if (d->targets == NULL)
+    st->targets = NULL;
+    st->count = oa_delivery_target_count(d);
+    if (st->count == 0)
         return 0;
-    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_staple_deliveries_total Tries to deliver the staple to a "
-                                 "target, by result.\n# TYPE ocsp_agent_staple_deliveries_total counter\n");
-    for (t = d->targets; t != NULL; t = t->next) {
-        rc |= metric_line(out, "ocsp_agent_staple_deliveries_total", t->name, "ok", t->count_ok);
-        rc |= metric_line(out, "ocsp_agent_staple_deliveries_total", t->name, "error", t->count_failed);
+    st->targets = calloc(st->count, sizeof(*st->targets));
+    if (st->targets == NULL) {
+        st->count = 0;
+        return UV_ENOMEM;
     }
-    rc |= oa_buf_append_str(out, "# HELP ocsp_agent_staple_delivered 1 while the target holds the current "
-                                 "staple.\n# TYPE ocsp_agent_staple_delivered gauge\n");
-    for (t = d->targets; t != NULL; t = t->next)
-        rc |= metric_line(out, "ocsp_agent_staple_delivered", t->name, NULL, holds_current(d, t) ? 1 : 0);
-    return rc != 0 ? UV_ENOMEM : 0;
+    for (t = d->targets, ts = st->targets; t != NULL; t = t->next, ts++) {
+        ts->target = t->name;
+        ts->state = shown_state(d, t);
+        ts->last_delivery = t->last_delivery;
+        ts->last_error = t->have_error ? t->last_error : NULL;
+        ts->delivered = holds_current(d, t);
+        ts->deliveries_ok = t->count_ok;
+        ts->deliveries_failed = t->count_failed;
+    }
+    return 0;
+}
+
+void oa_delivery_status_free(oa_delivery_status_t *st)
+{
+    free(st->targets);
+    st->targets = NULL;
+    st->count = 0;
 }
 
 size_t oa_delivery_target_count(const oa_delivery_t *d)

@@ -42,7 +42,6 @@
  *   the follower's copy has not expired yet: it must never serve a status the poller gave up on. "valid" is shown
  *   only with a response in the cache, which arrives separately (oa_sched_apply_remote).
  */
-#include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,7 +55,7 @@
 #define STAPLE_MAX_BYTES (1024 * 1024)
 #define TEST_SAFETY_MARGIN_MS 5000
 #define MIDPOINT_FLOOR_MS 1000
-#define UNKNOWN_OUTCOME "cert_status_unknown"
+#define UNKNOWN_OUTCOME OA_SCHED_OUTCOME_UNKNOWN
 
 typedef enum trigger_e { TRIGGER_SCHEDULE, TRIGGER_RECOVERY, TRIGGER_TEST } trigger_t;
 
@@ -282,7 +281,7 @@ static void on_waiter_closed(uv_handle_t *h)
 
 /* Answers an unlinked waiter and releases it. The callback may call back into the scheduler (even close it): the
  * scheduler stays allocated because the waiter's own close is still pending. */
-static void waiter_answer(waiter_t *w, int err, const char *text, json_t *status)
+static void waiter_answer(waiter_t *w, int err, const char *text, const oa_sched_status_t *status)
 {
     oa_sched_t *s = w->sched;
 
@@ -646,52 +645,40 @@ static void log_attempt(oa_sched_t *s, const char *result, const oa_ocsp_result_
     oa_log_write(level, "ocsp_query", kv, n);
 }
 
-static void set_time(json_t *o, const char *key, time_t t)
+/* The snapshot for r (the cache, or a fresh answer), with the operator fields. */
+static void snapshot_of(oa_sched_t *s, const oa_ocsp_result_t *r, oa_sched_status_t *st)
 {
-    char buf[OA_RFC1123_LEN];
-
-    json_object_set_new(o, key, json_string(oa_time_rfc1123(t, buf)));
-}
-
-/* The status object for r (the cache, or a fresh answer), followed by the operator fields. */
-static json_t *status_json(oa_sched_t *s, const oa_ocsp_result_t *r)
-{
-    json_t *o = json_object();
     uint64_t now;
 
-    if (o == NULL)
-        return NULL;
-    json_object_set_new(o, "cert_status", json_string(oa_cert_status_name(r != NULL ? r->cert_status
-                                                                                      : OA_CERT_UNKNOWN)));
-    json_object_set_new(o, "responder_url", json_string(responder_of(s)));
+    memset(st, 0, sizeof(*st));
+    st->state = s->state;
+    st->responder_url = responder_of(s);
+    st->response.cert_status = OA_CERT_UNKNOWN;
+    st->response.revocation_reason = -1;
     if (r != NULL) {
-        set_time(o, "produced_at", r->produced_at);
-        set_time(o, "this_update", r->this_update);
-        if (r->next_update != 0)
-            set_time(o, "next_update", r->next_update);
-        if (r->cert_status == OA_CERT_REVOKED) {
-            set_time(o, "revocation_time", r->revocation_time);
-            if (r->revocation_reason >= 0)
-                json_object_set_new(o, "revocation_reason", json_string(OCSP_crl_reason_str(r->revocation_reason)));
-        }
+        st->have_response = true;
+        st->response = *r;
+        st->response.der = NULL;
+        st->response.der_len = 0;
     }
-    json_object_set_new(o, "state", json_string(oa_sched_state_name(s->state)));
-    if (s->last_attempt != 0)
-        set_time(o, "last_attempt", s->last_attempt);
-    if (s->last_success != 0)
-        set_time(o, "last_success", s->last_success);
+    st->taken_at = now_wall(s);
+    st->last_attempt = s->last_attempt;
+    st->last_success = s->last_success;
+    st->have_error = s->have_error;
     if (s->have_error) {
-        json_object_set_new(o, "last_error_code", json_string(s->last_error_code));
-        json_object_set_new(o, "last_error", json_string(s->last_error));
+        snprintf(st->last_error_code, sizeof(st->last_error_code), "%s", s->last_error_code);
+        snprintf(st->last_error, sizeof(st->last_error), "%s", s->last_error);
     }
-    json_object_set_new(o, "consecutive_failures", json_integer(s->consecutive_failures));
-    json_object_set_new(o, "recovery_tries", json_integer(s->recovery_tries));
-    json_object_set_new(o, "recovery_max_tries", json_integer(s->conf.recovery_max_tries));
+    st->consecutive_failures = s->consecutive_failures;
+    st->recovery_tries = s->recovery_tries;
+    st->recovery_max_tries = s->conf.recovery_max_tries;
     if (s->timer_armed) {
         now = now_mono(s);
-        set_time(o, "next_query", now_wall(s) + (time_t)((s->next_due > now ? s->next_due - now : 0) / 1000));
+        st->next_query = st->taken_at + (time_t)((s->next_due > now ? s->next_due - now : 0) / 1000);
     }
-    return o;
+    st->queries_ok = s->count_ok;
+    st->queries_unknown = s->count_unknown;
+    memcpy(st->queries_failed, s->count_err, sizeof(st->queries_failed));
 }
 
 /* Answers every waiter attached to the query that just ended. They are moved to a list of their own first, so a
@@ -699,7 +686,7 @@ static json_t *status_json(oa_sched_t *s, const oa_ocsp_result_t *r)
 static void answer_attached(oa_sched_t *s, int err, const char *text, const oa_ocsp_result_t *res)
 {
     waiter_t *list = NULL, *w, *next;
-    json_t *status = NULL;
+    oa_sched_status_t status;
 
     for (w = s->waiters; w != NULL; w = next) {
         next = w->next;
@@ -711,19 +698,13 @@ static void answer_attached(oa_sched_t *s, int err, const char *text, const oa_o
     }
     if (list == NULL)
         return;
-    if (err == 0) {
-        status = status_json(s, res);
-        if (status == NULL) {
-            err = OA_E_NOMEM;
-            text = "out of memory while building the status";
-        }
-    }
+    if (err == 0)
+        snapshot_of(s, res, &status);
     for (w = list; w != NULL; w = next) {
         next = w->next;
         w->next = NULL;
-        waiter_answer(w, err, text, status);
+        waiter_answer(w, err, text, err == 0 ? &status : NULL);
     }
-    json_decref(status);
 }
 
 /* Starts a query for tests that arrived while a cancelled query was still winding down. */
@@ -910,10 +891,10 @@ void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf)
     }
 }
 
-json_t *oa_sched_status_json(oa_sched_t *s)
+void oa_sched_snapshot(oa_sched_t *s, oa_sched_status_t *st)
 {
     expire_if_due(s);
-    return status_json(s, s->have_cache ? &s->cache : NULL);
+    snapshot_of(s, s->have_cache ? &s->cache : NULL, st);
 }
 
 int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *err)
@@ -1065,62 +1046,6 @@ int oa_sched_apply_remote_state(oa_sched_t *s, const oa_sched_view_t *v, oa_erro
         anchor_remote(s, v->last_attempt_ms);
     rearm(s);
     return 0;
-}
-
-static int metric_header(oa_buf_t *out, const char *name, const char *type, const char *help)
-{
-    return oa_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out)
-{
-    static const oa_cert_status_t statuses[] = {OA_CERT_GOOD, OA_CERT_REVOKED, OA_CERT_UNKNOWN};
-    static const oa_sched_state_t states[] = {OA_STATE_DISABLED, OA_STATE_PENDING, OA_STATE_VALID,
-                                              OA_STATE_RECOVERING, OA_STATE_INVALIDATED};
-    oa_cert_status_t current = OA_CERT_UNKNOWN;
-    size_t i;
-    int rc = 0;
-
-    expire_if_due(s);
-    if (s->have_cache)
-        current = s->cache.cert_status;
-
-    rc |= metric_header(out, "ocsp_agent_queries_total", "counter", "OCSP query attempts by result.");
-    rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"ok\"} %" PRIu64 "\n", s->count_ok);
-    if (s->count_unknown > 0)
-        rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"%s\"} %" PRIu64 "\n", UNKNOWN_OUTCOME,
-                            s->count_unknown);
-    for (i = 1; i < OA_ERRCODE_COUNT; i++)
-        if (s->count_err[i] > 0)
-            rc |= oa_buf_printf(out, "ocsp_agent_queries_total{result=\"%s\"} %" PRIu64 "\n",
-                                oa_errcode_name((oa_errcode_t)i), s->count_err[i]);
-
-    rc |= metric_header(out, "ocsp_agent_last_success_timestamp_seconds", "gauge",
-                        "Wall-clock time of the last valid answer, 0 when none.");
-    rc |= oa_buf_printf(out, "ocsp_agent_last_success_timestamp_seconds %lld\n", (long long)s->last_success);
-
-    rc |= metric_header(out, "ocsp_agent_staple_expiry_seconds", "gauge",
-                        "Seconds until the cached response's nextUpdate, NaN when there is none.");
-    if (s->have_cache && s->cache.next_update != 0)
-        rc |= oa_buf_printf(out, "ocsp_agent_staple_expiry_seconds %lld\n",
-                            (long long)(s->cache.next_update - now_wall(s)));
-    else
-        rc |= oa_buf_append_str(out, "ocsp_agent_staple_expiry_seconds NaN\n");
-
-    rc |= metric_header(out, "ocsp_agent_cert_status", "gauge", "1 for the certificate status being served.");
-    for (i = 0; i < OA_ARRAY_SIZE(statuses); i++)
-        rc |= oa_buf_printf(out, "ocsp_agent_cert_status{status=\"%s\"} %d\n", oa_cert_status_name(statuses[i]),
-                            statuses[i] == current);
-
-    rc |= metric_header(out, "ocsp_agent_state", "gauge", "1 for the querying engine's current state.");
-    for (i = 0; i < OA_ARRAY_SIZE(states); i++)
-        rc |= oa_buf_printf(out, "ocsp_agent_state{state=\"%s\"} %d\n", oa_sched_state_name(states[i]),
-                            states[i] == s->state);
-
-    rc |= metric_header(out, "ocsp_agent_consecutive_failures", "gauge",
-                        "Scheduled attempts that failed since the last valid answer.");
-    rc |= oa_buf_printf(out, "ocsp_agent_consecutive_failures %d\n", s->consecutive_failures);
-    return rc != 0 ? UV_ENOMEM : 0;
 }
 
 void oa_sched_close(oa_sched_t *s, void (*done)(void *arg), void *arg)

@@ -17,14 +17,6 @@
 
 #include "oa_delivery.h"
 
-typedef enum oa_dtarget_state_e {
-    OA_DTARGET_PENDING,   /* nothing delivered yet for the current generation */
-    OA_DTARGET_DELIVERED, /* the target holds the current staple (or, after a removal, staples nothing) */
-    OA_DTARGET_FAILED,    /* the last try for the current generation failed; last_error says why */
-} oa_dtarget_state_t;
-
-const char *oa_dtarget_state_name(oa_dtarget_state_t s); /* "pending", "delivered", "failed" */
-
 typedef struct oa_dtarget_s oa_dtarget_t;
 
 typedef struct oa_dtarget_ops_s {

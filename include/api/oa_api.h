@@ -3,7 +3,8 @@
  *
  * The API owns what only it needs (the cached body of GET /v1/ocsp, a spare credential check) and sees the daemon
  * through oa_api_backend_t alone: read and update the configuration, the status, a test query, the capability
- * check and the metrics. It never reaches into the daemon's state.
+ * check and the metrics. It never reaches into the daemon's state. The status and the metrics reach it as plain
+ * snapshots (oa_sched_status_t, oa_delivery_status_t); the JSON and the Prometheus text are written here.
  */
 #ifndef OA_API_H
 #define OA_API_H
@@ -13,8 +14,10 @@
 
 #include "oa_auth.h"
 #include "oa_conf.h"
+#include "oa_delivery.h"
 #include "oa_error.h"
 #include "oa_http.h"
+#include "oa_sched.h"
 #include "oa_util.h"
 
 /* Fires once for a configuration update that oa_api_backend_t.conf_put left pending: err NULL when the change is in
@@ -22,8 +25,14 @@
 typedef void (*oa_api_done_cb)(void *arg, const oa_error_t *err);
 
 /* Fires once per test that oa_api_backend_t.test started: err 0 with status (borrowed for the call), or an OA_E_*
- * code with text. */
-typedef void (*oa_api_test_cb)(void *arg, int err, const char *text, json_t *status);
+ * code with text. The same shape as oa_sched_test_cb, so the daemon hands it to the scheduler as it is. */
+typedef void (*oa_api_test_cb)(void *arg, int err, const char *text, const oa_sched_status_t *status);
+
+/* What GET /v1/ocsp/status and /metrics render: the schedule's snapshot and the delivery's. */
+typedef struct oa_api_status_s {
+    oa_sched_status_t sched;
+    oa_delivery_status_t delivery; /* the API frees it with oa_delivery_status_free */
+} oa_api_status_t;
 
 /* What the API asks of the daemon. Every call happens on the loop; data is handed back to each. */
 typedef struct oa_api_backend_s {
@@ -36,13 +45,23 @@ typedef struct oa_api_backend_s {
      * done will fire later (the cluster's store decides). */
     int (*conf_put)(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
                     oa_error_t *err);
-    /* The status object of GET /v1/ocsp/status, delivery included (new reference), or NULL on out of memory. */
-    json_t *(*status)(void *data);
+    /* Fills out with the snapshots GET /v1/ocsp/status and /metrics render. Returns 0, or UV_ENOMEM with nothing
+     * in out to free. */
+    int (*status)(void *data, oa_api_status_t *out);
     /* POST /v1/ocsp/test. Returns 0 (cb will fire), or -1 with err filled when the test cannot start. */
     int (*test)(void *data, oa_api_test_cb cb, void *arg, oa_error_t *err);
     /* 0 when every node supports OCSP, else -1 with OA_E_UNSUPPORTED_BY_CAPABILITY. */
     int (*capability_check)(void *data, oa_error_t *err);
-    /* Appends the daemon's metrics in Prometheus' text format. Returns 0 or UV_ENOMEM. */
+    /*
+     * Appends the daemon's own metric families (reloads; the cluster's, in cluster mode), written with the common
+     * Prometheus writer (oa_prom.h), after the engine's that the API renders from status. Returns 0 or UV_ENOMEM.
+     *
+     * The cluster writes its families itself rather than handing the API a snapshot: its numbers (store, lease,
+     * registry, message and PUT counters) mean something only to the cluster and feed no other output, and the
+     * API may not see cluster headers, so a snapshot would need a copy of the cluster's fields and label names
+     * declared here and translated in the daemon. Sharing the writer keeps one format and one escaping; keeping the
+     * families next to their numbers keeps one place that knows what they mean.
+     */
     int (*metrics)(void *data, oa_buf_t *out);
 } oa_api_backend_t;
 
@@ -83,6 +102,20 @@ void oa_api_respond_json(oa_http_request_t *req, int status, const json_t *body)
 
 /* Answers 200 with the configuration in force (the cached body, rebuilt when the configuration changed). */
 void oa_api_respond_conf(oa_api_t *api, oa_http_request_t *req);
+
+/* The status object (new reference, NULL on out of memory): cert_status, responder_url, the response's times,
+ * state and the operator fields, then `delivery` when delivery is not NULL (GET /v1/ocsp/status; a test's answer
+ * has none). */
+json_t *oa_api_status_json(const oa_sched_status_t *st, const oa_delivery_status_t *delivery);
+/* The status's `delivery` list alone (new reference, NULL on out of memory): per target, target, state,
+ * last_delivery (absent before the first delivery) and last_error (absent when the last try succeeded). */
+json_t *oa_api_delivery_json(const oa_delivery_status_t *delivery);
+
+/* The engine's metric families in Prometheus' text format, appended to out: the schedule's (queries, last success,
+ * staple expiry, cert status, state, consecutive failures) and the delivery's (nothing without a target). Each
+ * returns 0 or UV_ENOMEM. */
+int oa_api_sched_metrics(const oa_sched_status_t *st, oa_buf_t *out);
+int oa_api_delivery_metrics(const oa_delivery_status_t *delivery, oa_buf_t *out);
 
 /* Resource handlers; each answers req exactly once (perhaps later, from a callback). */
 void oa_api_ocsp_config_get(const oa_api_call_t *call);

@@ -5,13 +5,13 @@
  * HAProxy runtime sockets, the `<crt>.ocsp` file HAProxy loads at start-up, a hook program, and the agent's own
  * HTTPS API. Every change of the staple bumps a generation number and is handed to every target; each target
  * delivers it on the loop, never blocking, and reports back. Per target the delivery keeps what the status and the
- * metrics show: state (pending, delivered, failed), last delivery, last error, counters. It logs
- * `staple_delivered` and `staple_delivery_failed` once per change of a target's state, not once per try.
+ * metrics show (state: pending, delivered, failed; last delivery, last error, counters) and hands it out as a
+ * snapshot that the API renders. It logs `staple_delivered` and `staple_delivery_failed` once per change of a
+ * target's state, not once per try.
  */
 #ifndef OA_DELIVERY_H
 #define OA_DELIVERY_H
 
-#include <jansson.h>
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -23,6 +23,14 @@
 #include "oa_util.h"
 
 typedef struct oa_delivery_s oa_delivery_t;
+
+typedef enum oa_dtarget_state_e {
+    OA_DTARGET_PENDING,   /* nothing delivered yet for the current generation */
+    OA_DTARGET_DELIVERED, /* the target holds the current staple (or, after a removal, staples nothing) */
+    OA_DTARGET_FAILED,    /* the last try for the current generation failed; last_error says why */
+} oa_dtarget_state_t;
+
+const char *oa_dtarget_state_name(oa_dtarget_state_t s); /* "pending", "delivered", "failed" */
 
 typedef struct oa_delivery_options_s {
     const char *node_id;     /* for the hook's OCSP_AGENT_NODE_ID; copied */
@@ -66,13 +74,30 @@ const oa_ocsp_result_t *oa_delivery_staple(const oa_delivery_t *d);
  * retries every recovery_frequency, scaled by --time-scale). Applied at start-up and on every configuration change. */
 void oa_delivery_set_retry_ms(oa_delivery_t *d, uint64_t retry_ms);
 
-/* The status's `delivery` array (new reference): one object per target with target, state, last_delivery (RFC 1123,
- * absent before the first delivery) and last_error (absent when the last try succeeded). NULL on out of memory. */
-json_t *oa_delivery_status_json(const oa_delivery_t *d);
+/* One target as the status and the metrics show it. The strings are borrowed from the delivery: read them on the
+ * loop before the targets change (oa_delivery_remove_api, oa_delivery_close) or the target reports again. */
+typedef struct oa_delivery_target_status_s {
+    const char *target;         /* "haproxy:/run/haproxy/admin.sock", "file:...", "hook:...", "api" */
+    oa_dtarget_state_t state;   /* pending too while a target that took the previous staple has not yet
+                                   reported on the current one */
+    time_t last_delivery;       /* wall clock of the last successful try, 0 for none */
+    const char *last_error;     /* NULL when the last try succeeded */
+    bool delivered;             /* the target holds the current staple */
+    uint64_t deliveries_ok;     /* tries by result */
+    uint64_t deliveries_failed;
+} oa_delivery_target_status_t;
 
-/* Appends ocsp_agent_staple_deliveries_total{target,result} and ocsp_agent_staple_delivered{target} in Prometheus'
- * text format. Returns 0 or UV_ENOMEM. */
-int oa_delivery_metrics(const oa_delivery_t *d, oa_buf_t *out);
+/* Every target, in the order they were added. targets is malloc'ed (NULL when count is 0) and the caller's:
+ * oa_delivery_status_free frees it. */
+typedef struct oa_delivery_status_s {
+    oa_delivery_target_status_t *targets;
+    size_t count;
+} oa_delivery_status_t;
+
+/* Fills st with every target's state. Returns 0, or UV_ENOMEM with st empty. */
+int oa_delivery_snapshot(const oa_delivery_t *d, oa_delivery_status_t *st);
+/* Frees st->targets and empties st; NULL-safe and idempotent. */
+void oa_delivery_status_free(oa_delivery_status_t *st);
 
 /* Number of targets, and whether every one holds the current staple (for tests and logs). */
 size_t oa_delivery_target_count(const oa_delivery_t *d);

@@ -1,6 +1,7 @@
 /*
  * The querying engine's schedule (API.md section 4): when to query, what a result does to the cached status, the
- * staple file, recovery and invalidation, explicit tests, the status object and the metrics.
+ * staple file, recovery and invalidation, explicit tests, and the snapshot of its status that the API renders as
+ * the status object and the metrics (the engine formats neither).
  *
  * Timers run on the monotonic clock (uv_now); timestamps shown to operators are wall-clock. --time-scale multiplies
  * query_frequency and recovery_frequency (never response_timeout). Never more than one query in flight. Both clocks
@@ -9,9 +10,9 @@
 #ifndef OA_SCHED_H
 #define OA_SCHED_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 #include <uv.h>
 
 #include "oa_conf.h"
@@ -58,14 +59,45 @@ int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **o
  * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt. */
 void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf);
 
-/* The status object of GET /v1/ocsp/status (new reference): cert_status, responder_url, produced_at, this_update,
- * next_update, revocation_time, state, and operator fields (last_attempt, last_success, last_error_code,
- * last_error, consecutive_failures, recovery_tries, next_query). */
-json_t *oa_sched_status_json(oa_sched_t *s);
+/* The outcome that counts a verified UNKNOWN answer, apart from the error codes: in the log line, the metrics'
+ * result label and last_error_code. */
+#define OA_SCHED_OUTCOME_UNKNOWN "cert_status_unknown"
 
-/* Fires once per oa_sched_test that returned 0: err 0 with status (borrowed: the status object of the fresh
- * answer), or an OA_E_* code (the query's failure, OA_E_TASK_QUEUED_TOO_LONG) with text. */
-typedef void (*oa_sched_test_cb)(void *data, int err, const char *text, json_t *status);
+/*
+ * A plain copy of what GET /v1/ocsp/status, a test's answer and the metrics show; the API renders it. It is not
+ * oa_sched_view_t, the part of the schedule a poller shares: the status adds the response, the counters and the
+ * times an operator reads, and it owns copies of its strings so that every waiter of a test gets the same answer
+ * whatever the callbacks before it did. Only responder_url is borrowed (from the target, which outlives s).
+ */
+typedef struct oa_sched_status_s {
+    oa_sched_state_t state;
+    const char *responder_url; /* "" when there is none */
+    bool have_response;        /* the cached response (or a test's fresh answer) is in response */
+    oa_ocsp_result_t response; /* its parsed fields; der is always NULL: the snapshot holds no bytes */
+    time_t last_attempt;       /* wall clock of the last attempt that counted, 0 for none */
+    time_t last_success;       /* wall clock of the last valid answer, 0 for none */
+    time_t next_query;         /* wall clock of the next scheduled query, 0 when none is scheduled */
+    time_t taken_at;           /* wall clock when the snapshot was taken, for the response's remaining life */
+    bool have_error;           /* the most recent failure, kept after a success (consecutive_failures says so) */
+    char last_error_code[64];
+    char last_error[OA_ERROR_TEXT_MAX];
+    int consecutive_failures;
+    int recovery_tries;
+    int recovery_max_tries;
+    /* Every attempt by outcome, tests included: valid GOOD/REVOKED, verified UNKNOWN, and failures by error code
+     * (index OA_OK stays 0). */
+    uint64_t queries_ok;
+    uint64_t queries_unknown;
+    uint64_t queries_failed[OA_ERRCODE_COUNT];
+} oa_sched_status_t;
+
+/* Fills st with the status as it is now: the cached response, if any, and the operator fields. A cached response
+ * past its nextUpdate is dropped first (its staple removed), so a snapshot never shows an expired one. */
+void oa_sched_snapshot(oa_sched_t *s, oa_sched_status_t *st);
+
+/* Fires once per oa_sched_test that returned 0: err 0 with status (borrowed for the call: the snapshot with the
+ * fresh answer as its response), or an OA_E_* code (the query's failure, OA_E_TASK_QUEUED_TOO_LONG) with text. */
+typedef void (*oa_sched_test_cb)(void *data, int err, const char *text, const oa_sched_status_t *status);
 
 /*
  * POST /v1/ocsp/test: queries now, even while disabled; joins the query in flight if there is one. A GOOD/REVOKED
@@ -74,9 +106,6 @@ typedef void (*oa_sched_test_cb)(void *data, int err, const char *text, json_t *
  * filled when it cannot start (OA_E_NO_RESPONDER_URL).
  */
 int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *err);
-
-/* Appends the Prometheus text exposition of the engine's metrics to out. Returns 0 or UV_ENOMEM. */
-int oa_sched_metrics(oa_sched_t *s, oa_buf_t *out);
 
 /* Fires whenever the cached response changes: res (borrowed for the call) is the response now cached and written
  * to the staple file, or NULL when the cache was dropped and the file removed (invalidation, expiry). Setting the

@@ -17,6 +17,7 @@
 #include "oa_auth.h"
 #include "oa_log.h"
 #include "oa_util.h"
+#include "snapshots.h"
 #include "testnet.h"
 
 /* Any credentials: the open authenticator lets every caller in as "anonymous" with the admin role. */
@@ -90,26 +91,33 @@ static int fake_conf_put(void *data, const char *body, size_t len, const char *u
     }
 }
 
-static json_t *fake_status(void *data)
+static int fake_status(void *data, oa_api_status_t *out)
 {
     fake_t *f = data;
 
     f->statuses++;
-    return json_pack("{s:s, s:s, s:[{s:s, s:s}]}", "cert_status", "GOOD", "state", "valid", "delivery", "target",
-                     "api", "state", "delivered");
+    /* A valid schedule, and the staple delivered to the API's own TLS. */
+    snapshot_cached(&out->sched, OA_CERT_GOOD);
+    out->delivery.count = 1;
+    out->delivery.targets = calloc(1, sizeof(*out->delivery.targets));
+    if (out->delivery.targets == NULL)
+        return UV_ENOMEM;
+    out->delivery.targets[0].target = "api";
+    out->delivery.targets[0].state = OA_DTARGET_DELIVERED;
+    out->delivery.targets[0].delivered = true;
+    return 0;
 }
 
 static int fake_test(void *data, oa_api_test_cb cb, void *arg, oa_error_t *err)
 {
     fake_t *f = data;
-    json_t *status;
+    oa_sched_status_t status;
 
     f->tests++;
     if (f->test_rc != 0)
         return oa_error_set(err, OA_E_NO_RESPONDER_URL, "no responder, says the fake");
-    status = json_pack("{s:s}", "cert_status", "REVOKED");
-    cb(arg, 0, NULL, status);
-    json_decref(status);
+    snapshot_cached(&status, OA_CERT_REVOKED);
+    cb(arg, 0, NULL, &status);
     return 0;
 }
 
@@ -361,6 +369,7 @@ static void test_status_test_and_metrics(void **state)
 {
     fixture_t *f = *state;
     oa_testnet_reply_t r;
+    const char *p;
     json_t *j;
 
     run(f);
@@ -376,6 +385,7 @@ static void test_status_test_and_metrics(void **state)
     assert_int_equal(oa_testnet_http(f->port, "POST", "/v1/ocsp/test", AUTH, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "\"cert_status\":\"REVOKED\""));
+    assert_null(strstr(r.body, "\"delivery\"")); /* a test's answer is about the responder alone */
     f->fake.test_rc = -1;
     assert_int_equal(oa_testnet_http(f->port, "POST", "/v1/ocsp/test", AUTH, NULL, NULL, &r), 0);
     assert_error_code(&r, 500, "no_responder_url");
@@ -383,10 +393,15 @@ static void test_status_test_and_metrics(void **state)
 
     assert_int_equal(oa_testnet_http(f->port, "GET", "/metrics", AUTH, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, "fake_metric 42\n"));
-    /* The API's own: the connection this request came on is open. */
-    assert_non_null(strstr(r.body, "\nocsp_agent_http_connections 1\n"));
+    /* The engine's families from the status snapshot first, then the daemon's own, then the API's: the connection
+     * this request came on is open. */
+    p = strstr(r.body, "\nocsp_agent_state{state=\"valid\"} 1\n");
+    assert_non_null(p);
+    assert_non_null(strstr(r.body, "\nocsp_agent_staple_delivered{target=\"api\"} 1\n"));
+    assert_true(strstr(r.body, "fake_metric 42\n") > p);
+    assert_true(strstr(r.body, "\nocsp_agent_http_connections 1\n") > strstr(r.body, "fake_metric 42\n"));
     assert_int_equal(f->fake.metrics, 1);
+    assert_int_equal(f->fake.statuses, 2);
 }
 
 int main(void)

@@ -159,18 +159,18 @@ void ctx_close(ctx_t *c)
 /* The hook target's deliveries_total for result "ok" or "error". */
 uint64_t count(const ctx_t *c, const char *result)
 {
-    oa_buf_t b;
-    char key[64];
-    const char *p;
+    oa_delivery_status_t st;
     uint64_t n = 0;
 
-    oa_buf_init(&b);
-    assert_int_equal(oa_delivery_metrics(c->d, &b), 0);
-    snprintf(key, sizeof(key), "result=\"%s\"} ", result);
-    p = strstr(b.data, key);
-    assert_non_null(p);
-    n = strtoull(p + strlen(key), NULL, 10);
-    oa_buf_free(&b);
+    assert_int_equal(oa_delivery_snapshot(c->d, &st), 0);
+    assert_int_equal(st.count, 1);
+    if (strcmp(result, "ok") == 0)
+        n = st.targets[0].deliveries_ok;
+    else if (strcmp(result, "error") == 0)
+        n = st.targets[0].deliveries_failed;
+    else
+        fail_msg("no result \"%s\"", result);
+    oa_delivery_status_free(&st);
     return n;
 }
 
@@ -190,17 +190,16 @@ void wait_tries(ctx_t *c, uint64_t n, uint64_t timeout_ms)
 /* The state and last_error (or "") of the one target, copied into the caller's buffers. */
 void target_status(const ctx_t *c, char *state, char *last_error, char *name)
 {
-    json_t *list = oa_delivery_status_json(c->d), *o;
+    oa_delivery_status_t st;
 
-    assert_non_null(list);
-    assert_int_equal(json_array_size(list), 1);
-    o = json_array_get(list, 0);
-    snprintf(state, 32, "%s", json_string_value(json_object_get(o, "state")));
+    assert_int_equal(oa_delivery_snapshot(c->d, &st), 0);
+    assert_int_equal(st.count, 1);
+    snprintf(state, 32, "%s", oa_dtarget_state_name(st.targets[0].state));
     snprintf(last_error, OA_DTARGET_ERROR_MAX, "%s",
-             json_object_get(o, "last_error") != NULL ? json_string_value(json_object_get(o, "last_error")) : "");
+             st.targets[0].last_error != NULL ? st.targets[0].last_error : "");
     if (name != NULL)
-        snprintf(name, 512, "%s", json_string_value(json_object_get(o, "target")));
-    json_decref(list);
+        snprintf(name, 512, "%s", st.targets[0].target);
+    oa_delivery_status_free(&st);
 }
 
 /* The log lines written since mark (a length of log_text), and the length now. */

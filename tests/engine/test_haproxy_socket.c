@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/ocsp.h>
@@ -461,15 +460,13 @@ static void make_staple(bench_t *b, long next_offset, int cert_status, oa_ocsp_r
 /* The target's status object (the bench has one target): state and last_error into the buffers. */
 static void target_status(bench_t *b, char *state, size_t state_len, char *error, size_t error_len)
 {
-    json_t *list = oa_delivery_status_json(b->d), *o, *v;
+    oa_delivery_status_t st;
 
-    assert_non_null(list);
-    assert_int_equal(json_array_size(list), 1);
-    o = json_array_get(list, 0);
-    snprintf(state, state_len, "%s", json_string_value(json_object_get(o, "state")));
-    v = json_object_get(o, "last_error");
-    snprintf(error, error_len, "%s", v != NULL ? json_string_value(v) : "");
-    json_decref(list);
+    assert_int_equal(oa_delivery_snapshot(b->d, &st), 0);
+    assert_int_equal(st.count, 1);
+    snprintf(state, state_len, "%s", oa_dtarget_state_name(st.targets[0].state));
+    snprintf(error, error_len, "%s", st.targets[0].last_error != NULL ? st.targets[0].last_error : "");
+    oa_delivery_status_free(&st);
 }
 
 static int is_state(bench_t *b, const char *want)
@@ -551,7 +548,7 @@ static void push_delivered(int is_unix)
 {
     bench_t b;
     oa_ocsp_result_t res;
-    json_t *list;
+    oa_delivery_status_t list;
     char name[200];
 
     bench_init(&b, is_unix);
@@ -559,10 +556,10 @@ static void push_delivered(int is_unix)
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
     certid_hex(&res, b.fake.certid);
-    list = oa_delivery_status_json(b.d);
+    assert_int_equal(oa_delivery_snapshot(b.d, &list), 0);
     snprintf(name, sizeof(name), "haproxy:%s", b.spec);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "target")), name);
-    json_decref(list);
+    assert_string_equal(list.targets[0].target, name);
+    oa_delivery_status_free(&list);
     assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
     assert_true(bench_run_until(&b, delivered, 2000));
     assert_true(oa_delivery_all_delivered(b.d));
@@ -601,7 +598,7 @@ static void test_target_name_and_specs(void **state)
                                       "127.0.0.1:70000", "[::1]80", ""};
     bench_t b;
     oa_error_t err;
-    json_t *list;
+    oa_delivery_status_t list;
     size_t i;
 
     (void)state;
@@ -612,13 +609,12 @@ static void test_target_name_and_specs(void **state)
     }
     assert_int_equal(oa_delivery_add_haproxy_socket(b.d, "[::1]:9999", &err), 0);
     assert_int_equal(oa_delivery_add_haproxy_socket(b.d, "/run/haproxy/admin.sock", &err), 0);
-    list = oa_delivery_status_json(b.d);
-    assert_int_equal(json_array_size(list), 2);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "target")), "haproxy:[::1]:9999");
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "target")),
-                        "haproxy:/run/haproxy/admin.sock");
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "state")), "pending");
-    json_decref(list);
+    assert_int_equal(oa_delivery_snapshot(b.d, &list), 0);
+    assert_int_equal(list.count, 2);
+    assert_string_equal(list.targets[0].target, "haproxy:[::1]:9999");
+    assert_string_equal(list.targets[1].target, "haproxy:/run/haproxy/admin.sock");
+    assert_string_equal(oa_dtarget_state_name(list.targets[1].state), "pending");
+    oa_delivery_status_free(&list);
     bench_free(&b);
 }
 
