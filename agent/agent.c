@@ -475,22 +475,24 @@ static void api_conf_get(void *data, const oa_conf_t **conf, const char **respon
     *responder_url = a->responder_url;
 }
 
-/* Validated here against the configuration in force, so that a bad body is a 400 and a body that changes nothing
- * a 200 even while the cluster's store is out of reach; a change in cluster mode goes to the store, which applies
- * it here through on_cluster_conf once it holds it. */
+/* Validated here, once, so that a bad body is a 400 and a body that changes nothing in force a 200 even while the
+ * cluster's store is out of reach; a change in cluster mode goes to the store as the validated patch, which the
+ * cluster applies to the store's latest configuration and puts in force here through on_cluster_conf. */
 static int api_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
                         oa_error_t *err)
 {
     oa_agent_t *a = data;
-    unsigned changed = 0;
+    oa_conf_patch_t patch;
+    unsigned changed;
     oa_conf_t next;
     int rc;
 
     oa_error_clear(err);
-    if (oa_conf_patch(&a->conf, a->responder_url, body, len, &next, &changed, err) != 0)
+    if (oa_conf_patch_parse(a->responder_url, body, len, &patch, err) != 0)
         return 0;
+    changed = oa_conf_patch_apply(&patch, &a->conf, &next);
     if (a->cluster != NULL && changed != 0) {
-        rc = oa_cluster_conf_put(a->cluster, body, len, a->responder_url, user, done, arg, err);
+        rc = oa_cluster_conf_put(a->cluster, &patch, user, done, arg, err);
         if (rc == 0)
             return 1;
         if (rc == 1)

@@ -167,12 +167,12 @@ unsigned cluster_backoff_next(unsigned backoff_ms);
 /* The integer member key of o, or dflt when o has none (or o is not an object). */
 int64_t cluster_json_int(json_t *o, const char *key, int64_t dflt);
 
-/* The stored form of a configuration: the five settable keys as compact JSON, without responder_url, which is each
- * node's own. Returns a string to free, or NULL when out of memory. */
+/* The stored form of a configuration (oa_conf_stored_json): the five settable keys as compact JSON, without
+ * responder_url, which is each node's own. Returns a string to free, or NULL when out of memory. */
 char *cluster_conf_encode(const oa_conf_t *conf);
 
-/* Reads a stored configuration strictly: all five keys present, each of its type and in range. Returns 0 with *out
- * filled, or -1 (out untouched). o is borrowed; NULL gives -1. */
+/* Reads a stored configuration with oa_conf_from_stored: all five keys present, each of its type and in range,
+ * other members ignored. Returns 0 with *out filled, or -1 (out untouched). o is borrowed; NULL gives -1. */
 int cluster_conf_decode_json(json_t *o, oa_conf_t *out);
 
 /* The same from text (len bytes). */

@@ -20,12 +20,11 @@ int64_t cluster_json_int(json_t *o, const char *key, int64_t dflt)
 
 char *cluster_conf_encode(const oa_conf_t *conf)
 {
-    json_t *o = oa_conf_to_json(conf, NULL);
+    json_t *o = oa_conf_stored_json(conf);
     char *s;
 
     if (o == NULL)
         return NULL;
-    json_object_del(o, "responder_url");
     s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;
@@ -33,38 +32,9 @@ char *cluster_conf_encode(const oa_conf_t *conf)
 
 int cluster_conf_decode_json(json_t *o, oa_conf_t *out)
 {
-    static const struct {
-        const char *key;
-        size_t off;
-        int min, max;
-    } ints[] = {
-        {"query_frequency", offsetof(oa_conf_t, query_frequency), OA_CONF_QUERY_FREQUENCY_MIN,
-         OA_CONF_QUERY_FREQUENCY_MAX},
-        {"response_timeout", offsetof(oa_conf_t, response_timeout), OA_CONF_RESPONSE_TIMEOUT_MIN,
-         OA_CONF_RESPONSE_TIMEOUT_MAX},
-        {"recovery_frequency", offsetof(oa_conf_t, recovery_frequency), OA_CONF_RECOVERY_FREQUENCY_MIN,
-         OA_CONF_RECOVERY_FREQUENCY_MAX},
-        {"recovery_max_tries", offsetof(oa_conf_t, recovery_max_tries), OA_CONF_RECOVERY_MAX_TRIES_MIN,
-         OA_CONF_RECOVERY_MAX_TRIES_MAX},
-    };
-    oa_conf_t c;
-    json_t *v;
-    size_t i;
+    oa_error_t err;
 
-    if (!json_is_object(o))
-        return -1;
-    v = json_object_get(o, "ocsp_functionality");
-    if (!json_is_boolean(v))
-        return -1;
-    c.ocsp_functionality = json_is_true(v);
-    for (i = 0; i < OA_ARRAY_SIZE(ints); i++) {
-        v = json_object_get(o, ints[i].key);
-        if (!json_is_integer(v) || json_integer_value(v) < ints[i].min || json_integer_value(v) > ints[i].max)
-            return -1;
-        *(int *)((char *)&c + ints[i].off) = (int)json_integer_value(v);
-    }
-    *out = c;
-    return 0;
+    return oa_conf_from_stored(o, out, &err);
 }
 
 int cluster_conf_decode(const char *text, size_t len, oa_conf_t *out)

@@ -1,7 +1,8 @@
 /*
- * PUT /v1/ocsp in cluster mode: the body is validated against the latest known configuration and written with the
- * compare-and-set script (cluster_lua_conf_cas); a write of another node that came first is put in force and the
- * body judged again against it, for at most CLUSTER_PUT_MAX_ROUNDS rounds, all within CLUSTER_PUT_TIMEOUT_MS.
+ * PUT /v1/ocsp in cluster mode: the patch the daemon validated is applied to the latest known configuration and the
+ * result written with the compare-and-set script (cluster_lua_conf_cas); a write of another node that came first is
+ * put in force and the patch applied again on top of it, for at most CLUSTER_PUT_MAX_ROUNDS rounds, all within
+ * CLUSTER_PUT_TIMEOUT_MS.
  *
  * A put is answered once (its callback fires) and lives on until the reply to its last EVAL has come back, because
  * a write confirmed after the answer "not confirmed in time" is still put in force here.
@@ -18,9 +19,7 @@
 struct cluster_put_s {
     oa_cluster_t *cluster;
     cluster_put_t *prev, *next;
-    char *body;
-    size_t len;
-    char *responder_url;
+    oa_conf_patch_t patch;
     char *user;
     oa_cluster_put_cb cb;
     void *data;
@@ -37,8 +36,6 @@ static void put_maybe_free(cluster_put_t *p)
 {
     if (p->reply_owed || !p->timer_closed)
         return;
-    free(p->body);
-    free(p->responder_url);
     free(p->user);
     free(p);
 }
@@ -148,7 +145,7 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
         put_maybe_free(p);
         return;
     }
-    /* Another node's change came first: take it, then judge the request again against it. */
+    /* Another node's change came first: take it, then apply the patch again on top of it. */
     c->put_counts[CLUSTER_PUT_CONFLICT_RETRY]++;
     if (cas.conf_len > 0 && cluster_conf_decode(cas.conf, cas.conf_len, &stored) == 0 &&
         cluster_conf_is_news(&pos, cas.epoch, cas.version))
@@ -165,8 +162,8 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
         put_answer(p, rc > 0 ? NULL : &err);
 }
 
-/* Validates the body against the latest configuration and sends the compare-and-set. 1 when there is nothing to
- * write, 0 when sent, -1 with err filled. */
+/* Applies the patch to the latest configuration and sends the compare-and-set. 1 when there is nothing to write,
+ * 0 when sent, -1 with err filled. */
 static int put_attempt(cluster_put_t *p, oa_error_t *err)
 {
     oa_cluster_t *c = p->cluster;
@@ -177,9 +174,7 @@ static int put_attempt(cluster_put_t *p, oa_error_t *err)
     if (r == NULL || !c->synced)
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration "
                                                          "cannot be changed now.");
-    if (oa_conf_patch(&c->conf, p->responder_url, p->body != NULL ? p->body : "", p->len, &p->next_conf,
-                      &p->changed, err) != 0)
-        return -1;
+    p->changed = oa_conf_patch_apply(&p->patch, &c->conf, &p->next_conf);
     if (p->changed == 0)
         return 1;
     json = cluster_conf_encode(&p->next_conf);
@@ -197,8 +192,8 @@ static int put_attempt(cluster_put_t *p, oa_error_t *err)
     return 0;
 }
 
-int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const char *responder_url, const char *user,
-                        oa_cluster_put_cb cb, void *data, oa_error_t *err)
+int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user, oa_cluster_put_cb cb,
+                        void *data, oa_error_t *err)
 {
     cluster_put_t *p;
     int rc;
@@ -214,20 +209,12 @@ int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const cha
     p->cluster = c;
     p->cb = cb;
     p->data = data;
-    p->len = len;
-    p->body = malloc(len + 1);
-    p->responder_url = strdup(responder_url != NULL ? responder_url : "");
+    p->patch = *patch;
     p->user = strdup(user != NULL ? user : "");
-    if (p->body == NULL || p->responder_url == NULL || p->user == NULL) {
-        free(p->body);
-        free(p->responder_url);
-        free(p->user);
+    if (p->user == NULL) {
         free(p);
         return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
     }
-    if (len > 0)
-        memcpy(p->body, body, len);
-    p->body[len] = '\0';
     uv_timer_init(c->loop, &p->timeout);
     p->next = c->puts;
     if (c->puts != NULL)

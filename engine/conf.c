@@ -13,48 +13,120 @@
 /* Keys and values quoted inside an error sentence are cut to this many bytes of output. */
 #define QUOTE_MAX 64
 
-/* The four integer settings, in the order of the API object, with their ranges and change bits. */
-static const struct {
+/*
+ * The keys of the API object, in its order, with everything the module knows about each: where it lives in
+ * oa_conf_t, its range and default, and its change bit. Defaults, the API object, the strict reading of a PUT body,
+ * the persisted file and the cluster's stored form all come from this one table.
+ *
+ * responder_url is in the API object and may appear in a PUT body, but it is not a setting: it has no field, no
+ * default and no change bit, and neither the file nor the store holds it.
+ */
+typedef enum key_kind_e {
+    KEY_BOOL,     /* a bool field; min, max and dflt are 0 or 1 */
+    KEY_INT,      /* an int field within min..max */
+    KEY_READ_ONLY /* responder_url: shown and compared, never stored */
+} key_kind_t;
+
+typedef struct conf_key_s {
     const char *name;
+    key_kind_t kind;
     size_t offset;
-    int min, max;
+    int min, max, dflt;
     unsigned flag;
-} int_keys[] = {
-    {"query_frequency", offsetof(oa_conf_t, query_frequency), OA_CONF_QUERY_FREQUENCY_MIN,
-     OA_CONF_QUERY_FREQUENCY_MAX, OA_CONF_F_QUERY_FREQUENCY},
-    {"response_timeout", offsetof(oa_conf_t, response_timeout), OA_CONF_RESPONSE_TIMEOUT_MIN,
-     OA_CONF_RESPONSE_TIMEOUT_MAX, OA_CONF_F_RESPONSE_TIMEOUT},
-    {"recovery_frequency", offsetof(oa_conf_t, recovery_frequency), OA_CONF_RECOVERY_FREQUENCY_MIN,
-     OA_CONF_RECOVERY_FREQUENCY_MAX, OA_CONF_F_RECOVERY_FREQUENCY},
-    {"recovery_max_tries", offsetof(oa_conf_t, recovery_max_tries), OA_CONF_RECOVERY_MAX_TRIES_MIN,
-     OA_CONF_RECOVERY_MAX_TRIES_MAX, OA_CONF_F_RECOVERY_MAX_TRIES},
+} conf_key_t;
+
+static const conf_key_t keys[] = {
+    {"ocsp_functionality", KEY_BOOL, offsetof(oa_conf_t, ocsp_functionality), 0, 1, 0, OA_CONF_F_OCSP_FUNCTIONALITY},
+    {"responder_url", KEY_READ_ONLY, 0, 0, 0, 0, 0},
+    {"query_frequency", KEY_INT, offsetof(oa_conf_t, query_frequency), OA_CONF_QUERY_FREQUENCY_MIN,
+     OA_CONF_QUERY_FREQUENCY_MAX, 3600, OA_CONF_F_QUERY_FREQUENCY},
+    {"response_timeout", KEY_INT, offsetof(oa_conf_t, response_timeout), OA_CONF_RESPONSE_TIMEOUT_MIN,
+     OA_CONF_RESPONSE_TIMEOUT_MAX, 1, OA_CONF_F_RESPONSE_TIMEOUT},
+    {"recovery_frequency", KEY_INT, offsetof(oa_conf_t, recovery_frequency), OA_CONF_RECOVERY_FREQUENCY_MIN,
+     OA_CONF_RECOVERY_FREQUENCY_MAX, 60, OA_CONF_F_RECOVERY_FREQUENCY},
+    {"recovery_max_tries", KEY_INT, offsetof(oa_conf_t, recovery_max_tries), OA_CONF_RECOVERY_MAX_TRIES_MIN,
+     OA_CONF_RECOVERY_MAX_TRIES_MAX, 5, OA_CONF_F_RECOVERY_MAX_TRIES},
 };
 
-static int *int_field(oa_conf_t *c, size_t i)
+/* The value of a setting as an int (a bool reads as 0 or 1). */
+static int key_get(const oa_conf_t *c, const conf_key_t *k)
 {
-    return (int *)((char *)c + int_keys[i].offset);
+    const char *field = (const char *)c + k->offset;
+
+    return k->kind == KEY_BOOL ? (int)*(const bool *)field : *(const int *)field;
 }
 
-static int int_field_get(const oa_conf_t *c, size_t i)
+static void key_set(oa_conf_t *c, const conf_key_t *k, int v)
 {
-    return *(const int *)((const char *)c + int_keys[i].offset);
+    char *field = (char *)c + k->offset;
+
+    if (k->kind == KEY_BOOL)
+        *(bool *)field = v != 0;
+    else
+        *(int *)field = v;
+}
+
+static const conf_key_t *key_find(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    }
+    return NULL;
 }
 
 void oa_conf_defaults(oa_conf_t *c)
 {
-    c->ocsp_functionality = false;
-    c->query_frequency = 3600;
-    c->response_timeout = 1;
-    c->recovery_frequency = 60;
-    c->recovery_max_tries = 5;
+    size_t i;
+
+    for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind != KEY_READ_ONLY)
+            key_set(c, &keys[i], keys[i].dflt);
+    }
+}
+
+/* The JSON value of key k (new reference, NULL on allocation failure); responder_url's is url. */
+static json_t *key_json(const oa_conf_t *c, const conf_key_t *k, const char *url)
+{
+    switch (k->kind) {
+    case KEY_BOOL:
+        return json_boolean(key_get(c, k));
+    case KEY_INT:
+        return json_integer(key_get(c, k));
+    case KEY_READ_ONLY:
+        break;
+    }
+    return json_string(url);
+}
+
+/* The settings of c in table order, with responder_url where the table has it when url is not NULL. */
+static json_t *conf_object(const oa_conf_t *c, const char *url)
+{
+    json_t *obj = json_object();
+    size_t i;
+
+    for (i = 0; obj != NULL && i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind == KEY_READ_ONLY && url == NULL)
+            continue;
+        /* json_object_set_new takes the value even when it fails, and fails on a NULL one. */
+        if (json_object_set_new(obj, keys[i].name, key_json(c, &keys[i], url)) != 0) {
+            json_decref(obj);
+            obj = NULL;
+        }
+    }
+    return obj;
 }
 
 json_t *oa_conf_to_json(const oa_conf_t *c, const char *responder_url)
 {
-    return json_pack("{s:b, s:s, s:i, s:i, s:i, s:i}", "ocsp_functionality", (int)c->ocsp_functionality,
-                     "responder_url", responder_url != NULL ? responder_url : "", "query_frequency",
-                     c->query_frequency, "response_timeout", c->response_timeout, "recovery_frequency",
-                     c->recovery_frequency, "recovery_max_tries", c->recovery_max_tries);
+    return conf_object(c, responder_url != NULL ? responder_url : "");
+}
+
+json_t *oa_conf_stored_json(const oa_conf_t *c)
+{
+    return conf_object(c, NULL);
 }
 
 /*
@@ -131,37 +203,30 @@ static const char *type_phrase(const json_t *v)
 }
 
 /*
- * Applies one of the five settable keys to c after checking its type and range. Returns 0, or -1 with err filled
- * (OA_E_INVALID_SCHEMA) for a wrong value or a key that is not one of the five.
+ * Sets the setting k of c from v after checking its type and range. Returns 0, or -1 with err filled
+ * (OA_E_INVALID_SCHEMA) naming the key and what was wrong with the value.
  */
-static int apply_key(oa_conf_t *c, const char *key, const json_t *v, oa_error_t *err)
+static int read_key(oa_conf_t *c, const conf_key_t *k, const json_t *v, oa_error_t *err)
 {
-    char q[QUOTE_MAX + 8];
     json_int_t n;
-    size_t i;
 
-    if (strcmp(key, "ocsp_functionality") == 0) {
+    if (k->kind == KEY_BOOL) {
         if (!json_is_boolean(v))
-            return oa_error_set(err, OA_E_INVALID_SCHEMA, "ocsp_functionality: must be true or false, got %s",
+            return oa_error_set(err, OA_E_INVALID_SCHEMA, "%s: must be true or false, got %s", k->name,
                                 type_phrase(v));
-        c->ocsp_functionality = json_is_true(v);
+        key_set(c, k, json_is_true(v));
         return 0;
     }
-    for (i = 0; i < OA_ARRAY_SIZE(int_keys); i++) {
-        if (strcmp(key, int_keys[i].name) != 0)
-            continue;
-        if (!json_is_integer(v))
-            return oa_error_set(err, OA_E_INVALID_SCHEMA, "%s: must be an integer from %d to %d, got %s",
-                                int_keys[i].name, int_keys[i].min, int_keys[i].max, type_phrase(v));
-        n = json_integer_value(v);
-        if (n < int_keys[i].min || n > int_keys[i].max)
-            return oa_error_set(err, OA_E_INVALID_SCHEMA,
-                                "%s: must be an integer from %d to %d, got %" JSON_INTEGER_FORMAT, int_keys[i].name,
-                                int_keys[i].min, int_keys[i].max, n);
-        *int_field(c, i) = (int)n;
-        return 0;
-    }
-    return oa_error_set(err, OA_E_INVALID_SCHEMA, "unknown key \"%s\"", quote_for_error(key, strlen(key), q));
+    if (!json_is_integer(v))
+        return oa_error_set(err, OA_E_INVALID_SCHEMA, "%s: must be an integer from %d to %d, got %s", k->name, k->min,
+                            k->max, type_phrase(v));
+    n = json_integer_value(v);
+    if (n < k->min || n > k->max)
+        return oa_error_set(err, OA_E_INVALID_SCHEMA,
+                            "%s: must be an integer from %d to %d, got %" JSON_INTEGER_FORMAT, k->name, k->min,
+                            k->max, n);
+    key_set(c, k, (int)n);
+    return 0;
 }
 
 /* responder_url is read-only: it may appear in a body only with exactly its current value. */
@@ -180,16 +245,67 @@ static int check_responder_url(const char *current, const json_t *v, oa_error_t 
     return 0;
 }
 
+/*
+ * What sets the three readers of a configuration object apart. A PUT body and the file are partial (an absent key
+ * keeps the value it had) and refuse any member they do not know; the store's form is whole and ignores members it
+ * does not know, so that a store written by a later version with more keys stays readable here.
+ */
+typedef struct form_s {
+    const char *url; /* a PUT body: responder_url may be sent with this value; NULL: it is not a key of the form */
+    bool whole;      /* every setting must be present */
+    bool lenient;    /* unknown members are ignored rather than refused */
+    bool versioned;  /* the file: "version" must be CONF_FILE_VERSION */
+} form_t;
+
+/*
+ * Reads the members of the object root into c, as form says, and adds the change bits of the settings it carried to
+ * *set. Returns 0, or -1 with err filled (OA_E_INVALID_SCHEMA) for the first member in the object's order that is
+ * wrong; c may then hold some of the values already read.
+ */
+static int read_object(const json_t *root, const form_t *form, oa_conf_t *c, unsigned *set, oa_error_t *err)
+{
+    char q[QUOTE_MAX + 8];
+    const conf_key_t *k;
+    const char *key;
+    json_t *v;
+    size_t i;
+
+    json_object_foreach((json_t *)root, key, v) {
+        k = key_find(key);
+        if (k != NULL && k->kind == KEY_READ_ONLY && form->url != NULL) {
+            if (check_responder_url(form->url, v, err) != 0)
+                return -1;
+            continue;
+        }
+        if (k != NULL && k->kind != KEY_READ_ONLY) {
+            if (read_key(c, k, v, err) != 0)
+                return -1;
+            *set |= k->flag;
+            continue;
+        }
+        if (form->versioned && strcmp(key, "version") == 0) {
+            if (!json_is_integer(v) || json_integer_value(v) != CONF_FILE_VERSION)
+                return oa_error_set(err, OA_E_INVALID_SCHEMA, "version: must be %d", CONF_FILE_VERSION);
+            continue;
+        }
+        if (!form->lenient)
+            return oa_error_set(err, OA_E_INVALID_SCHEMA, "unknown key \"%s\"", quote_for_error(key, strlen(key), q));
+    }
+    for (i = 0; form->whole && i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind != KEY_READ_ONLY && !(*set & keys[i].flag))
+            return oa_error_set(err, OA_E_INVALID_SCHEMA, "%s: missing", keys[i].name);
+    }
+    return 0;
+}
+
 unsigned oa_conf_diff(const oa_conf_t *a, const oa_conf_t *b)
 {
     unsigned mask = 0;
     size_t i;
 
-    if (a->ocsp_functionality != b->ocsp_functionality)
-        mask |= OA_CONF_F_OCSP_FUNCTIONALITY;
-    for (i = 0; i < OA_ARRAY_SIZE(int_keys); i++) {
-        if (int_field_get(a, i) != int_field_get(b, i))
-            mask |= int_keys[i].flag;
+    for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind != KEY_READ_ONLY && key_get(a, &keys[i]) != key_get(b, &keys[i]))
+            mask |= keys[i].flag;
     }
     return mask;
 }
@@ -220,40 +336,30 @@ static json_t *load_object(const char *text, size_t len, const char *what, oa_er
     return root;
 }
 
-int oa_conf_patch(const oa_conf_t *cur, const char *responder_url, const char *body, size_t len, oa_conf_t *out,
-                  unsigned *changed, oa_error_t *err)
+int oa_conf_patch_parse(const char *responder_url, const char *body, size_t len, oa_conf_patch_t *out,
+                        oa_error_t *err)
 {
-    const char *url = responder_url != NULL ? responder_url : "";
-    json_t *root = NULL, *v;
-    const char *key;
-    oa_conf_t next;
-    int enabling = 0, rc = -1;
+    const form_t form = {.url = responder_url != NULL ? responder_url : ""};
+    oa_conf_patch_t p = {.set = 0};
+    json_t *root = NULL;
+    int rc = -1;
 
     root = load_object(body, len, "body", OA_E_INVALID_SCHEMA, err);
     if (root == NULL)
         goto out;
-    next = *cur;
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "responder_url") == 0) {
-            if (check_responder_url(url, v, err) != 0)
-                goto out;
-            continue;
-        }
-        if (apply_key(&next, key, v, err) != 0)
-            goto out;
-        if (strcmp(key, "ocsp_functionality") == 0 && json_is_true(v))
-            enabling = 1;
-    }
+    /* The values of the keys the body leaves out are never read; defaults keep the struct fully initialised. */
+    oa_conf_defaults(&p.values);
+    if (read_object(root, &form, &p.values, &p.set, err) != 0)
+        goto out;
     /* Checked only after every key passed, so a body with both a schema problem and a missing URL reports the
      * schema problem, which the client can fix by itself. */
-    if (enabling && url[0] == '\0') {
+    if ((p.set & OA_CONF_F_OCSP_FUNCTIONALITY) && p.values.ocsp_functionality && form.url[0] == '\0') {
         oa_error_set(err, OA_E_NO_RESPONDER_URL,
                      "ocsp_functionality: cannot be enabled because responder_url is empty "
                      "(the proxy certificate names no OCSP responder)");
         goto out;
     }
-    *changed = oa_conf_diff(cur, &next);
-    *out = next;
+    *out = p;
     rc = 0;
 
 out:
@@ -261,45 +367,78 @@ out:
     return rc;
 }
 
+unsigned oa_conf_patch_apply(const oa_conf_patch_t *p, const oa_conf_t *cur, oa_conf_t *out)
+{
+    oa_conf_t next = *cur;
+    unsigned changed;
+    size_t i;
+
+    for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind != KEY_READ_ONLY && (p->set & keys[i].flag))
+            key_set(&next, &keys[i], key_get(&p->values, &keys[i]));
+    }
+    /* Compared before *out is written: out may be cur. */
+    changed = oa_conf_diff(cur, &next);
+    *out = next;
+    return changed;
+}
+
+int oa_conf_patch(const oa_conf_t *cur, const char *responder_url, const char *body, size_t len, oa_conf_t *out,
+                  unsigned *changed, oa_error_t *err)
+{
+    oa_conf_patch_t p;
+
+    if (oa_conf_patch_parse(responder_url, body, len, &p, err) != 0)
+        return -1;
+    *changed = oa_conf_patch_apply(&p, cur, out);
+    return 0;
+}
+
 void oa_conf_changed_names(unsigned changed, char *out, size_t outlen)
 {
-    static const struct {
-        unsigned flag;
-        const char *name;
-    } names[] = {
-        {OA_CONF_F_OCSP_FUNCTIONALITY, "ocsp_functionality"}, {OA_CONF_F_QUERY_FREQUENCY, "query_frequency"},
-        {OA_CONF_F_RESPONSE_TIMEOUT, "response_timeout"},     {OA_CONF_F_RECOVERY_FREQUENCY, "recovery_frequency"},
-        {OA_CONF_F_RECOVERY_MAX_TRIES, "recovery_max_tries"},
-    };
     size_t i, used = 0, need;
 
     if (outlen == 0)
         return;
     out[0] = '\0';
-    for (i = 0; i < OA_ARRAY_SIZE(names); i++) {
-        if (!(changed & names[i].flag))
+    for (i = 0; i < OA_ARRAY_SIZE(keys); i++) {
+        if (keys[i].kind == KEY_READ_ONLY || !(changed & keys[i].flag))
             continue;
         /* A name that does not fit whole is left out, so a short buffer never holds half a key. */
-        need = (used > 0 ? 1 : 0) + strlen(names[i].name);
+        need = (used > 0 ? 1 : 0) + strlen(keys[i].name);
         if (need >= outlen - used)
             return;
-        snprintf(out + used, outlen - used, "%s%s", used > 0 ? "," : "", names[i].name);
+        snprintf(out + used, outlen - used, "%s%s", used > 0 ? "," : "", keys[i].name);
         used += need;
     }
+}
+
+int oa_conf_from_stored(const json_t *o, oa_conf_t *out, oa_error_t *err)
+{
+    const form_t form = {.whole = true, .lenient = true};
+    unsigned set = 0;
+    oa_conf_t c;
+
+    if (!json_is_object(o))
+        return oa_error_set(err, OA_E_INVALID_SCHEMA, "not a JSON object");
+    oa_conf_defaults(&c);
+    if (read_object(o, &form, &c, &set, err) != 0)
+        return -1;
+    *out = c;
+    return 0;
 }
 
 int oa_conf_save(const char *path, const oa_conf_t *c)
 {
     oa_buf_t file = {0};
-    json_t *obj = NULL;
+    json_t *obj = NULL, *settings = NULL;
     char *text = NULL;
     int rc = UV_ENOMEM;
 
-    obj = json_pack("{s:i, s:b, s:i, s:i, s:i, s:i}", "version", CONF_FILE_VERSION, "ocsp_functionality",
-                    (int)c->ocsp_functionality, "query_frequency", c->query_frequency, "response_timeout",
-                    c->response_timeout, "recovery_frequency", c->recovery_frequency, "recovery_max_tries",
-                    c->recovery_max_tries);
-    if (obj == NULL)
+    /* "version" first, so that a reader of the file sees at once which layout follows. */
+    obj = json_pack("{s:i}", "version", CONF_FILE_VERSION);
+    settings = oa_conf_stored_json(c);
+    if (obj == NULL || settings == NULL || json_object_update(obj, settings) != 0)
         goto out;
     text = json_dumps(obj, JSON_INDENT(2));
     if (text == NULL)
@@ -312,16 +451,18 @@ int oa_conf_save(const char *path, const oa_conf_t *c)
 out:
     oa_buf_free(&file);
     free(text);
+    json_decref(settings);
     json_decref(obj);
     return rc;
 }
 
 int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err)
 {
+    const form_t form = {.versioned = true};
     oa_buf_t buf = {0};
-    json_t *root = NULL, *v;
+    json_t *root = NULL;
+    unsigned set = 0;
     oa_error_t why;
-    const char *key;
     oa_conf_t c;
     int rc;
 
@@ -338,18 +479,9 @@ int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err)
     if (root == NULL)
         goto out;
     oa_conf_defaults(&c);
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "version") == 0) {
-            if (!json_is_integer(v) || json_integer_value(v) != CONF_FILE_VERSION) {
-                oa_error_set(err, OA_E_BAD_FILE, "%s: version: must be %d", path, CONF_FILE_VERSION);
-                goto out;
-            }
-            continue;
-        }
-        if (apply_key(&c, key, v, &why) != 0) {
-            oa_error_set(err, OA_E_BAD_FILE, "%s: %s", path, why.text);
-            goto out;
-        }
+    if (read_object(root, &form, &c, &set, &why) != 0) {
+        oa_error_set(err, OA_E_BAD_FILE, "%s: %s", path, why.text);
+        goto out;
     }
     *out = c;
     rc = 0;

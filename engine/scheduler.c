@@ -838,12 +838,8 @@ int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **o
             return UV_ENOMEM;
         }
     }
-    /* The defaults of oa_conf_defaults, so a test before any configuration has a response_timeout. */
-    s->conf.ocsp_functionality = false;
-    s->conf.query_frequency = 3600;
-    s->conf.response_timeout = 1;
-    s->conf.recovery_frequency = 60;
-    s->conf.recovery_max_tries = 5;
+    /* The defaults, so a test before any configuration has a response_timeout. */
+    oa_conf_defaults(&s->conf);
     s->state = OA_STATE_DISABLED;
     uv_timer_init(loop, &s->timer);
     uv_timer_init(loop, &s->expiry);

@@ -163,18 +163,18 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
                    oa_error_t *err);
 
 /* Fires once per oa_cluster_conf_put that returned 0: err NULL once the store confirmed the write (the conf hook
- * has already put it in force here), else the reason (OA_E_STORE_UNAVAILABLE, OA_E_INVALID_SCHEMA, ...). */
+ * has already put it in force here), else the reason (OA_E_STORE_UNAVAILABLE; OA_E_NOMEM when out of memory). */
 typedef void (*oa_cluster_put_cb)(void *data, const oa_error_t *err);
 
 /*
- * PUT /v1/ocsp in cluster mode: validates body (len bytes, copied) with oa_conf_patch against the latest known
- * configuration and writes the result with a compare-and-set on the version. When another node's write came
- * first, the newer configuration is applied and the patch re-validated against it (at most 5 rounds). Returns 0
- * (cb will fire, not before this returns); 1 when the body changes nothing (cb never fires); or -1 with err filled
- * when the store is unreachable now (OA_E_STORE_UNAVAILABLE) or the body is invalid (cb never fires).
+ * PUT /v1/ocsp in cluster mode: applies patch (validated by the caller with oa_conf_patch_parse; copied) to the
+ * latest known configuration and writes the result with a compare-and-set on the version. When another node's write
+ * came first, the newer configuration is applied and the patch applied again on top of it (at most 5 rounds).
+ * Returns 0 (cb will fire, not before this returns); 1 when the patch changes nothing (cb never fires); or -1 with
+ * err filled when the store is unreachable now (OA_E_STORE_UNAVAILABLE) or out of memory (cb never fires).
  */
-int oa_cluster_conf_put(oa_cluster_t *c, const char *body, size_t len, const char *responder_url, const char *user,
-                        oa_cluster_put_cb cb, void *data, oa_error_t *err);
+int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user, oa_cluster_put_cb cb,
+                        void *data, oa_error_t *err);
 
 /* Stores and publishes a valid response obtained on this node (by the poller, or by a test while enabled).
  * Does nothing while the store is unreachable. */

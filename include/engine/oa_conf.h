@@ -1,6 +1,7 @@
 /*
  * The OCSP configuration object: its defaults, ranges, JSON form, the strict partial-update validator behind
- * PUT /v1/ocsp, and its persisted file.
+ * PUT /v1/ocsp, its persisted file and the stored form the cluster keeps. One table in conf.c describes every key
+ * for all of them.
  *
  * responder_url is not stored here: it is read from the proxy certificate (or --responder-url) and passed in
  * wherever the JSON form needs it.
@@ -46,14 +47,35 @@ void oa_conf_defaults(oa_conf_t *c);
 json_t *oa_conf_to_json(const oa_conf_t *c, const char *responder_url);
 
 /*
- * Validates the PUT body (len bytes, not NUL-terminated) as a partial update of cur. On success returns 0, fills
- * *out with cur updated by the body and *changed with the OA_CONF_F_* bits of the values that differ from cur.
- * On failure returns -1, leaves *out and *changed untouched, and fills err:
+ * A PUT body once validated: the values it carries and which settings it carries them for. It is a partial update,
+ * applied with oa_conf_patch_apply to whichever configuration is current when the change is made (in cluster mode
+ * the store's latest, which may move between the validation and the write).
+ */
+typedef struct oa_conf_patch_s {
+    oa_conf_t values; /* the body's values for the settings in set; the others hold their defaults */
+    unsigned set;     /* OA_CONF_F_* bits of the settings the body carries, whether or not they change anything */
+} oa_conf_patch_t;
+
+/*
+ * Validates the PUT body (len bytes, not NUL-terminated). Whether a body is valid does not depend on the current
+ * settings, only on responder_url. On success returns 0 and fills *out. On failure returns -1, leaves *out
+ * untouched, and fills err:
  *   OA_E_INVALID_SCHEMA   body not one JSON object (or invalid UTF-8, duplicate keys, trailing bytes), unknown key,
  *                         wrong JSON type (float/string/bool for an integer, number for the boolean, null),
  *                         value out of range, or responder_url other than the current one (NULL counts as "").
  *   OA_E_NO_RESPONDER_URL the body sets ocsp_functionality to true while responder_url is "".
- * The sentence names the key and what was wrong with it.
+ * The sentence names the key and what was wrong with it; with several wrong keys, the first in the body's order.
+ */
+int oa_conf_patch_parse(const char *responder_url, const char *body, size_t len, oa_conf_patch_t *out,
+                        oa_error_t *err);
+
+/* Fills *out with cur updated by p (out may be cur) and returns the OA_CONF_F_* bits of the values that differ
+ * from cur. */
+unsigned oa_conf_patch_apply(const oa_conf_patch_t *p, const oa_conf_t *cur, oa_conf_t *out);
+
+/*
+ * oa_conf_patch_parse, then oa_conf_patch_apply to cur: on success returns 0 with *out and *changed filled; on
+ * failure returns -1 with err filled and *out and *changed untouched.
  */
 int oa_conf_patch(const oa_conf_t *cur, const char *responder_url, const char *body, size_t len, oa_conf_t *out,
                   unsigned *changed, oa_error_t *err);
@@ -64,7 +86,20 @@ unsigned oa_conf_diff(const oa_conf_t *a, const oa_conf_t *b);
 /* Writes the names of the keys in changed, comma-separated ("ocsp_functionality,query_frequency"), into out. */
 void oa_conf_changed_names(unsigned changed, char *out, size_t outlen);
 
-/* Saves c to path as a JSON object of the five settable keys plus "version": 1, atomically
+/* The stored form of c: a JSON object of the five settable keys, without responder_url (new reference, NULL on
+ * allocation failure). The persisted file and the cluster's store hold it. */
+json_t *oa_conf_stored_json(const oa_conf_t *c);
+
+/*
+ * Reads the stored form strictly where it matters: each of the five settable keys present, of its type and in
+ * range. Members it does not know (responder_url among them) are ignored, so that a configuration written by a
+ * later version that knows more keys stays readable. Returns 0 with *out filled, or -1 with err filled
+ * (OA_E_INVALID_SCHEMA: not an object, a key missing, or the sentence a PUT would get for the value) and *out
+ * untouched. o is borrowed; NULL gives -1.
+ */
+int oa_conf_from_stored(const json_t *o, oa_conf_t *out, oa_error_t *err);
+
+/* Saves c to path as the stored form plus "version": 1, atomically
  * (oa_file_write_atomic, mode 0600). Returns 0 or a negative UV_E* error. */
 int oa_conf_save(const char *path, const oa_conf_t *c);
 

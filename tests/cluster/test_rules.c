@@ -367,7 +367,8 @@ static void test_timing(void **state)
     expect_no_failures();
 }
 
-/* A stored configuration is read strictly: a node never puts half a configuration in force. */
+/* A stored configuration is read strictly: a node never puts half a configuration in force. Members it does not
+ * know are left for the versions that know them. */
 static void test_conf_decode(void **state)
 {
     static const struct {
@@ -399,6 +400,14 @@ static void test_conf_decode(void **state)
          -1},
         {"a number as a string",
          "{\"ocsp_functionality\":true,\"query_frequency\":\"3600\",\"response_timeout\":10,\"recovery_frequency\":60,"
+         "\"recovery_max_tries\":5}",
+         -1},
+        {"a member a later version knows, and the writer's responder_url",
+         "{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,\"recovery_frequency\":60,"
+         "\"recovery_max_tries\":5,\"responder_url\":\"http://r/\",\"a_later_key\":{}}",
+         0},
+        {"a null value",
+         "{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":null,\"recovery_frequency\":60,"
          "\"recovery_max_tries\":5}",
          -1},
         {"not an object", "[1,2]", -1},

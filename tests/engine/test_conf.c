@@ -1,6 +1,7 @@
 /*
- * The OCSP configuration object: the PUT validator driven by the cases in tests/data/put/{valid,invalid}/, the
- * persisted file, the change-mask names and the API object.
+ * The OCSP configuration object: the PUT validator driven by the cases in tests/data/put/{valid,invalid}/, a
+ * validated patch applied to other configurations, the persisted file, the stored form the cluster keeps, the
+ * change-mask names and the API object.
  *
  * A case file is one JSON object:
  *   body | body_hex   the raw request body, as a string or as hex for bytes a JSON string cannot carry
@@ -35,6 +36,13 @@ static const char *const key_names[] = {"ocsp_functionality", "query_frequency",
 static const unsigned key_flags[] = {OA_CONF_F_OCSP_FUNCTIONALITY, OA_CONF_F_QUERY_FREQUENCY,
                                      OA_CONF_F_RESPONSE_TIMEOUT, OA_CONF_F_RECOVERY_FREQUENCY,
                                      OA_CONF_F_RECOVERY_MAX_TRIES};
+
+/* A configuration with no setting at its default, for the JSON forms. */
+static const oa_conf_t sample = {.ocsp_functionality = true,
+                                 .query_frequency = 120,
+                                 .response_timeout = 7,
+                                 .recovery_frequency = 90,
+                                 .recovery_max_tries = 3};
 
 /* Fails the running test with the case file's name in the message. */
 #define CASE_CHECK(cond, ...)                                                                                        \
@@ -279,6 +287,162 @@ static void test_patch_does_not_read_past_len(void **state)
     assert_int_equal(err.code, OA_E_INVALID_SCHEMA);
 }
 
+/* A body is validated once and may be applied later to another configuration: only the keys it carries move. */
+static void test_patch_parse_then_apply(void **state)
+{
+    static const char body[] = "{\"response_timeout\": 7, \"query_frequency\": 3600}";
+    oa_conf_t a, b, out, sentinel;
+    oa_conf_patch_t p, untouched;
+    unsigned changed;
+    oa_error_t err;
+
+    (void)state;
+    assert_int_equal(oa_conf_patch_parse("http://ocsp.example.com/", body, strlen(body), &p, &err), 0);
+    assert_int_equal(p.set, OA_CONF_F_RESPONSE_TIMEOUT | OA_CONF_F_QUERY_FREQUENCY);
+
+    oa_conf_defaults(&a);
+    changed = oa_conf_patch_apply(&p, &a, &out);
+    /* query_frequency was carried with the value a already has: set, but not changed. */
+    assert_int_equal(changed, OA_CONF_F_RESPONSE_TIMEOUT);
+    assert_int_equal(out.response_timeout, 7);
+    assert_int_equal(out.query_frequency, 3600);
+    assert_int_equal(out.recovery_max_tries, 5);
+
+    /* The same patch on another configuration keeps that one's other settings. */
+    b = (oa_conf_t){.ocsp_functionality = true,
+                    .query_frequency = 120,
+                    .response_timeout = 7,
+                    .recovery_frequency = 90,
+                    .recovery_max_tries = 9};
+    changed = oa_conf_patch_apply(&p, &b, &b);
+    assert_int_equal(changed, OA_CONF_F_QUERY_FREQUENCY);
+    assert_true(b.ocsp_functionality);
+    assert_int_equal(b.query_frequency, 3600);
+    assert_int_equal(b.response_timeout, 7);
+    assert_int_equal(b.recovery_frequency, 90);
+    assert_int_equal(b.recovery_max_tries, 9);
+
+    /* An empty object carries nothing and changes nothing. */
+    assert_int_equal(oa_conf_patch_parse(NULL, "{}", 2, &p, &err), 0);
+    assert_int_equal(p.set, 0);
+    memset(&sentinel, 0x5a, sizeof(sentinel));
+    sentinel.ocsp_functionality = true;
+    assert_int_equal(oa_conf_patch_apply(&p, &sentinel, &out), 0);
+    assert_memory_equal(&out, &sentinel, sizeof(out));
+
+    /* A refused body leaves the patch alone. */
+    memset(&untouched, 0x5a, sizeof(untouched));
+    p = untouched;
+    assert_int_equal(oa_conf_patch_parse(NULL, "{\"ocsp_functionality\": true}", 28, &p, &err), -1);
+    assert_int_equal(err.code, OA_E_NO_RESPONDER_URL);
+    assert_memory_equal(&p, &untouched, sizeof(p));
+}
+
+static void test_stored_json(void **state)
+{
+    oa_conf_t c = sample;
+    oa_conf_t back;
+    oa_error_t err;
+    json_t *obj;
+    char *text;
+
+    (void)state;
+    obj = oa_conf_stored_json(&c);
+    assert_non_null(obj);
+    text = json_dumps(obj, JSON_COMPACT);
+    assert_non_null(text);
+    /* The API object's settings in its order, without the node's own responder_url. */
+    assert_string_equal(text, "{\"ocsp_functionality\":true,\"query_frequency\":120,\"response_timeout\":7,"
+                              "\"recovery_frequency\":90,\"recovery_max_tries\":3}");
+    free(text);
+    memset(&back, 0, sizeof(back));
+    assert_int_equal(oa_conf_from_stored(obj, &back, &err), 0);
+    assert_int_equal(oa_conf_diff(&c, &back), 0);
+    json_decref(obj);
+}
+
+/* The stored form is read with the same table as a PUT: every setting present, of its type and in range; members it
+ * does not know are left for versions that know them. */
+static void test_from_stored(void **state)
+{
+#define ALL_BUT_FIRST                                                                                                \
+    "\"query_frequency\":3600,\"response_timeout\":10,\"recovery_frequency\":60,\"recovery_max_tries\":5"
+    static const struct {
+        const char *text; /* NULL: a NULL object */
+        int rc;
+        const char *piece; /* a piece of the error sentence */
+    } cases[] = {
+        {"{\"ocsp_functionality\":true," ALL_BUT_FIRST "}", 0, NULL},
+        {"{" ALL_BUT_FIRST ",\"ocsp_functionality\":false}", 0, NULL},
+        {"{\"ocsp_functionality\":true," ALL_BUT_FIRST ",\"responder_url\":\"http://elsewhere/\"}", 0, NULL},
+        {"{\"ocsp_functionality\":true," ALL_BUT_FIRST ",\"version\":99,\"a_later_key\":[1]}", 0, NULL},
+        {"{\"ocsp_functionality\":false,\"query_frequency\":86400,\"response_timeout\":1,"
+         "\"recovery_frequency\":86400,\"recovery_max_tries\":100}",
+         0, NULL},
+        {NULL, -1, "not a JSON object"},
+        {"[]", -1, "not a JSON object"},
+        {"\"{}\"", -1, "not a JSON object"},
+        {"{}", -1, "ocsp_functionality: missing"},
+        {"{" ALL_BUT_FIRST "}", -1, "ocsp_functionality: missing"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,\"recovery_frequency\":60}",
+         -1, "recovery_max_tries: missing"},
+        {"{\"ocsp_functionality\":1," ALL_BUT_FIRST "}", -1,
+         "ocsp_functionality: must be true or false, got an integer"},
+        {"{\"ocsp_functionality\":null," ALL_BUT_FIRST "}", -1, "got null"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":\"3600\",\"response_timeout\":10,"
+         "\"recovery_frequency\":60,\"recovery_max_tries\":5}",
+         -1, "query_frequency: must be an integer from 60 to 86400, got a string"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":3600.0,\"response_timeout\":10,"
+         "\"recovery_frequency\":60,\"recovery_max_tries\":5}",
+         -1, "got a number with a fraction or exponent"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":59,\"response_timeout\":10,"
+         "\"recovery_frequency\":60,\"recovery_max_tries\":5}",
+         -1, "query_frequency: must be an integer from 60 to 86400, got 59"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":61,"
+         "\"recovery_frequency\":60,\"recovery_max_tries\":5}",
+         -1, "response_timeout: must be an integer from 1 to 60, got 61"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,"
+         "\"recovery_frequency\":86401,\"recovery_max_tries\":5}",
+         -1, "recovery_frequency: must be an integer from 60 to 86400, got 86401"},
+        {"{\"ocsp_functionality\":true,\"query_frequency\":3600,\"response_timeout\":10,"
+         "\"recovery_frequency\":60,\"recovery_max_tries\":4294967297}",
+         -1, "recovery_max_tries: must be an integer from 1 to 100, got 4294967297"},
+    };
+#undef ALL_BUT_FIRST
+    json_error_t jerr;
+    oa_conf_t c;
+    oa_error_t err;
+    json_t *o;
+    size_t i;
+    int rc;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        o = cases[i].text != NULL ? json_loads(cases[i].text, JSON_DECODE_ANY, &jerr) : NULL;
+        if (cases[i].text != NULL && o == NULL) {
+            print_error("case %zu does not parse: %s\n", i, jerr.text);
+            fail();
+        }
+        memset(&c, 0x5a, sizeof(c));
+        oa_error_clear(&err);
+        rc = oa_conf_from_stored(o, &c, &err);
+        json_decref(o);
+        if (rc != cases[i].rc || (rc == 0) != (err.code == OA_OK) ||
+            (rc != 0 && (err.code != OA_E_INVALID_SCHEMA || strstr(err.text, cases[i].piece) == NULL))) {
+            print_error("stored %s: %d, error %d \"%s\", want %d \"%s\"\n", cases[i].text ? cases[i].text : "NULL",
+                        rc, err.code, err.text, cases[i].rc, cases[i].piece ? cases[i].piece : "");
+            fail();
+        }
+        if (rc == 0) {
+            assert_int_equal(c.recovery_max_tries, i == 4 ? 100 : 5);
+            assert_int_equal(c.query_frequency, i == 4 ? 86400 : 3600);
+        } else {
+            assert_int_equal(c.query_frequency, 0x5a5a5a5a);
+            assert_int_equal(c.recovery_max_tries, 0x5a5a5a5a);
+        }
+    }
+}
+
 static void test_defaults(void **state)
 {
     oa_conf_t c;
@@ -295,11 +459,7 @@ static void test_defaults(void **state)
 
 static void test_to_json(void **state)
 {
-    oa_conf_t c = {.ocsp_functionality = true,
-                   .query_frequency = 120,
-                   .response_timeout = 7,
-                   .recovery_frequency = 90,
-                   .recovery_max_tries = 3};
+    oa_conf_t c = sample;
     json_t *obj;
     char *text;
 
@@ -563,6 +723,9 @@ int main(void)
         cmocka_unit_test(test_put_valid_cases),
         cmocka_unit_test(test_put_invalid_cases),
         cmocka_unit_test(test_patch_does_not_read_past_len),
+        cmocka_unit_test(test_patch_parse_then_apply),
+        cmocka_unit_test(test_stored_json),
+        cmocka_unit_test(test_from_stored),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_to_json),
         cmocka_unit_test(test_changed_names),

@@ -7,7 +7,8 @@
 #   - every node serves the poller's response and writes its own staple file;
 #   - a node that advertises no capability makes all four OCSP endpoints answer 406 on every node, naming it,
 #     until it stops and its key expires;
-#   - the store stopped: PUT answers 503 cluster_store_unavailable, GET still answers, the logs say so once;
+#   - the store stopped: PUT answers 503 cluster_store_unavailable (an invalid body still 400, one that changes
+#     nothing still 200), GET still answers, the logs say so once;
 #     restarted (empty): every node reconnects, the configuration is seeded back and PUT works again;
 #   - a node restarted after a change it missed resynchronises by version;
 #   - a node with --cluster-tls against this plain-TCP store never connects: it logs store_unavailable.
@@ -223,6 +224,12 @@ done
 on "$A"
 put_json /v1/ocsp '{"query_frequency": 90}'
 assert_error "PUT while the store is down" 503 cluster_store_unavailable
+# The node judges a body before it asks the store: an invalid one is the client's error whatever the store's state,
+# and one that changes nothing needs no store.
+put_json /v1/ocsp '{"query_frequency": 1}'
+assert_error "an invalid PUT while the store is down" 400 invalid_schema
+put_json /v1/ocsp '{"query_frequency": 60}'
+assert_status "a PUT that changes nothing while the store is down" 200
 req GET /v1/ocsp
 assert_status "GET while the store is down" 200
 assert_json "GET serves the last known configuration" '.query_frequency' 60
