@@ -1,13 +1,13 @@
 /*
  * One Redis connection on libuv; see oa_redis.h for the contract.
  *
- * Life of a connection: resolving (uv_getaddrinfo) -> connecting (each address in turn, a fresh TCP handle for
- * each) -> handshaking (TLS only) -> ready. A failure at any point, or the deadline, moves it to failed: every
+ * Life of a connection: connecting (oa_connect.h: the name resolved, then each address in turn, a fresh TCP handle
+ * for each) -> handshaking (TLS only) -> ready. A failure at any point, or the deadline, moves it to failed: every
  * handle is closed at once, and the owner is told from a zero-delay timer, so that a failure found inside
  * oa_redis_connect or oa_redis_command is still reported from the loop and never before the call returns.
  *
  * Teardown follows one rule: memory goes only in the last of the libuv close callbacks (the timer, the TCP handle,
- * a getaddrinfo request still in the thread pool), and never while one of the owner's callbacks is running
+ * the connector's report, which comes from one of its own), and never while one of the owner's callbacks is running
  * (depth counts them), so oa_redis_free is safe from inside any of them.
  */
 #include <hiredis/hiredis.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "oa_connect.h"
 #include "oa_error.h"
 #include "oa_redis.h"
 #include "oa_tls.h"
@@ -35,8 +36,7 @@ typedef struct pending_s {
 } pending_t;
 
 typedef enum state_e {
-    ST_RESOLVING,
-    ST_CONNECTING,
+    ST_CONNECTING, /* resolving the name, then connecting */
     ST_HANDSHAKE,
     ST_READY,
 } state_t;
@@ -54,17 +54,12 @@ struct oa_redis_s {
     oa_redis_reply_cb on_push;
     void *data;
 
-    uv_timer_t timer; /* the deadline while connecting, then the deferred failure report */
-    uv_getaddrinfo_t gai;
+    uv_timer_t timer; /* the deadline during the handshake, then the deferred failure report */
     uv_tcp_t tcp;
-    uv_connect_t connect_req;
     uv_write_t write_req;
 
-    struct addrinfo *addrs; /* owned; the list being tried */
-    struct addrinfo *next_addr;
-    int last_status;    /* why the last address failed */
-    int write_status;   /* a failed write, reported once the read side had its say */
-    char last_addr[64]; /* that address, for the sentence */
+    oa_connect_t *connector; /* while resolving and connecting; it holds tcp until it reports */
+    int write_status;        /* a failed write, reported once the read side had its say */
 
     oa_tls_session_t tls;
     redisReader *reader;
@@ -84,15 +79,13 @@ struct oa_redis_s {
     unsigned freed : 1;     /* oa_redis_free was called */
     unsigned finishing : 1; /* the timer is being closed; memory follows */
     unsigned timer_open : 1;
-    unsigned tcp_open : 1;
-    unsigned gai_active : 1;
+    unsigned tcp_open : 1; /* the connection is ours (the connector handed it over) and not closed yet */
     unsigned writing : 1;
     unsigned subscribed : 1; /* the server put the connection in Pub/Sub mode */
     char why[OA_ERROR_TEXT_MAX + 128];
 };
 
 static void fail(oa_redis_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void on_tcp_closed_retry(uv_handle_t *h);
 
 /* ---- teardown ---- */
 
@@ -104,7 +97,6 @@ static void release(oa_redis_t *r)
         r->head = p->next;
         free(p);
     }
-    uv_freeaddrinfo(r->addrs);
     if (r->reader != NULL)
         redisReaderFree(r->reader);
     oa_tls_session_free(&r->tls);
@@ -119,7 +111,7 @@ static void release(oa_redis_t *r)
 
 static void maybe_release(oa_redis_t *r)
 {
-    if (r->freed && r->depth == 0 && !r->timer_open && !r->tcp_open && !r->gai_active)
+    if (r->freed && r->depth == 0 && !r->timer_open && !r->tcp_open && r->connector == NULL)
         release(r);
 }
 
@@ -139,12 +131,11 @@ static void on_tcp_closed(uv_handle_t *h)
     maybe_release(r);
 }
 
-/* Stops every source of further events. The request in the thread pool may not be cancellable any more; its
- * callback then sees failed and only frees the result. */
+/* Stops every source of further events. A connector still running reports its cancellation later, once it has
+ * closed the socket it holds. */
 static void stop_io(oa_redis_t *r)
 {
-    if (r->gai_active)
-        (void)uv_cancel((uv_req_t *)&r->gai);
+    oa_connect_cancel(r->connector);
     if (r->tcp_open && !uv_is_closing((uv_handle_t *)&r->tcp))
         uv_close((uv_handle_t *)&r->tcp, on_tcp_closed);
     if (r->timer_open)
@@ -493,61 +484,49 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- connecting ---- */
 
-static void on_connected(uv_connect_t *req, int status);
-
-static void try_next_address(oa_redis_t *r)
+static void time_out(oa_redis_t *r, const char *phase)
 {
-    struct addrinfo *ai;
-    int rc;
-
-    while ((ai = r->next_addr) != NULL) {
-        r->next_addr = ai->ai_next;
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-            continue;
-        if (uv_ip_name(ai->ai_addr, r->last_addr, sizeof(r->last_addr)) != 0)
-            snprintf(r->last_addr, sizeof(r->last_addr), "?");
-        rc = uv_tcp_init(r->loop, &r->tcp);
-        if (rc != 0) {
-            fail(r, "Could not connect to Redis at %s:%d (%s)", r->host, r->port, uv_strerror(rc));
-            return;
-        }
-        r->tcp_open = 1;
-        rc = uv_tcp_connect(&r->connect_req, &r->tcp, ai->ai_addr, on_connected);
-        if (rc == 0)
-            return;
-        r->last_status = rc;
-        uv_close((uv_handle_t *)&r->tcp, on_tcp_closed_retry);
-        return;
-    }
-    fail(r, "Could not connect to Redis at %s:%d (%s: %s)", r->host, r->port, r->last_addr,
-         uv_strerror(r->last_status));
+    fail(r, "Redis at %s:%d was not ready within %u ms (timed out %s)", r->host, r->port, r->timeout_ms, phase);
 }
 
-/* A socket whose connect failed cannot be connected again, so every address gets a fresh handle. */
-static void on_tcp_closed_retry(uv_handle_t *h)
+static void on_deadline(uv_timer_t *t)
 {
-    oa_redis_t *r = oa_container_of(h, oa_redis_t, tcp);
+    time_out(oa_container_of(t, oa_redis_t, timer), "during the TLS handshake");
+}
 
-    r->tcp_open = 0;
-    if (r->failed) {
+static void connect_failed(oa_redis_t *r, const oa_connect_result_t *res)
+{
+    switch (res->outcome) {
+    case OA_CONNECT_DNS:
+        fail(r, "The Redis host %s could not be resolved (%s)", r->host, uv_strerror(res->status));
+        break;
+    case OA_CONNECT_TIMEOUT:
+        time_out(r, res->resolved ? "while connecting" : "while resolving the name");
+        break;
+    default: /* OA_CONNECT_FAILED; a name with no usable address is told by the name */
+        fail(r, "Could not connect to Redis at %s:%d (%s: %s)", r->host, r->port,
+             res->addr[0] != '\0' ? res->addr : r->host,
+             uv_strerror(res->status != 0 ? res->status : UV_EADDRNOTAVAIL));
+        break;
+    }
+}
+
+static void on_connected(const oa_connect_result_t *res, void *data)
+{
+    oa_redis_t *r = data;
+    int rc;
+
+    r->connector = NULL;
+    /* Only stop_io cancels the connector, after setting failed. */
+    if (r->failed || res->outcome == OA_CONNECT_CANCELLED) {
         maybe_release(r);
         return;
     }
-    try_next_address(r);
-}
-
-static void on_connected(uv_connect_t *req, int status)
-{
-    oa_redis_t *r = oa_container_of(req, oa_redis_t, connect_req);
-    int rc;
-
-    if (r->failed)
-        return; /* the handle is closing */
-    if (status != 0) {
-        r->last_status = status;
-        uv_close((uv_handle_t *)&r->tcp, on_tcp_closed_retry);
+    if (res->outcome != OA_CONNECT_OK) {
+        connect_failed(r, res);
         return;
     }
+    r->tcp_open = 1;
     /* Commands are small and pipelined: Nagle would only hold them back. Keep-alive notices a vanished server on an
      * idle Pub/Sub connection. Neither is worth failing the connection over. */
     (void)uv_tcp_nodelay(&r->tcp, 1);
@@ -561,6 +540,8 @@ static void on_connected(uv_connect_t *req, int status)
         become_ready(r);
         return;
     }
+    /* The rest of the one deadline now covers the handshake. */
+    uv_timer_start(&r->timer, on_deadline, res->left_ms, 0);
     r->state = ST_HANDSHAKE;
     rc = oa_tls_session_init_client(&r->tls, r->tls_ctx, r->tls_name);
     if (rc != 0) {
@@ -571,42 +552,8 @@ static void on_connected(uv_connect_t *req, int status)
     tls_pump(r); /* sends the ClientHello */
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    oa_redis_t *r = oa_container_of(req, oa_redis_t, gai);
-
-    r->gai_active = 0;
-    if (r->failed) {
-        uv_freeaddrinfo(res);
-        maybe_release(r);
-        return;
-    }
-    if (status != 0) {
-        fail(r, "The Redis host %s could not be resolved (%s)", r->host, uv_strerror(status));
-        return;
-    }
-    r->addrs = res;
-    r->next_addr = res;
-    r->last_status = UV_EADDRNOTAVAIL;
-    snprintf(r->last_addr, sizeof(r->last_addr), "%s", r->host);
-    r->state = ST_CONNECTING;
-    try_next_address(r);
-}
-
-static void on_deadline(uv_timer_t *t)
-{
-    oa_redis_t *r = oa_container_of(t, oa_redis_t, timer);
-    const char *phase = r->state == ST_RESOLVING    ? "while resolving the name"
-                        : r->state == ST_CONNECTING ? "while connecting"
-                                                    : "during the TLS handshake";
-
-    fail(r, "Redis at %s:%d was not ready within %u ms (timed out %s)", r->host, r->port, r->timeout_ms, phase);
-}
-
 int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **out, oa_error_t *err)
 {
-    struct addrinfo hints;
-    char port[16];
     oa_redis_t *r = NULL;
     int rc;
 
@@ -627,7 +574,7 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
     r->on_error = o->on_error;
     r->on_push = o->on_push;
     r->data = o->data;
-    r->state = ST_RESOLVING;
+    r->state = ST_CONNECTING;
     r->host = strdup(o->host);
     r->reader = redisReaderCreate();
     if (r->host == NULL || r->reader == NULL)
@@ -644,18 +591,9 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
         return -1;
     }
     r->timer_open = 1;
-    uv_timer_start(&r->timer, on_deadline, r->timeout_ms, 0);
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(port, sizeof(port), "%d", o->port);
-    rc = uv_getaddrinfo(loop, &r->gai, on_resolved, r->host, port, &hints);
-    if (rc == 0)
-        r->gai_active = 1;
-    else
-        fail(r, "The Redis host %s could not be resolved (%s)", r->host, uv_strerror(rc));
+    rc = oa_connect_start(loop, &r->tcp, r->host, (unsigned)o->port, r->timeout_ms, on_connected, r, &r->connector);
+    if (rc != 0)
+        fail(r, "Could not connect to Redis at %s:%d (%s)", r->host, r->port, uv_strerror(rc));
     *out = r;
     return 0;
 nomem:

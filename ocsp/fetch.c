@@ -1,6 +1,5 @@
 #include <arpa/inet.h>
 #include <llhttp.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "fetch.h"
+#include "oa_connect.h"
 #include "oa_util.h"
 
 #define DEFAULT_MAX_BODY 65536
@@ -21,10 +21,8 @@ enum sock_state { SOCK_NONE, SOCK_OPEN, SOCK_CLOSING };
 
 struct oa_fetch_s {
     uv_loop_t *loop;
-    uv_timer_t timer;
-    uv_getaddrinfo_t gai;
+    uv_timer_t timer; /* the deadline once connected (the connector keeps it before), then the report */
     uv_tcp_t tcp;
-    uv_connect_t connect_req;
     uv_write_t write_req;
     llhttp_t parser;
 
@@ -36,16 +34,12 @@ struct oa_fetch_s {
     oa_buf_t body;
     char readbuf[READ_CHUNK];
 
-    struct addrinfo *addrs;     /* owned, from uv_getaddrinfo */
-    struct addrinfo *next_addr; /* the next address to try */
-    unsigned attempts;
-    int last_connect_err;
+    oa_connect_t *connector; /* while resolving and connecting; it holds tcp until it reports */
 
-    /* Handles and requests whose callbacks are still due: the timer, the TCP handle, the lookup. The struct is
-     * freed when this drops to zero. */
+    /* Callbacks still due: the timer's close, the TCP handle's close, the connector's report. The struct is freed
+     * when this drops to zero. */
     int pending;
     enum sock_state tcp_state;
-    int gai_pending;
 
     const char *phase; /* what the exchange was doing, for the timeout sentence */
     int done;          /* finish() ran: handles are closing, the outcome is fixed */
@@ -72,7 +66,6 @@ struct oa_fetch_s {
 };
 
 static void on_tcp_closed(uv_handle_t *h);
-static void try_connect(oa_fetch_t *f);
 
 /* ---- URL parsing ---- */
 
@@ -212,8 +205,6 @@ static void maybe_free(oa_fetch_t *f)
 {
     if (f->pending > 0)
         return;
-    if (f->addrs != NULL)
-        uv_freeaddrinfo(f->addrs);
     oa_fetch_url_free(&f->url);
     oa_buf_free(&f->request);
     oa_buf_free(&f->body);
@@ -226,8 +217,8 @@ static void on_timer_closed(uv_handle_t *h)
 
     f->pending--;
     f->cb_fired = 1;
-    /* The callback runs here, from a close callback, so the user may do anything in it; the socket and the lookup
-     * may still be winding down, which is why freeing waits for the pending count. */
+    /* The callback runs here, from a close callback, so the user may do anything in it; the socket and the
+     * connector may still be winding down, which is why freeing waits for the pending count. */
     if (f->code == 0)
         f->cb(f, 0, NULL, (const unsigned char *)(f->body.data != NULL ? f->body.data : ""), f->body.len, f->data);
     else
@@ -243,13 +234,12 @@ static void finish_code(oa_fetch_t *f, int code)
     f->done = 1;
     f->code = code;
     uv_timer_stop(&f->timer);
+    /* The connector closes the socket if it still holds it, and reports once it has. */
+    oa_connect_cancel(f->connector);
     if (f->tcp_state == SOCK_OPEN) {
         f->tcp_state = SOCK_CLOSING;
         uv_close((uv_handle_t *)&f->tcp, on_tcp_closed);
     }
-    /* A lookup already running in the thread pool cannot be stopped; its callback then only frees the result. */
-    if (f->gai_pending)
-        uv_cancel((uv_req_t *)&f->gai);
     uv_close((uv_handle_t *)&f->timer, on_timer_closed);
 }
 
@@ -531,21 +521,57 @@ static void on_write(uv_write_t *req, int status)
            uv_strerror(status));
 }
 
-static void on_connect(uv_connect_t *req, int status)
+static void time_out(oa_fetch_t *f)
 {
-    oa_fetch_t *f = oa_container_of(req, oa_fetch_t, connect_req);
+    finish(f, OA_E_OCSP_TIMEOUT, "The OCSP responder %s did not answer within %u ms (timed out while %s).", f->where,
+           f->timeout_ms, f->phase);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    time_out(oa_container_of(t, oa_fetch_t, timer));
+}
+
+static void connect_failed(oa_fetch_t *f, const oa_connect_result_t *res)
+{
+    switch (res->outcome) {
+    case OA_CONNECT_DNS:
+        finish(f, OA_E_OCSP_DNS, "Could not resolve the host of the OCSP responder %s: %s.", f->where,
+               uv_strerror(res->status));
+        break;
+    case OA_CONNECT_TIMEOUT:
+        f->phase = res->resolved ? "connecting" : "resolving the host name";
+        time_out(f);
+        break;
+    default: /* OA_CONNECT_FAILED */
+        finish(f, OA_E_OCSP_CONNECT, "Could not connect to the OCSP responder %s: %s (%u address%s tried).", f->where,
+               res->status != 0 ? uv_strerror(res->status) : "no usable address", res->attempts,
+               res->attempts == 1 ? "" : "es");
+        break;
+    }
+}
+
+static void on_connected(const oa_connect_result_t *res, void *data)
+{
+    oa_fetch_t *f = data;
     uv_buf_t buf;
     int rc;
 
-    if (f->done)
-        return;
-    if (status < 0) {
-        /* Refused, unreachable, ...: close this socket; its close callback tries the next address. */
-        f->last_connect_err = status;
-        f->tcp_state = SOCK_CLOSING;
-        uv_close((uv_handle_t *)&f->tcp, on_tcp_closed);
+    f->connector = NULL;
+    f->pending--;
+    /* Only finish_code cancels the connector, so a cancellation comes with an outcome already fixed. */
+    if (f->done || res->outcome == OA_CONNECT_CANCELLED) {
+        maybe_free(f);
         return;
     }
+    if (res->outcome != OA_CONNECT_OK) {
+        connect_failed(f, res);
+        return;
+    }
+    f->tcp_state = SOCK_OPEN;
+    f->pending++;
+    /* The rest of the one deadline now covers sending the request and reading the answer. */
+    uv_timer_start(&f->timer, on_deadline, res->left_ms, 0);
     f->phase = "waiting for the answer";
     llhttp_init(&f->parser, HTTP_RESPONSE, &parser_settings);
     f->parser.data = f;
@@ -564,72 +590,7 @@ static void on_tcp_closed(uv_handle_t *h)
 
     f->pending--;
     f->tcp_state = SOCK_NONE;
-    if (f->done)
-        maybe_free(f);
-    else
-        try_connect(f);
-}
-
-static void try_connect(oa_fetch_t *f)
-{
-    struct addrinfo *ai;
-    int rc;
-
-    while ((ai = f->next_addr) != NULL) {
-        f->next_addr = ai->ai_next;
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-            continue;
-        rc = uv_tcp_init(f->loop, &f->tcp);
-        if (rc < 0) {
-            f->last_connect_err = rc;
-            continue;
-        }
-        f->tcp_state = SOCK_OPEN;
-        f->pending++;
-        f->attempts++;
-        rc = uv_tcp_connect(&f->connect_req, &f->tcp, ai->ai_addr, on_connect);
-        if (rc < 0) {
-            /* E.g. an address family this host cannot use: move on once the handle is closed. */
-            f->last_connect_err = rc;
-            f->tcp_state = SOCK_CLOSING;
-            uv_close((uv_handle_t *)&f->tcp, on_tcp_closed);
-        }
-        return;
-    }
-    finish(f, OA_E_OCSP_CONNECT, "Could not connect to the OCSP responder %s: %s (%u address%s tried).", f->where,
-           f->last_connect_err != 0 ? uv_strerror(f->last_connect_err) : "no usable address", f->attempts,
-           f->attempts == 1 ? "" : "es");
-}
-
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    oa_fetch_t *f = oa_container_of(req, oa_fetch_t, gai);
-
-    f->gai_pending = 0;
-    f->pending--;
-    if (f->done) {
-        if (res != NULL)
-            uv_freeaddrinfo(res);
-        maybe_free(f);
-        return;
-    }
-    if (status < 0) {
-        finish(f, OA_E_OCSP_DNS, "Could not resolve the host of the OCSP responder %s: %s.", f->where,
-               uv_strerror(status));
-        return;
-    }
-    f->addrs = res;
-    f->next_addr = res;
-    f->phase = "connecting";
-    try_connect(f);
-}
-
-static void on_deadline(uv_timer_t *t)
-{
-    oa_fetch_t *f = oa_container_of(t, oa_fetch_t, timer);
-
-    finish(f, OA_E_OCSP_TIMEOUT, "The OCSP responder %s did not answer within %u ms (timed out while %s).", f->where,
-           f->timeout_ms, f->phase);
+    maybe_free(f);
 }
 
 /* ---- Public entry points ---- */
@@ -669,8 +630,6 @@ int oa_fetch_start(uv_loop_t *loop, const char *url, oa_fetch_method_t method, c
                    oa_fetch_t **out, oa_error_t *err)
 {
     oa_fetch_t *f = NULL;
-    struct addrinfo hints;
-    char port[8];
     int rc;
 
     if (out != NULL)
@@ -693,7 +652,6 @@ int oa_fetch_start(uv_loop_t *loop, const char *url, oa_fetch_method_t method, c
     f->max_body = max_body > 0 ? max_body : DEFAULT_MAX_BODY;
     f->cb = cb;
     f->data = data;
-    f->phase = "resolving the host name";
     if (build_request(f, method, body, body_len, content_type) != 0) {
         oa_fetch_url_free(&f->url);
         oa_buf_free(&f->request);
@@ -708,21 +666,12 @@ int oa_fetch_start(uv_loop_t *loop, const char *url, oa_fetch_method_t method, c
         return oa_error_set(err, OA_E_INTERNAL, "Could not create a timer for the OCSP query: %s.", uv_strerror(rc));
     }
     f->pending = 1;
-    uv_timer_start(&f->timer, on_deadline, f->timeout_ms, 0);
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof(port), "%u", f->url.port);
-    rc = uv_getaddrinfo(loop, &f->gai, on_resolved, f->url.host, port, &hints);
-    if (rc < 0) {
-        /* Reported through the callback like any other lookup failure. */
-        finish(f, OA_E_OCSP_DNS, "Could not resolve the host of the OCSP responder %s: %s.", f->where,
+    rc = oa_connect_start(loop, &f->tcp, f->url.host, f->url.port, f->timeout_ms, on_connected, f, &f->connector);
+    if (rc < 0) /* reported through the callback, like every failure once the timer exists */
+        finish(f, rc == UV_ENOMEM ? OA_E_NOMEM : OA_E_INTERNAL, "Could not start the OCSP query to %s: %s.", f->where,
                uv_strerror(rc));
-    } else {
-        f->gai_pending = 1;
+    else
         f->pending++;
-    }
     if (out != NULL)
         *out = f;
     return 0;
