@@ -17,6 +17,7 @@
 #define DEFAULT_TIMEOUT_MS         5000u
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 1500u
 #define DEFAULT_MAX_BODY           (16u * 1024u * 1024u)
+#define DEFAULT_WATCH_PROBE_MS     2000u
 #define ROUND_PAUSE_MS             100u /* grows with each round over the members, up to ROUND_PAUSE_MAX_MS */
 #define ROUND_PAUSE_MAX_MS         500u
 
@@ -24,9 +25,9 @@ static const struct {
     const char *path;
     int write; /* sent twice it could act twice: never repeated once it may have reached a member */
 } kinds[] = {
-    [ETCD_RANGE] = {"/v3/kv/range", 0},         [ETCD_PUT] = {"/v3/kv/put", 1},
-    [ETCD_DELETE] = {"/v3/kv/deleterange", 1},  [ETCD_TXN] = {"/v3/kv/txn", 1},
-    [ETCD_GRANT] = {"/v3/lease/grant", 0},      [ETCD_KEEPALIVE] = {"/v3/lease/keepalive", 0},
+    [ETCD_RANGE] = {"/v3/kv/range", 0},        [ETCD_PUT] = {"/v3/kv/put", 1},
+    [ETCD_DELETE] = {"/v3/kv/deleterange", 1}, [ETCD_TXN] = {"/v3/kv/txn", 1},
+    [ETCD_GRANT] = {"/v3/lease/grant", 0},     [ETCD_KEEPALIVE] = {"/v3/lease/keepalive", 0},
     [ETCD_REVOKE] = {"/v3/lease/revoke", 1},
 };
 
@@ -47,6 +48,7 @@ struct etcd_call_s {
     int authing;   /* the exchange in progress is the authentication */
     int reauthed;  /* the call already authenticated again once */
     int skip_auth; /* the member said authentication is not enabled */
+    int pinned;    /* one attempt, on one member: no moving on */
     int status;    /* the HTTP status of the answer in progress */
     int too_large;
     oa_buf_t answer;
@@ -201,6 +203,7 @@ int oa_etcd_new(uv_loop_t *loop, const oa_etcd_options_t *o, oa_etcd_t **out, oa
     c->timeout_ms = o->timeout_ms != 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->attempt_timeout_ms = o->attempt_timeout_ms != 0 ? o->attempt_timeout_ms : DEFAULT_ATTEMPT_TIMEOUT_MS;
     c->max_body = o->max_body != 0 ? o->max_body : DEFAULT_MAX_BODY;
+    c->watch_probe_ms = o->watch_probe_ms != 0 ? o->watch_probe_ms : DEFAULT_WATCH_PROBE_MS;
     rc = uv_timer_init(loop, &c->closer);
     if (rc != 0) {
         client_free(c);
@@ -235,8 +238,8 @@ etcd_verdict_t etcd_classify(int grpc_code, const char *message, oa_etcd_err_t *
 {
     /* The messages come from etcd's rpctypes; the code alone cannot tell "no leader" (not applied, safe anywhere)
      * from "leader changed" (perhaps applied). */
-    static const char *const not_applied[] = {"no leader", "not leader", "server stopped", "not capable",
-                                              "unhealthy cluster", "too many requests"};
+    static const char *const not_applied[] = {"no leader",   "not leader",        "server stopped",
+                                              "not capable", "unhealthy cluster", "too many requests"};
     size_t i;
 
     *err = OA_ETCD_E_OTHER;
@@ -431,6 +434,10 @@ static void next_member(etcd_call_t *k)
         etcd_conn_close(k->conn);
         k->conn = NULL;
     }
+    if (k->pinned) {
+        finish(k, OA_ETCD_E_UNAVAILABLE, NULL);
+        return;
+    }
     k->member = (k->member + 1) % c->n_members;
     if (++k->tried < c->n_members) {
         attempt(k);
@@ -562,7 +569,8 @@ static int add_kvs(etcd_call_t *k, const json_t *arr)
     size_t i;
     json_t *o;
 
-    json_array_foreach(arr, i, o) {
+    json_array_foreach(arr, i, o)
+    {
         if (add_kv(k, o) != 0)
             return -1;
     }
@@ -590,7 +598,8 @@ static int read_result(etcd_call_t *k, json_t *a)
         return 0;
     case ETCD_TXN:
         r->succeeded = json_is_true(json_object_get(a, "succeeded"));
-        json_array_foreach(json_object_get(a, "responses"), i, op) {
+        json_array_foreach(json_object_get(a, "responses"), i, op)
+        {
             json_t *range = json_object_get(op, "response_range");
 
             r->deleted += etcd_json_int64(json_object_get(op, "response_delete_range"), "deleted");
@@ -703,7 +712,7 @@ static void on_done(void *ctx, int rc, int sent, const char *why)
     finish(k, err, NULL);
 }
 
-int etcd_call_start(oa_etcd_t *c, etcd_kind_t kind, json_t *body, oa_etcd_cb cb, void *data)
+int etcd_call_start(oa_etcd_t *c, etcd_kind_t kind, json_t *body, size_t member, oa_etcd_cb cb, void *data)
 {
     etcd_call_t *k = NULL;
     int rc = UV_ENOMEM;
@@ -725,8 +734,9 @@ int etcd_call_start(oa_etcd_t *c, etcd_kind_t kind, json_t *body, oa_etcd_cb cb,
     k->kind = kind;
     k->cb = cb;
     k->data = data;
-    k->member = c->preferred;
-    k->deadline = uv_now(c->loop) + c->timeout_ms;
+    k->member = member < c->n_members ? member : c->preferred;
+    k->pinned = member < c->n_members;
+    k->deadline = uv_now(c->loop) + (k->pinned ? c->attempt_timeout_ms : c->timeout_ms);
     snprintf(k->why, sizeof(k->why), "No etcd member answered within %u ms.", c->timeout_ms);
     k->next = c->calls;
     c->calls = k;

@@ -55,8 +55,8 @@ struct etcd_conn_s {
     unsigned depth; /* handler callbacks running now */
     unsigned gai_active : 1;
     unsigned tcp_open : 1;
-    unsigned failed : 1;   /* no more I/O */
-    unsigned closed : 1;   /* nobody uses the connection any more: memory follows */
+    unsigned failed : 1; /* no more I/O */
+    unsigned closed : 1; /* nobody uses the connection any more: memory follows */
     unsigned in_idle : 1;
     unsigned writing : 1;
     unsigned sent : 1;     /* a byte of the current request went to the socket */

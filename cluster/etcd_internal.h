@@ -19,7 +19,7 @@ typedef struct etcd_conn_s etcd_conn_t;
 typedef struct etcd_call_s etcd_call_t;
 
 typedef struct etcd_member_s {
-    char *host;     /* without brackets */
+    char *host; /* without brackets */
     char port[8];
     char where[300]; /* "host:port" for sentences and the Host header */
 } etcd_member_t;
@@ -32,7 +32,7 @@ struct oa_etcd_s {
     char *user, *password;
     char *token; /* from /v3/auth/authenticate; NULL until then, and after etcd refused it */
     SSL_CTX *tls;
-    unsigned timeout_ms, attempt_timeout_ms;
+    unsigned timeout_ms, attempt_timeout_ms, watch_probe_ms;
     size_t max_body;
 
     etcd_conn_t *idle;        /* open keep-alive connections with nothing to do */
@@ -97,9 +97,12 @@ typedef enum etcd_kind_e {
     ETCD_REVOKE,
 } etcd_kind_t;
 
-/* Starts one call of kind with body (a JSON object; the reference is stolen, also on failure). Returns 0 or a
- * negative UV_E* as the public calls do. */
-int etcd_call_start(oa_etcd_t *c, etcd_kind_t kind, json_t *body, oa_etcd_cb cb, void *data);
+#define ETCD_ANY_MEMBER ((size_t)-1)
+
+/* Starts one call of kind with body (a JSON object; the reference is stolen, also on failure). member
+ * ETCD_ANY_MEMBER: the call goes where calls go; a member's index: one attempt on that member alone, within the
+ * attempt timeout. Returns 0 or a negative UV_E* as the public calls do. */
+int etcd_call_start(oa_etcd_t *c, etcd_kind_t kind, json_t *body, size_t member, oa_etcd_cb cb, void *data);
 
 /* Sends on k, to member m, the authentication when it is due (a user and no token, unless skip_auth) or else "POST
  * path" with body; both with the headers every request carries (Host, the token when there is one, and extra: lines

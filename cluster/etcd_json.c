@@ -165,7 +165,7 @@ int oa_etcd_range(oa_etcd_t *c, const void *key, size_t key_len, const void *ran
         set(o, "revision", int64_json(revision), &bad);
     if (o != NULL && limit > 0)
         set(o, "limit", int64_json(limit), &bad);
-    return etcd_call_start(c, ETCD_RANGE, checked(o, bad), cb, data);
+    return etcd_call_start(c, ETCD_RANGE, checked(o, bad), ETCD_ANY_MEMBER, cb, data);
 }
 
 int oa_etcd_put(oa_etcd_t *c, const void *key, size_t key_len, const void *value, size_t value_len, int64_t lease,
@@ -173,7 +173,7 @@ int oa_etcd_put(oa_etcd_t *c, const void *key, size_t key_len, const void *value
 {
     if (key_len == 0)
         return UV_EINVAL;
-    return etcd_call_start(c, ETCD_PUT, put_body(key, key_len, value, value_len, lease), cb, data);
+    return etcd_call_start(c, ETCD_PUT, put_body(key, key_len, value, value_len, lease), ETCD_ANY_MEMBER, cb, data);
 }
 
 int oa_etcd_delete(oa_etcd_t *c, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
@@ -181,7 +181,8 @@ int oa_etcd_delete(oa_etcd_t *c, const void *key, size_t key_len, const void *ra
 {
     if (key_len == 0)
         return UV_EINVAL;
-    return etcd_call_start(c, ETCD_DELETE, range_body(key, key_len, range_end, range_end_len), cb, data);
+    return etcd_call_start(c, ETCD_DELETE, range_body(key, key_len, range_end, range_end_len), ETCD_ANY_MEMBER, cb,
+                           data);
 }
 
 static json_t *cmp_json(const oa_etcd_cmp_t *cmp)
@@ -268,7 +269,7 @@ int oa_etcd_txn(oa_etcd_t *c, const oa_etcd_cmp_t *cmp, size_t n_cmp, const oa_e
         json_decref(o);
         return c->closing ? UV_ECANCELED : UV_EINVAL;
     }
-    return etcd_call_start(c, ETCD_TXN, o, cb, data);
+    return etcd_call_start(c, ETCD_TXN, o, ETCD_ANY_MEMBER, cb, data);
 }
 
 static int lease_call(oa_etcd_t *c, etcd_kind_t kind, const char *field, int64_t v, oa_etcd_cb cb, void *data)
@@ -278,7 +279,7 @@ static int lease_call(oa_etcd_t *c, etcd_kind_t kind, const char *field, int64_t
 
     if (!bad)
         set(o, field, int64_json(v), &bad);
-    return etcd_call_start(c, kind, checked(o, bad), cb, data);
+    return etcd_call_start(c, kind, checked(o, bad), ETCD_ANY_MEMBER, cb, data);
 }
 
 int oa_etcd_lease_grant(oa_etcd_t *c, int64_t ttl_s, oa_etcd_cb cb, void *data)

@@ -7,9 +7,10 @@
  * request carries gRPC's "hasleader" metadata, so that a member cut off from its leader ends the stream rather than
  * keeping quiet.
  *
- * The watch's timer bounds one attempt (connection, authentication and the "created" message), and spaces the
- * attempts once every member has failed. The final update fires from its close callback, and the memory goes right
- * after it.
+ * The watch's timer bounds one attempt (connection, authentication and the "created" message), spaces the
+ * attempts once every member has failed, and, while a stream is up, sets off a probe of its member when the stream
+ * has been quiet for a while. The final update fires from its close callback, and the memory goes right after it (or
+ * after a probe still under way has come back).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@
 
 #include "etcd_internal.h"
 
-#define PAUSE_MS     100u  /* grows with each round over the members */
+#define PAUSE_MS     100u /* grows with each round over the members */
 #define PAUSE_MAX_MS 1000u
 
 /* gRPC metadata travels through the gateway as Grpc-Metadata-* headers. */
@@ -34,10 +35,13 @@ struct oa_etcd_watch_s {
     unsigned failures; /* attempts that failed since the last stream was created */
     etcd_conn_t *conn;
     int authing, reauthed, skip_auth;
-    int status;    /* the HTTP status of the answer in progress */
-    int streaming; /* the current stream said "created" */
-    oa_buf_t line; /* the stream: bytes of a message whose end has not come yet; the authentication's answer */
-    int done;      /* the final update is fixed */
+    int status;       /* the HTTP status of the answer in progress */
+    int streaming;    /* the current stream said "created" */
+    oa_buf_t line;    /* the stream: bytes of a message whose end has not come yet; the authentication's answer */
+    int done;         /* the final update is fixed */
+    int timer_closed; /* the final update went out; the memory waits only for a probe still under way */
+    int probing;      /* a probe of the member is under way */
+    unsigned gen, probe_gen; /* the stream's number, and the number of the one the probe is about */
     oa_etcd_watch_update_t final;
     char why[ETCD_WHY_MAX];
     oa_etcd_watch_cb cb;
@@ -48,18 +52,26 @@ static void attempt(oa_etcd_watch_t *w);
 
 /* ---- the end ---- */
 
-static void on_watch_closed(uv_handle_t *h)
+static void watch_free(oa_etcd_watch_t *w)
 {
-    oa_etcd_watch_t *w = oa_container_of(h, oa_etcd_watch_t, timer);
     oa_etcd_t *c = w->c;
 
-    w->final.why = w->why;
-    w->cb(w, &w->final, w->data);
     free(w->key);
     free(w->end);
     oa_buf_free(&w->line);
     free(w);
     etcd_client_drop(c);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    oa_etcd_watch_t *w = oa_container_of(h, oa_etcd_watch_t, timer);
+
+    w->final.why = w->why;
+    w->cb(w, &w->final, w->data);
+    w->timer_closed = 1;
+    if (!w->probing)
+        watch_free(w);
 }
 
 static void finish(oa_etcd_watch_t *w, oa_etcd_watch_kind_t kind, oa_etcd_err_t err)
@@ -103,10 +115,17 @@ void etcd_watch_cancel_all(oa_etcd_t *c)
 
 /* ---- moving on ---- */
 
+static void move_on(oa_etcd_watch_t *w);
+static void start_probe(oa_etcd_watch_t *w);
+
 static void on_timer(uv_timer_t *t)
 {
     oa_etcd_watch_t *w = oa_container_of(t, oa_etcd_watch_t, timer);
 
+    if (w->streaming) {
+        start_probe(w);
+        return;
+    }
     if (w->conn != NULL) {
         /* The attempt took too long: the member is there but does not serve. */
         etcd_conn_close(w->conn);
@@ -128,12 +147,55 @@ static void move_on(oa_etcd_watch_t *w)
         w->conn = NULL;
     }
     w->streaming = 0;
+    w->gen++;
     oa_buf_reset(&w->line);
     w->member = (w->member + 1) % w->c->n_members;
     rounds = w->failures++ / (unsigned)w->c->n_members;
     if (rounds > 0)
         pause = PAUSE_MS * rounds < PAUSE_MAX_MS ? PAUSE_MS * rounds : PAUSE_MAX_MS;
     uv_timer_start(&w->timer, on_timer, pause, 0);
+}
+
+/* ---- a quiet stream: is its member still there? ---- */
+
+/* A stream that says nothing may be one whose member hangs (stopped, overloaded): the kernel keeps the connection
+ * up, and the member's own checks (hasleader) cannot run. A cheap read on the same member, served by it alone,
+ * tells; a member that does not answer it in time is left for the next one. */
+static void on_probe(oa_etcd_t *c, const oa_etcd_result_t *r, void *data)
+{
+    oa_etcd_watch_t *w = data;
+
+    w->probing = 0;
+    if (w->done) {
+        if (w->timer_closed)
+            watch_free(w);
+        return;
+    }
+    if (!w->streaming)
+        return; /* the timer serves an attempt now */
+    if (w->probe_gen == w->gen && r->err == OA_ETCD_E_UNAVAILABLE) {
+        snprintf(w->why, sizeof(w->why), "etcd at %s stopped answering while watched: %s",
+                 c->members[w->member].where, r->why);
+        move_on(w);
+        return;
+    }
+    /* The member answered, or the probe was about a stream that has since been replaced: the stream up now gets
+     * its own probe after a quiet while. */
+    uv_timer_start(&w->timer, on_timer, c->watch_probe_ms, 0);
+}
+
+static void start_probe(oa_etcd_watch_t *w)
+{
+    json_t *o =
+        json_pack("{s:o, s:b, s:b}", "key", etcd_json_b64(w->key, w->key_len), "count_only", 1, "serializable", 1);
+
+    if (etcd_call_start(w->c, ETCD_RANGE, o, w->member, on_probe, w) != 0) {
+        /* Out of memory, or the client is closing (the watch then ends too): try again later. */
+        uv_timer_start(&w->timer, on_timer, w->c->watch_probe_ms, 0);
+        return;
+    }
+    w->probing = 1;
+    w->probe_gen = w->gen;
 }
 
 /* What an error from etcd (code, message) means for the watch. */
@@ -178,7 +240,7 @@ static int cancel_code(const char *reason)
         const char *name;
         int code;
     } codes[] = {{"code = Unauthenticated", 16}, {"code = PermissionDenied", 7}, {"code = InvalidArgument", 3},
-                 {"code = Unavailable", 14},     {"code = OutOfRange", 11},       {"code = FailedPrecondition", 9}};
+                 {"code = Unavailable", 14},     {"code = OutOfRange", 11},      {"code = FailedPrecondition", 9}};
     size_t i;
 
     for (i = 0; reason != NULL && i < OA_ARRAY_SIZE(codes); i++) {
@@ -260,10 +322,12 @@ static void on_message(oa_etcd_watch_t *w, const json_t *m)
         w->streaming = 1;
         w->failures = 0;
         w->reauthed = 0;
-        uv_timer_stop(&w->timer);
         if (w->next_rev == 0)
             w->next_rev = etcd_json_int64(json_object_get(r, "header"), "revision") + 1;
     }
+    /* Whatever the member says proves it alive: the next probe waits for a quiet while again. */
+    if (w->streaming && !w->probing)
+        uv_timer_start(&w->timer, on_timer, w->c->watch_probe_ms, 0);
     events = json_object_get(r, "events");
     if (json_array_size(events) > 0 && w->streaming)
         deliver_events(w, r, events);

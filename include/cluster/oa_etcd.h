@@ -51,12 +51,13 @@ const char *oa_etcd_err_name(oa_etcd_err_t err);
 typedef struct oa_etcd_options_s {
     const char *const *members; /* n_members entries of "host:port" ("[v6]:port" for an IPv6 literal) */
     size_t n_members;
-    const char *user;          /* NULL: no authentication */
-    const char *password;      /* with user */
-    SSL_CTX *tls;              /* NULL: plain HTTP. Borrowed; must outlive the client (oa_tls_client_ctx_new) */
-    unsigned timeout_ms;       /* one call's deadline, every member and retry included; 0: 5000 */
+    const char *user;            /* NULL: no authentication */
+    const char *password;        /* with user */
+    SSL_CTX *tls;                /* NULL: plain HTTP. Borrowed; must outlive the client (oa_tls_client_ctx_new) */
+    unsigned timeout_ms;         /* one call's deadline, every member and retry included; 0: 5000 */
     unsigned attempt_timeout_ms; /* one member's share: connect, TLS, authentication and answer; 0: 1500 */
-    size_t max_body;           /* the largest answer accepted; 0: 16 MiB */
+    size_t max_body;             /* the largest answer accepted; 0: 16 MiB */
+    unsigned watch_probe_ms;     /* a watch stream quiet this long checks that its member still answers; 0: 2000 */
 } oa_etcd_options_t;
 
 /* Creates a client on loop. Nothing is connected until the first call. The option strings are copied. Returns 0
@@ -87,8 +88,8 @@ typedef struct oa_etcd_kv_s {
 /* The outcome of one call; borrowed for the duration of the callback. */
 typedef struct oa_etcd_result_s {
     oa_etcd_err_t err;
-    int grpc_code;   /* the gRPC status code etcd gave with an error, else 0 */
-    const char *why; /* one sentence when err is not OA_ETCD_OK, naming the member; else "" */
+    int grpc_code;    /* the gRPC status code etcd gave with an error, else 0 */
+    const char *why;  /* one sentence when err is not OA_ETCD_OK, naming the member; else "" */
     int64_t revision; /* the store's revision when the member answered (header.revision) */
     /* range: the keys found; txn: the keys read by the range operations of the branch taken, in order. */
     const oa_etcd_kv_t *kvs;
@@ -214,9 +215,11 @@ typedef void (*oa_etcd_watch_cb)(oa_etcd_watch_t *w, const oa_etcd_watch_update_
 
 /*
  * Watches a key or a range (range_end as oa_etcd_range) from start_revision (0: changes after now). When the
- * member's stream breaks (the member died, lost its leader, or closed the connection), the watch goes on from the
- * last revision it delivered + 1 on the next member, so every change arrives once and in order. Returns 0 with *out
- * set (when out is not NULL) or a negative UV_E* as the calls do (cb will not fire).
+ * member's stream breaks (the member died, lost its leader, or closed the connection) or the member stops answering
+ * (a stream quiet for watch_probe_ms is checked with a small read on the same member, which must answer within the
+ * attempt timeout), the watch goes on from the last revision it delivered + 1 on the next member, so every change
+ * arrives once and in order. Returns 0 with *out set (when out is not NULL) or a negative UV_E* as the calls do (cb
+ * will not fire).
  */
 int oa_etcd_watch_start(oa_etcd_t *c, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
                         int64_t start_revision, oa_etcd_watch_cb cb, void *data, oa_etcd_watch_t **out);

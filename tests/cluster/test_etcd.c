@@ -182,7 +182,14 @@ static void tc_loop(tc_t *t)
     t->nap.data = t;
 }
 
-/* A client on the loop of t, which tc_loop made. */
+/* A client with options o on the loop of t, which tc_loop made. */
+static void tc_client_opts(tc_t *t, const oa_etcd_options_t *o)
+{
+    oa_error_t err;
+
+    assert_int_equal(oa_etcd_new(&t->loop, o, &t->c, &err), 0);
+}
+
 static void tc_client(tc_t *t, const char *const *members, size_t n, const char *user, const char *password,
                       unsigned timeout_ms, unsigned attempt_ms, SSL_CTX *tls)
 {
@@ -193,9 +200,8 @@ static void tc_client(tc_t *t, const char *const *members, size_t n, const char 
                            .tls = tls,
                            .timeout_ms = timeout_ms,
                            .attempt_timeout_ms = attempt_ms};
-    oa_error_t err;
 
-    assert_int_equal(oa_etcd_new(&t->loop, &o, &t->c, &err), 0);
+    tc_client_opts(t, &o);
 }
 
 static void tc_open_tls(tc_t *t, const char *const *members, size_t n, const char *user, const char *password,
@@ -669,6 +675,55 @@ static void test_watch_fails_over(void **state)
     tc_close(&t);
 }
 
+static void on_closed_flag(oa_etcd_t *c, void *data)
+{
+    (void)c;
+    *(int *)data = 1;
+}
+
+static void test_watch_leaves_hung_member(void **state)
+{
+    const char *watched[] = {g.three[1].addr, g.three[2].addr, g.three[0].addr};
+    const char *writers[] = {g.three[2].addr, g.three[0].addr};
+    oa_etcd_options_t o = {.members = writers, .n_members = 2, .timeout_ms = 8000, .attempt_timeout_ms = 2000};
+    oa_etcd_options_t ow = {
+        .members = watched, .n_members = 3, .timeout_ms = 8000, .attempt_timeout_ms = 500, .watch_probe_ms = 300};
+    oa_etcd_t *writer = NULL, *mine;
+    oa_etcd_watch_t *w;
+    oa_error_t err;
+    int writer_closed = 0;
+    res_t r;
+    seen_t s;
+    tc_t t;
+
+    (void)state;
+    /* The failover test killed the first member: it comes back, so that two members still make a majority once
+     * the watched one hangs. */
+    if (g.three[0].pid == 0)
+        assert_int_equal(member_start(&g.three[0], g.cluster, NULL), 0);
+    assert_int_equal(oa_testnet_etcd_wait(g.three[0].client, 0, START_MS), 0);
+
+    tc_loop(&t);
+    tc_client_opts(&t, &ow);
+    watch_first_two(&t, "h/", &s, &w);
+
+    /* Stopped, not dead: its connections stay up and say nothing. The writes go through a client of the others. */
+    kill(g.three[1].pid, SIGSTOP);
+    assert_int_equal(oa_testnet_etcd_wait(g.three[2].client, 0, START_MS), 0);
+    assert_int_equal(oa_etcd_new(&t.loop, &o, &writer, &err), 0);
+    mine = t.c;
+    t.c = writer;
+    put(&t, "h/3", "c", 0, &r);
+    t.c = mine;
+    wait_events(&t, &s, 3);
+    assert_event(&s, 2, OA_ETCD_EVENT_PUT, "h/3", "c");
+    kill(g.three[1].pid, SIGCONT);
+    stop_watch(&t, w, &s);
+    oa_etcd_close(writer, on_closed_flag, &writer_closed);
+    tc_wait(&t, &writer_closed);
+    tc_close(&t);
+}
+
 static void test_compaction_reported(void **state)
 {
     const char *members[] = {g.one.addr};
@@ -936,8 +991,9 @@ static void test_keep_alive_and_int64(void **state)
     int i;
 
     (void)state;
-    snprintf(answer, sizeof(answer), "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-             sizeof(body) - 1, body);
+    snprintf(answer, sizeof(answer),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", sizeof(body) - 1,
+             body);
     tc_loop(&t);
     fake_start(&t, &f, answer);
     members[0] = f.addr;
@@ -1146,6 +1202,7 @@ int main(void)
         cmocka_unit_test(test_lease),
         cmocka_unit_test(test_watch_resumes_after_restart),
         cmocka_unit_test(test_watch_fails_over),
+        cmocka_unit_test(test_watch_leaves_hung_member),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_keep_alive_and_int64),

@@ -181,8 +181,8 @@ pid_t oa_testnet_etcd_start(const char *name, int client_port, int peer_port, co
 
     if (client_port <= 0 || peer_port <= 0 || oa_testnet_port_accepts(client_port))
         return -1;
-    snprintf(client_url, sizeof(client_url), "%s://127.0.0.1:%d", has_arg(extra_args, "--cert-file") ? "https" : "http",
-             client_port);
+    snprintf(client_url, sizeof(client_url), "%s://127.0.0.1:%d",
+             has_arg(extra_args, "--cert-file") ? "https" : "http", client_port);
     snprintf(peer_url, sizeof(peer_url), "http://127.0.0.1:%d", peer_port);
     snprintf(self, sizeof(self), "%s=%s", name, peer_url);
     if ((size_t)snprintf(data, sizeof(data), "%s/%s.etcd", dir, name) >= sizeof(data) ||
