@@ -8,6 +8,7 @@
  * right after it.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,13 +117,13 @@ static void on_closer_closed(uv_handle_t *h)
 
 /* ---- options ---- */
 
-static int host_char_ok(char ch)
+static bool host_char_ok(char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
            ch == '.' || ch == '_' || ch == ':';
 }
 
-/* "host:port" or "[v6]:port" into m. Returns 0 or -1. */
+/* "host:port" or "[v6]:port" into m. Returns 0, UV_EINVAL, or UV_ENOMEM. */
 static int member_parse(const char *s, etcd_member_t *m)
 {
     const char *colon, *host = s, *host_end, *p;
@@ -132,30 +133,30 @@ static int member_parse(const char *s, etcd_member_t *m)
         host = s + 1;
         host_end = strchr(host, ']');
         if (host_end == NULL || host_end[1] != ':')
-            return -1;
+            return UV_EINVAL;
         colon = host_end + 1;
     } else {
         colon = strrchr(s, ':');
         if (colon == NULL || memchr(s, ':', (size_t)(colon - s)) != NULL)
-            return -1;
+            return UV_EINVAL;
         host_end = colon;
     }
     if (host_end == host || (size_t)(host_end - host) > 253 || strlen(s) >= sizeof(m->where))
-        return -1;
+        return UV_EINVAL;
     for (p = host; p < host_end; p++) {
         if (!host_char_ok(*p) || (*p == ':' && s[0] != '['))
-            return -1;
+            return UV_EINVAL;
     }
     for (p = colon + 1; *p != '\0'; p++) {
         if (*p < '0' || *p > '9' || p - colon > 5)
-            return -1;
+            return UV_EINVAL;
         port = port * 10 + (unsigned long)(*p - '0');
     }
     if (port == 0 || port > 65535)
-        return -1;
+        return UV_EINVAL;
     m->host = strndup(host, (size_t)(host_end - host));
     if (m->host == NULL)
-        return -1;
+        return UV_ENOMEM;
     snprintf(m->port, sizeof(m->port), "%lu", port);
     snprintf(m->where, sizeof(m->where), "%s", s);
     return 0;
@@ -179,7 +180,10 @@ int oa_etcd_new(uv_loop_t *loop, const oa_etcd_options_t *o, oa_etcd_t **out, oa
     c->loop = loop;
     c->n_members = o->n_members;
     for (i = 0; i < o->n_members; i++) {
-        if (o->members[i] == NULL || member_parse(o->members[i], &c->members[i]) != 0) {
+        rc = o->members[i] != NULL ? member_parse(o->members[i], &c->members[i]) : UV_EINVAL;
+        if (rc == UV_ENOMEM)
+            goto nomem;
+        if (rc != 0) {
             oa_error_set(err, OA_E_BAD_OPTION, "The etcd member \"%.120s\" is not host:port.",
                          o->members[i] != NULL ? o->members[i] : "");
             client_free(c);
@@ -332,38 +336,38 @@ int etcd_auth_store(oa_etcd_t *c, json_t *answer)
     char *copy;
 
     if (token == NULL || token[0] == '\0')
-        return -1;
+        return UV_EPROTO;
     /* The token goes into a header line: a byte that could end the line is refused. */
     for (p = token; *p != '\0'; p++) {
         if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
-            return -1;
+            return UV_EPROTO;
     }
     copy = strdup(token);
     if (copy == NULL)
-        return -1;
+        return UV_ENOMEM;
     free(c->token);
     c->token = copy;
     return 0;
 }
 
 /* The error in an answer, unary ({"error","code","message"}) or from a stream ({"error":{"grpc_code",...}}).
- * Returns 1 with *code and *message set, or 0. */
-static int answer_error(const json_t *a, int *code, const char **message)
+ * Returns true with *code and *message set. */
+static bool answer_error(const json_t *a, int *code, const char **message)
 {
     const json_t *e = json_object_get(a, "error");
 
     if (json_is_object(e)) {
         *code = (int)json_integer_value(json_object_get(e, "grpc_code"));
         *message = json_string_value(json_object_get(e, "message"));
-        return 1;
+        return true;
     }
     if (!json_is_integer(json_object_get(a, "code")))
-        return 0;
+        return false;
     *code = (int)json_integer_value(json_object_get(a, "code"));
     *message = json_string_value(json_object_get(a, "message"));
     if (*message == NULL)
         *message = json_string_value(e);
-    return 1;
+    return true;
 }
 
 /* ---- the life of a call ---- */
@@ -549,17 +553,20 @@ static void on_body(void *ctx, const char *p, size_t n)
 
 static int add_kv(etcd_call_t *k, const json_t *o)
 {
+    int rc;
+
     if (k->n_kvs == k->cap_kvs) {
         size_t cap = k->cap_kvs != 0 ? k->cap_kvs * 2 : 4;
         oa_etcd_kv_t *kvs = realloc(k->kvs, cap * sizeof(*kvs));
 
         if (kvs == NULL)
-            return -1;
+            return UV_ENOMEM;
         k->kvs = kvs;
         k->cap_kvs = cap;
     }
-    if (etcd_kv_parse(o, &k->kvs[k->n_kvs]) != 0)
-        return -1;
+    rc = etcd_kv_parse(o, &k->kvs[k->n_kvs]);
+    if (rc != 0)
+        return rc;
     k->n_kvs++;
     return 0;
 }
@@ -571,13 +578,16 @@ static int add_kvs(etcd_call_t *k, const json_t *arr)
 
     json_array_foreach(arr, i, o)
     {
-        if (add_kv(k, o) != 0)
-            return -1;
+        int rc = add_kv(k, o);
+
+        if (rc != 0)
+            return rc;
     }
     return 0;
 }
 
-/* Fills the result from a successful answer. Returns 0, or -1 when it is not what the gateway sends. */
+/* Fills the result from a successful answer. Returns 0, UV_EPROTO when it is not what the gateway sends, or
+ * UV_ENOMEM. */
 static int read_result(etcd_call_t *k, json_t *a)
 {
     oa_etcd_result_t *r = &k->res;
@@ -587,7 +597,7 @@ static int read_result(etcd_call_t *k, json_t *a)
     if (k->kind == ETCD_KEEPALIVE)
         a = json_object_get(a, "result"); /* a stream of one message */
     if (!json_is_object(a))
-        return -1;
+        return UV_EPROTO;
     r->revision = etcd_json_int64(json_object_get(a, "header"), "revision");
     switch (k->kind) {
     case ETCD_RANGE:
@@ -603,8 +613,10 @@ static int read_result(etcd_call_t *k, json_t *a)
             json_t *range = json_object_get(op, "response_range");
 
             r->deleted += etcd_json_int64(json_object_get(op, "response_delete_range"), "deleted");
-            if (range != NULL && add_kvs(k, json_object_get(range, "kvs")) != 0)
-                return -1;
+            int rc = range != NULL ? add_kvs(k, json_object_get(range, "kvs")) : 0;
+
+            if (rc != 0)
+                return rc;
         }
         return 0;
     case ETCD_GRANT:

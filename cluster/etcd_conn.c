@@ -15,6 +15,7 @@
 #include <llhttp.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -504,14 +505,14 @@ static void on_connected(uv_connect_t *req, int status)
 /* An idle connection whose member went away may have its end of file waiting in the socket, not read yet because the
  * loop was busy elsewhere. A request sent on it would break, and a write would look as if its outcome were unknown;
  * a look at the socket first avoids that. */
-static int idle_alive(etcd_conn_t *k)
+static bool idle_alive(etcd_conn_t *k)
 {
     uv_os_fd_t fd;
     ssize_t n;
     char b;
 
     if (uv_fileno((const uv_handle_t *)&k->tcp, &fd) != 0)
-        return 0;
+        return false;
     n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
@@ -579,7 +580,7 @@ int etcd_conn_send(etcd_conn_t *k, const char *req, size_t len, const etcd_conn_
     return 0;
 }
 
-int etcd_conn_sent(const etcd_conn_t *k)
+bool etcd_conn_sent(const etcd_conn_t *k)
 {
     return k->sent;
 }

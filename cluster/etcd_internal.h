@@ -6,6 +6,7 @@
 #define OA_CLUSTER_ETCD_INTERNAL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -76,8 +77,8 @@ int etcd_conn_send(etcd_conn_t *k, const char *req, size_t len, const etcd_conn_
  * the client's idle list, any other is closed. Nothing fires for the exchange any more. */
 void etcd_conn_release(etcd_conn_t *k);
 
-/* 1 when a byte of the current request went to the socket (the member may have acted on it). */
-int etcd_conn_sent(const etcd_conn_t *k);
+/* true when a byte of the current request went to the socket (the member may have acted on it). */
+bool etcd_conn_sent(const etcd_conn_t *k);
 
 /* Closes k at once; nothing fires for the exchange any more. The memory goes in the close callbacks. */
 void etcd_conn_close(etcd_conn_t *k);
@@ -114,7 +115,7 @@ int etcd_send(oa_etcd_t *c, etcd_conn_t *k, size_t m, int skip_auth, const char 
 /* The JSON body of /v3/auth/authenticate with the client's credentials (a malloc'ed string), or NULL. */
 char *etcd_auth_body(const oa_etcd_t *c);
 
-/* Takes the token out of an authenticate answer. Returns 0, or -1 when there is none. */
+/* Takes the token out of an authenticate answer. Returns 0, UV_EPROTO when there is no usable one, or UV_ENOMEM. */
 int etcd_auth_store(oa_etcd_t *c, json_t *answer);
 
 /* How the client reacts to an error etcd reported. */
@@ -133,11 +134,11 @@ etcd_verdict_t etcd_classify(int grpc_code, const char *message, oa_etcd_err_t *
 int64_t etcd_json_int64(const json_t *obj, const char *name);
 
 /* Decodes the base64 of obj[name] into a malloc'ed, NUL-terminated buffer (*out, *len); an absent field is an empty
- * one. Returns 0, or -1 when the field is not base64 or memory ran out. */
+ * one. Returns 0, UV_EINVAL when the field is not base64, or UV_ENOMEM. */
 int etcd_json_bytes(const json_t *obj, const char *name, unsigned char **out, size_t *len);
 
 /* Fills kv from one mvccpb.KeyValue object; the key and value buffers are malloc'ed (free with etcd_kv_free).
- * Returns 0 or -1. */
+ * Returns 0, UV_EINVAL (not such an object, or not base64), or UV_ENOMEM. */
 int etcd_kv_parse(const json_t *o, oa_etcd_kv_t *kv);
 void etcd_kv_free(oa_etcd_kv_t *kv);
 

@@ -28,11 +28,11 @@ int etcd_json_bytes(const json_t *obj, const char *name, unsigned char **out, si
     *out = malloc(n / 4 * 3 + 1);
     *len = 0;
     if (*out == NULL)
-        return -1;
+        return UV_ENOMEM;
     if (n > 0 && oa_base64_decode(json_string_value(v), n, *out, n / 4 * 3, &got) != 0) {
         free(*out);
         *out = NULL;
-        return -1;
+        return UV_EINVAL;
     }
     (*out)[got] = '\0';
     *len = got;
@@ -53,12 +53,17 @@ json_t *etcd_json_b64(const void *p, size_t n)
 int etcd_kv_parse(const json_t *o, oa_etcd_kv_t *kv)
 {
     unsigned char *key = NULL, *value = NULL;
+    int rc;
 
     memset(kv, 0, sizeof(*kv));
-    if (!json_is_object(o) || etcd_json_bytes(o, "key", &key, &kv->key_len) != 0 ||
-        etcd_json_bytes(o, "value", &value, &kv->value_len) != 0) {
+    if (!json_is_object(o))
+        return UV_EINVAL;
+    rc = etcd_json_bytes(o, "key", &key, &kv->key_len);
+    if (rc == 0)
+        rc = etcd_json_bytes(o, "value", &value, &kv->value_len);
+    if (rc != 0) {
         free(key);
-        return -1;
+        return rc;
     }
     kv->key = key;
     kv->value = value;

@@ -23,6 +23,7 @@
 #define OA_ETCD_H
 
 #include <openssl/ssl.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -95,7 +96,7 @@ typedef struct oa_etcd_result_s {
     const oa_etcd_kv_t *kvs;
     size_t n_kvs;
     int64_t count;   /* range: how many keys the range holds (may exceed n_kvs with a limit) */
-    int succeeded;   /* txn: 1 when every comparison held and the success branch ran */
+    bool succeeded;  /* txn: true when every comparison held and the success branch ran */
     int64_t deleted; /* delete, and the delete operations of a txn */
     int64_t lease;   /* lease grant and keepalive: the lease ID */
     int64_t ttl;     /* lease grant and keepalive: the TTL in seconds granted or renewed */
