@@ -26,6 +26,7 @@
 #include "oa_tls.h"
 
 #define READ_CHUNK 65536
+#define IDLE_MAX   4 /* open connections kept per member with nothing to do */
 
 typedef enum state_e { ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY } state_t;
 
@@ -140,7 +141,13 @@ void etcd_conn_close_idle(oa_etcd_t *c)
 
 void etcd_conn_release(etcd_conn_t *k)
 {
-    if (k->failed || !k->complete || !k->keep_alive || k->c->closing) {
+    const etcd_conn_t *i;
+    unsigned idle = 0;
+
+    for (i = k->c->idle; i != NULL; i = i->next)
+        idle += i->member == k->member;
+    /* A burst of calls opens a connection each; only a few are worth keeping once it is over. */
+    if (k->failed || !k->complete || !k->keep_alive || k->c->closing || idle >= IDLE_MAX) {
         etcd_conn_close(k);
         return;
     }

@@ -887,7 +887,7 @@ static void test_tls(void **state)
 
 /* ---- a member made up by the test, for the answers a real one gives only in a crisis ---- */
 
-#define FAKE_CLIENTS 4
+#define FAKE_CLIENTS 16
 
 typedef struct fake_s {
     uv_tcp_t server;
@@ -977,6 +977,20 @@ static void fake_stop(fake_t *f)
     uv_close((uv_handle_t *)&f->server, NULL);
 }
 
+/* n ranges at once, all answered. */
+static void burst(tc_t *t, size_t n)
+{
+    res_t r[8];
+    size_t i;
+
+    assert_true(n <= 8);
+    memset(r, 0, sizeof(r));
+    for (i = 0; i < n; i++)
+        assert_int_equal(oa_etcd_range(t->c, "k", 1, NULL, 0, 0, 0, on_res, &r[i]), 0);
+    for (i = 0; i < n; i++)
+        wait_ok(t, &r[i]);
+}
+
 static void test_keep_alive_and_int64(void **state)
 {
     /* A range answer as the gateway writes it: int64 as strings, base64 bytes, a lease ID past 2^53. */
@@ -1013,6 +1027,13 @@ static void test_keep_alive_and_int64(void **state)
     /* Three calls, one connection. */
     assert_int_equal(f.requests, 3);
     assert_int_equal(f.n_clients, 1);
+
+    /* Six calls at once need six connections; four of them stay for the next burst, which opens two more. */
+    burst(&t, 6);
+    assert_int_equal(f.n_clients, 6);
+    burst(&t, 6);
+    assert_int_equal(f.n_clients, 8);
+    assert_int_equal(f.requests, 15);
     fake_stop(&f);
     tc_close(&t);
 }
