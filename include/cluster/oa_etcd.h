@@ -7,8 +7,9 @@
  * starts on the member that answered last, and moves to the next member when one refuses the connection, does not
  * answer within the attempt timeout, or answers that it cannot serve (no leader, not leader, stopped); after every
  * member has failed once it waits a little and goes round again, until the call's deadline. A write (put, delete,
- * txn, lease revoke) that was sent to a member whose answer then did not arrive is never sent again: its outcome is
- * unknown and the call reports OA_ETCD_E_UNKNOWN. Connections are kept open and reused (HTTP keep-alive).
+ * txn, lease revoke) is never sent twice once it may have reached a member: when that member's answer does not
+ * arrive, or etcd says it gave up on it ("leader changed", a timeout), the outcome is unknown and the call reports
+ * OA_ETCD_E_UNKNOWN. Connections are kept open and reused (HTTP keep-alive; at most four idle ones per member).
  *
  * With a user name, the client authenticates (/v3/auth/authenticate) before its first call and sends the token with
  * every call; a call that meets "invalid auth token" (the token expired, or the member restarted) authenticates again
