@@ -1108,6 +1108,101 @@ static void test_member_errors(void **state)
     tc_close(&t);
 }
 
+static void test_token_refused_twice(void **state)
+{
+    static const char json[] =
+        "{\"error\":\"etcdserver: invalid auth token\",\"message\":\"etcdserver: invalid auth token\",\"code\":16}";
+    const char *members[1];
+    char answer[512];
+    fake_t f;
+    res_t r;
+    tc_t t;
+
+    (void)state;
+    /* A member that refuses every token: the client authenticates again once, then gives up. */
+    snprintf(answer, sizeof(answer), "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", sizeof(json) - 1, json);
+    tc_loop(&t);
+    fake_start(&t, &f, answer);
+    members[0] = f.addr;
+    tc_client(&t, members, 1, "root", "pw", 3000, 1000, NULL);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(oa_etcd_range(t.c, "k", 1, NULL, 0, 0, 0, on_res, &r), 0);
+    tc_wait(&t, &r.fired);
+    assert_int_equal(r.err, OA_ETCD_E_AUTH);
+    assert_int_equal(r.grpc, 16);
+    assert_int_equal(f.requests, 2);
+    fake_stop(&f);
+    tc_close(&t);
+}
+
+static void test_watch_stream_error(void **state)
+{
+    /* A stream as a member that loses its leader sends it: "created", then the error without a newline, then the
+     * end of the stream. */
+    static const char error[] = "{\"error\":{\"grpc_code\":14,\"http_code\":503,\"message\":\"etcdserver: no "
+                                "leader\",\"http_status\":\"Service Unavailable\"}}";
+    static const char denied[] = "{\"error\":{\"grpc_code\":7,\"http_code\":403,\"message\":\"etcdserver: "
+                                 "permission denied\",\"http_status\":\"Forbidden\"}}";
+    const char *members[2], *real[] = {g.one.addr};
+    oa_etcd_t *watcher = NULL;
+    oa_etcd_options_t o = {.members = members, .n_members = 2};
+    int watcher_closed = 0;
+    char created[256], answer[1024];
+    oa_etcd_watch_t *w;
+    oa_error_t err;
+    size_t created_len;
+    fake_t f;
+    res_t r;
+    seen_t s;
+    tc_t t;
+
+    (void)state;
+    /* t's client writes to the real member; the watch has a client of its own that tries the made-up one first. */
+    tc_open(&t, real, 1, NULL, NULL, 0, 0);
+    get(&t, "se", &r);
+    created_len = (size_t)snprintf(created, sizeof(created),
+                                   "{\"result\":{\"header\":{\"revision\":\"%lld\"},\"created\":true}}\n",
+                                   (long long)r.revision);
+    snprintf(answer, sizeof(answer),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "%zx\r\n%s\r\n%zx\r\n%s\r\n0\r\n\r\n",
+             created_len, created, sizeof(error) - 1, error);
+    fake_start(&t, &f, answer);
+    members[0] = f.addr;
+    members[1] = g.one.addr;
+    assert_int_equal(oa_etcd_new(&t.loop, &o, &watcher, &err), 0);
+
+    /* The watch starts on the made-up member, which says "created" as of the real revision, then "no leader": the
+     * watch goes on on the real member from the revision after it, and sees the next write. */
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(oa_etcd_watch_start(watcher, "se", 2, NULL, 0, 0, on_watch, &s, &w), 0);
+    while (f.requests == 0)
+        tc_sleep(&t, 20);
+    tc_sleep(&t, 300);
+    put(&t, "se", "after", 0, &r);
+    wait_events(&t, &s, 1);
+    assert_event(&s, 0, OA_ETCD_EVENT_PUT, "se", "after");
+    assert_int_equal(f.requests, 1);
+    stop_watch(&t, w, &s);
+
+    /* The same stream ending in "permission denied" is not the member's trouble but the caller's: the watch ends. */
+    snprintf(answer, sizeof(answer),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "%zx\r\n%s\r\n%zx\r\n%s\r\n0\r\n\r\n",
+             created_len, created, sizeof(denied) - 1, denied);
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(oa_etcd_watch_start(watcher, "se", 2, NULL, 0, 0, on_watch, &s, &w), 0);
+    tc_wait(&t, &s.finals);
+    assert_int_equal(s.final, OA_ETCD_WATCH_ERROR);
+    assert_int_equal(s.err, OA_ETCD_E_AUTH);
+    assert_int_equal(f.requests, 2);
+    oa_etcd_close(watcher, on_closed_flag, &watcher_closed);
+    tc_wait(&t, &watcher_closed);
+    fake_stop(&f);
+    tc_close(&t);
+}
+
 static void on_closed_count(oa_etcd_t *c, void *data)
 {
     (void)c;
@@ -1228,6 +1323,8 @@ int main(void)
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_keep_alive_and_int64),
         cmocka_unit_test(test_member_errors),
+        cmocka_unit_test(test_token_refused_twice),
+        cmocka_unit_test(test_watch_stream_error),
     };
 
     /* OA_TEST_FILTER=test_auth (a cmocka pattern) runs only the matching tests, the group set-up still first. */
