@@ -12,6 +12,7 @@ PACKAGES=(
   libuv1-dev libjansson-dev libssl-dev node-llhttp         # the daemon's libraries (llhttp ships as C sources)
   libcmocka-dev libhiredis-dev                             # unit tests; the Redis protocol of cluster mode
   redis-server redis-tools openssl curl jq procps iproute2 python3  # integration tests and the demo
+  etcd-server etcd-client                                  # cluster mode on etcd: the store and etcdctl
   haproxy python3-redis python3-openssl python3-requests   # staple delivery: the TLS proxy and a real client
   nginx wrk testssl.sh                                     # the benchmarks, the nginx hook example, TLS checks
   clang valgrind                                           # fuzzing and leak checks
@@ -52,11 +53,12 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-# Debian's nginx and haproxy packages start system-wide servers (nginx on port 80). The suites run private ones,
-# so a service that this script brought in is stopped and disabled again.
+# Debian's nginx, haproxy and etcd-server packages start system-wide servers (nginx on port 80, etcd on 2379). The
+# suites run private ones on ports of their own, so a service that this script brought in is stopped and disabled
+# again. Each entry is package:service.
 services=()
-for svc in nginx haproxy; do
-  installed "$svc" || services+=("$svc")
+for entry in nginx:nginx haproxy:haproxy etcd-server:etcd; do
+  installed "${entry%%:*}" || services+=("${entry#*:}")
 done
 
 if [ "${#missing[@]}" -gt 0 ]; then

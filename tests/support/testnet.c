@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -66,6 +67,30 @@ static int has_arg(const char *const *args, const char *name)
     return 0;
 }
 
+/* Starts argv[0] with stdin on /dev/null and stdout and stderr appended to log (NULL: /dev/null). The child dies
+ * with the suite, so a server never outlives a suite that crashed. Returns its pid, or -1. */
+static pid_t spawn(const char **argv, const char *log)
+{
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        int out = log != NULL ? open(log, O_WRONLY | O_CREAT | O_APPEND, 0600) : devnull;
+
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        if (out >= 0) {
+            dup2(out, 1);
+            dup2(out, 2);
+        }
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* execvp's argv is not const-qualified for historical reasons; it does not write to the strings. */
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid < 0 ? -1 : pid;
+}
+
 static void reap(pid_t pid)
 {
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
@@ -115,21 +140,9 @@ pid_t oa_testnet_redis_start(int port, const char *dir, const char *const *extra
         argv[n++] = extra_args[i];
     argv[n] = NULL;
 
-    pid = fork();
+    pid = spawn(argv, NULL);
     if (pid < 0)
         goto out;
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_RDWR);
-
-        if (devnull >= 0) {
-            dup2(devnull, 0);
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        /* execvp's argv is not const-qualified for historical reasons; it does not write to the strings. */
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
     for (i = 0; i < REDIS_WAIT_STEPS; i++) {
         /* A server that exited (a bad option, a port taken meanwhile) will never accept: no need to wait 5 s. */
         if (waitpid(pid, NULL, WNOHANG) == pid) {
@@ -151,6 +164,83 @@ out:
 }
 
 void oa_testnet_redis_stop(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    reap(pid);
+}
+
+pid_t oa_testnet_etcd_start(const char *name, int client_port, int peer_port, const char *initial_cluster,
+                            const char *dir, const char *const *extra_args)
+{
+    char client_url[64], peer_url[64], self[128], data[512], log[512];
+    const char **argv = NULL;
+    size_t n = 0, extra = 0, i;
+    pid_t pid = -1;
+
+    if (client_port <= 0 || peer_port <= 0 || oa_testnet_port_accepts(client_port))
+        return -1;
+    snprintf(client_url, sizeof(client_url), "%s://127.0.0.1:%d",
+             has_arg(extra_args, "--cert-file") ? "https" : "http", client_port);
+    snprintf(peer_url, sizeof(peer_url), "http://127.0.0.1:%d", peer_port);
+    snprintf(self, sizeof(self), "%s=%s", name, peer_url);
+    if ((size_t)snprintf(data, sizeof(data), "%s/%s.etcd", dir, name) >= sizeof(data) ||
+        (size_t)snprintf(log, sizeof(log), "%s/%s.log", dir, name) >= sizeof(log))
+        return -1;
+    while (extra_args != NULL && extra_args[extra] != NULL)
+        extra++;
+    /* The argument vector is built before fork so that the child only has to exec. */
+    argv = calloc(32 + extra, sizeof(*argv));
+    if (argv == NULL)
+        return -1;
+    argv[n++] = "etcd";
+    argv[n++] = "--name";
+    argv[n++] = name;
+    argv[n++] = "--data-dir";
+    argv[n++] = data;
+    argv[n++] = "--listen-client-urls";
+    argv[n++] = client_url;
+    argv[n++] = "--advertise-client-urls";
+    argv[n++] = client_url;
+    argv[n++] = "--listen-peer-urls";
+    argv[n++] = peer_url;
+    argv[n++] = "--initial-advertise-peer-urls";
+    argv[n++] = peer_url;
+    argv[n++] = "--initial-cluster";
+    argv[n++] = initial_cluster != NULL ? initial_cluster : self;
+    argv[n++] = "--initial-cluster-state";
+    argv[n++] = "new";
+    argv[n++] = "--heartbeat-interval";
+    argv[n++] = "100";
+    argv[n++] = "--election-timeout";
+    argv[n++] = "500";
+    for (i = 0; i < extra; i++)
+        argv[n++] = extra_args[i];
+    argv[n] = NULL;
+
+    pid = spawn(argv, log);
+    free(argv);
+    return pid;
+}
+
+int oa_testnet_etcd_wait(int client_port, int tls, unsigned ms)
+{
+    oa_testnet_reply_t r = {0};
+    unsigned waited;
+
+    for (waited = 0; waited <= ms; waited += 20) {
+        /* A member serving TLS drops a plain HTTP request unanswered: that one is only waited for to listen. */
+        if (oa_testnet_port_accepts(client_port) &&
+            (tls || (oa_testnet_http(client_port, "GET", "/health", NULL, NULL, NULL, &r) == 0 && r.status == 200 &&
+                     strstr(r.body, "\"true\"") != NULL)))
+            return 0;
+        usleep(20000);
+    }
+    return -1;
+}
+
+void oa_testnet_etcd_stop(pid_t pid, int sig)
 {
     if (pid <= 0)
         return;

@@ -1,5 +1,5 @@
 /*
- * Test-side network helpers shared by the suites: loopback ports and redis-server processes.
+ * Test-side network helpers shared by the suites: loopback ports, redis-server and etcd processes.
  *
  * Everything here works on 127.0.0.1 only and is bounded in time. Nothing asserts: every function reports failure
  * through its return value, and the suite decides what that means (fail, or skip).
@@ -32,6 +32,25 @@ pid_t oa_testnet_redis_start(int port, const char *dir, const char *const *extra
 
 /* Sends sig to the server started as pid and reaps it. Does nothing when pid <= 0. */
 void oa_testnet_redis_stop(pid_t pid, int sig);
+
+/*
+ * Starts one etcd member named name on 127.0.0.1 (client_port for clients, peer_port for the other members) with its
+ * data in "<dir>/<name>.etcd" and its log in "<dir>/<name>.log", without waiting for it. initial_cluster is
+ * etcd's --initial-cluster ("a=http://127.0.0.1:PEER,..."); NULL makes a cluster of this member alone. Heartbeat
+ * 100 ms and election timeout 500 ms keep elections short. extra_args (NULL or NULL-terminated) are appended; with
+ * "--cert-file" among them, clients are served over TLS only (the caller passes --cert-file and --key-file). A
+ * data directory from an earlier start is reused (a restart). Returns the pid, or -1 when the fork failed or
+ * client_port accepts connections already.
+ */
+pid_t oa_testnet_etcd_start(const char *name, int client_port, int peer_port, const char *initial_cluster,
+                            const char *dir, const char *const *extra_args);
+
+/* Waits until the member on client_port answers GET /health with "true" (it has a leader), at most ms
+ * milliseconds; a member serving TLS (tls 1) only until it accepts connections. Returns 0, or -1 on time out. */
+int oa_testnet_etcd_wait(int client_port, int tls, unsigned ms);
+
+/* Sends sig to the member started as pid and reaps it. Does nothing when pid <= 0. */
+void oa_testnet_etcd_stop(pid_t pid, int sig);
 
 /* One HTTP/1.1 exchange with a server on 127.0.0.1:port, blocking, bounded by a 10 s receive timeout: sends method
  * and path with Connection: close, the Authorization header "Basic <basic_auth>" when basic_auth is not NULL, the

@@ -1,0 +1,593 @@
+/*
+ * One HTTP/1.1 connection to one etcd member, for the calls and the watch of the etcd client (etcd_internal.h).
+ *
+ * Life of a connection: resolving (uv_getaddrinfo) -> connecting (each address in turn, a fresh TCP handle for each)
+ * -> TLS handshake (when the client has a context) -> ready. A request given before it is ready waits in a buffer.
+ * Answers are parsed with llhttp in response mode; the body goes to the exchange's handler as it arrives, so a watch
+ * (a chunked answer that never ends) is read the same way as a short answer. A complete answer on a connection the
+ * member lets live goes back to the client's idle list for the next call.
+ *
+ * Teardown: memory goes only once the TCP handle's close callback and a lookup still in the thread pool have both
+ * come back, and never while a handler is running (depth counts them), so a handler may close the connection from
+ * inside any of its callbacks.
+ */
+#include <errno.h>
+#include <llhttp.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "etcd_internal.h"
+#include "oa_tls.h"
+
+#define READ_CHUNK 65536
+#define IDLE_MAX   4 /* open connections kept per member with nothing to do */
+
+typedef enum state_e { ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY } state_t;
+
+struct etcd_conn_s {
+    oa_etcd_t *c;
+    size_t member;
+    etcd_conn_t *next; /* in c->idle */
+
+    uv_getaddrinfo_t gai;
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    struct addrinfo *addrs; /* owned; the list being tried */
+    struct addrinfo *next_addr;
+    int last_status; /* why the last address failed */
+
+    oa_tls_session_t tls;
+    llhttp_t parser;
+    oa_buf_t plain;    /* TLS: request bytes waiting for the handshake and encryption */
+    oa_buf_t out;      /* bytes for the socket not yet handed to uv_write */
+    oa_buf_t inflight; /* the bytes of the one uv_write in flight */
+    oa_buf_t dec;      /* TLS: plaintext decrypted from one read */
+    char rbuf[READ_CHUNK];
+
+    const etcd_conn_handler_t *h; /* the exchange in progress; NULL when there is none */
+    void *ctx;
+    state_t state;
+    unsigned depth; /* handler callbacks running now */
+    unsigned gai_active : 1;
+    unsigned tcp_open : 1;
+    unsigned failed : 1; /* no more I/O */
+    unsigned closed : 1; /* nobody uses the connection any more: memory follows */
+    unsigned in_idle : 1;
+    unsigned writing : 1;
+    unsigned sent : 1;     /* a byte of the current request went to the socket */
+    unsigned complete : 1; /* the current answer arrived whole */
+    unsigned keep_alive : 1;
+    char why[ETCD_WHY_MAX];
+};
+
+static void fail(etcd_conn_t *k, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- teardown ---- */
+
+static void maybe_free(etcd_conn_t *k)
+{
+    oa_etcd_t *c = k->c;
+
+    if (!k->closed || k->depth > 0 || k->gai_active || k->tcp_open)
+        return;
+    uv_freeaddrinfo(k->addrs);
+    oa_tls_session_free(&k->tls);
+    oa_buf_free(&k->plain);
+    oa_buf_free(&k->out);
+    oa_buf_free(&k->inflight);
+    oa_buf_free(&k->dec);
+    free(k);
+    etcd_client_drop(c);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    etcd_conn_t *k = oa_container_of(h, etcd_conn_t, tcp);
+
+    k->tcp_open = 0;
+    maybe_free(k);
+}
+
+static void unlink_idle(etcd_conn_t *k)
+{
+    etcd_conn_t **pp;
+
+    if (!k->in_idle)
+        return;
+    for (pp = &k->c->idle; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == k) {
+            *pp = k->next;
+            break;
+        }
+    }
+    k->in_idle = 0;
+    k->next = NULL;
+}
+
+/* Stops every source of events. A lookup in the thread pool may no longer be cancellable; its callback then sees
+ * failed and only frees the result. */
+static void stop_io(etcd_conn_t *k)
+{
+    if (k->gai_active)
+        (void)uv_cancel((uv_req_t *)&k->gai);
+    if (k->tcp_open && !uv_is_closing((uv_handle_t *)&k->tcp))
+        uv_close((uv_handle_t *)&k->tcp, on_tcp_closed);
+}
+
+void etcd_conn_close(etcd_conn_t *k)
+{
+    if (k == NULL || k->closed)
+        return;
+    k->closed = 1;
+    k->failed = 1;
+    k->h = NULL;
+    unlink_idle(k);
+    stop_io(k);
+    maybe_free(k);
+}
+
+void etcd_conn_close_idle(oa_etcd_t *c)
+{
+    while (c->idle != NULL)
+        etcd_conn_close(c->idle);
+}
+
+void etcd_conn_release(etcd_conn_t *k)
+{
+    const etcd_conn_t *i;
+    unsigned idle = 0;
+
+    for (i = k->c->idle; i != NULL; i = i->next)
+        idle += i->member == k->member;
+    /* A burst of calls opens a connection each; only a few are worth keeping once it is over. */
+    if (k->failed || !k->complete || !k->keep_alive || k->c->closing || idle >= IDLE_MAX) {
+        etcd_conn_close(k);
+        return;
+    }
+    k->h = NULL;
+    k->next = k->c->idle;
+    k->c->idle = k;
+    k->in_idle = 1;
+}
+
+/* Ends the exchange in progress with rc (0: the answer is complete). */
+static void done(etcd_conn_t *k, int rc)
+{
+    const etcd_conn_handler_t *h = k->h;
+
+    if (h == NULL)
+        return;
+    k->h = NULL;
+    k->depth++;
+    h->on_done(k->ctx, rc, k->sent, k->why);
+    k->depth--;
+}
+
+/* The connection is unusable: the exchange (if any) is told, an idle connection just goes. */
+static void fail(etcd_conn_t *k, int rc, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (k->failed)
+        return;
+    k->failed = 1;
+    va_start(ap, fmt);
+    vsnprintf(k->why, sizeof(k->why), fmt, ap);
+    va_end(ap);
+    stop_io(k);
+    if (k->h == NULL) {
+        etcd_conn_close(k);
+        return;
+    }
+    done(k, rc);
+    /* The exchange knows it is over; the connection is nobody's any more. */
+    k->closed = 1;
+    maybe_free(k);
+}
+
+/* ---- writing ---- */
+
+static void on_written(uv_write_t *req, int status);
+
+/* Starts the next uv_write when none is in flight. Request bytes wait until the connection is ready; before that
+ * only handshake records go out. */
+static int flush(etcd_conn_t *k)
+{
+    oa_buf_t tmp;
+    uv_buf_t b;
+    int rc;
+
+    if (k->failed || k->writing || (k->state != ST_READY && k->state != ST_HANDSHAKE))
+        return 0;
+    if (k->c->tls != NULL) {
+        if (k->state == ST_READY && k->plain.len > 0) {
+            rc = oa_tls_session_write(&k->tls, k->plain.data, k->plain.len);
+            if (rc != 0)
+                return rc;
+            oa_buf_reset(&k->plain);
+            k->sent = 1;
+        }
+        rc = oa_tls_session_drain(&k->tls, &k->out);
+        if (rc != 0)
+            return rc;
+    } else if (k->state != ST_READY) {
+        return 0;
+    } else if (k->out.len > 0) {
+        k->sent = 1;
+    }
+    if (k->out.len == 0)
+        return 0;
+    tmp = k->inflight;
+    k->inflight = k->out;
+    k->out = tmp;
+    oa_buf_reset(&k->out);
+    b = uv_buf_init(k->inflight.data, (unsigned)k->inflight.len);
+    rc = uv_write(&k->write_req, (uv_stream_t *)&k->tcp, &b, 1, on_written);
+    if (rc != 0)
+        return rc;
+    k->writing = 1;
+    return 0;
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, write_req);
+    int rc;
+
+    k->writing = 0;
+    if (k->failed)
+        return;
+    if (status != 0) {
+        fail(k, status, "Writing to etcd at %s failed (%s).", k->c->members[k->member].where, uv_strerror(status));
+        return;
+    }
+    oa_buf_reset(&k->inflight);
+    rc = flush(k);
+    if (rc != 0)
+        fail(k, rc, "Writing to etcd at %s failed (%s).", k->c->members[k->member].where, uv_strerror(rc));
+}
+
+/* ---- reading ---- */
+
+static int on_headers_complete(llhttp_t *p)
+{
+    etcd_conn_t *k = p->data;
+
+    if (k->h == NULL)
+        return HPE_USER;
+    k->depth++;
+    k->h->on_headers(k->ctx, llhttp_get_status_code(p));
+    k->depth--;
+    return k->h == NULL ? HPE_USER : HPE_OK;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    etcd_conn_t *k = p->data;
+
+    if (k->h == NULL)
+        return HPE_USER;
+    k->depth++;
+    k->h->on_body(k->ctx, at, len);
+    k->depth--;
+    return k->h == NULL ? HPE_USER : HPE_OK;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    etcd_conn_t *k = p->data;
+
+    k->complete = 1;
+    k->keep_alive = llhttp_should_keep_alive(p) != 0;
+    /* Nothing may follow one answer: the next request is only sent after it. */
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void parse(etcd_conn_t *k, const char *p, size_t n)
+{
+    llhttp_errno_t rc;
+
+    if (k->h == NULL) {
+        /* An idle connection has nothing to say: bytes here mean the member is confused. */
+        fail(k, UV_EPROTO, "etcd at %s sent bytes nobody asked for.", k->c->members[k->member].where);
+        return;
+    }
+    k->depth++;
+    rc = llhttp_execute(&k->parser, p, n);
+    k->depth--;
+    if (k->closed || k->failed) {
+        maybe_free(k);
+        return;
+    }
+    if (k->complete) {
+        done(k, 0);
+        maybe_free(k);
+        return;
+    }
+    if (rc != HPE_OK)
+        fail(k, UV_EPROTO, "etcd at %s sent a malformed HTTP answer (%s).", k->c->members[k->member].where,
+             llhttp_errno_name(rc));
+}
+
+/* Runs the TLS engine over what was fed: handshake progress, records to send, plaintext answers. */
+static void tls_pump(etcd_conn_t *k)
+{
+    const char *where = k->c->members[k->member].where;
+    oa_tls_read_t rd;
+    oa_error_t e;
+    int wrc;
+
+    oa_error_clear(&e);
+    oa_buf_reset(&k->dec);
+    rd = oa_tls_session_read(&k->tls, &k->dec, &e);
+    if (rd == OA_TLS_READ_FAILED) {
+        fail(k, e.code == OA_E_NOMEM ? UV_ENOMEM : UV_EPROTO, "TLS with etcd at %s failed: %s", where, e.text);
+        return;
+    }
+    if (k->state == ST_HANDSHAKE && oa_tls_session_established(&k->tls))
+        k->state = ST_READY;
+    wrc = flush(k);
+    if (wrc != 0) {
+        fail(k, wrc, "Writing to etcd at %s failed (%s).", where, uv_strerror(wrc));
+        return;
+    }
+    if (k->dec.len > 0)
+        parse(k, k->dec.data, k->dec.len);
+    if (!k->failed && rd == OA_TLS_READ_CLOSED)
+        fail(k, UV_EOF, "etcd at %s closed the TLS session.", where);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    etcd_conn_t *k = oa_container_of(h, etcd_conn_t, tcp);
+
+    (void)suggested;
+    *buf = uv_buf_init(k->rbuf, sizeof(k->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    etcd_conn_t *k = oa_container_of(s, etcd_conn_t, tcp);
+    const char *where = k->c->members[k->member].where;
+    int rc;
+
+    if (k->failed || nread == 0)
+        return;
+    /* A handler may close the connection anywhere below; the memory waits until this frame is left. */
+    k->depth++;
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            fail(k, UV_EOF, "etcd at %s closed the connection.", where);
+        else
+            fail(k, (int)nread, "Reading from etcd at %s failed (%s).", where, uv_strerror((int)nread));
+    } else if (k->c->tls == NULL) {
+        parse(k, buf->base, (size_t)nread);
+    } else if ((rc = oa_tls_session_feed(&k->tls, buf->base, (size_t)nread)) != 0) {
+        fail(k, rc, "TLS with etcd at %s failed (%s).", where, uv_strerror(rc));
+    } else {
+        tls_pump(k);
+    }
+    k->depth--;
+    maybe_free(k);
+}
+
+/* ---- connecting: resolve the member's name, then try each address until one accepts ---- */
+
+static void on_connected(uv_connect_t *req, int status);
+static void on_tcp_closed_retry(uv_handle_t *h);
+
+static void try_next_address(etcd_conn_t *k)
+{
+    struct addrinfo *ai;
+    int rc;
+
+    while ((ai = k->next_addr) != NULL) {
+        k->next_addr = ai->ai_next;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        rc = uv_tcp_init(k->c->loop, &k->tcp);
+        if (rc != 0) {
+            k->last_status = rc;
+            continue;
+        }
+        k->tcp_open = 1;
+        rc = uv_tcp_connect(&k->connect_req, &k->tcp, ai->ai_addr, on_connected);
+        if (rc != 0) {
+            k->last_status = rc;
+            uv_close((uv_handle_t *)&k->tcp, on_tcp_closed_retry);
+        }
+        return;
+    }
+    fail(k, k->last_status, "Could not connect to etcd at %s (%s).", k->c->members[k->member].where,
+         uv_strerror(k->last_status));
+}
+
+/* A socket whose connect failed cannot be connected again, so every address gets a fresh handle. */
+static void on_tcp_closed_retry(uv_handle_t *h)
+{
+    etcd_conn_t *k = oa_container_of(h, etcd_conn_t, tcp);
+
+    k->tcp_open = 0;
+    if (k->failed)
+        maybe_free(k);
+    else
+        try_next_address(k);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, gai);
+
+    k->gai_active = 0;
+    if (k->failed) {
+        uv_freeaddrinfo(res);
+        maybe_free(k);
+        return;
+    }
+    if (status != 0) {
+        fail(k, status, "The etcd member %s could not be resolved (%s).", k->c->members[k->member].where,
+             uv_strerror(status));
+        return;
+    }
+    k->addrs = res;
+    k->next_addr = res;
+    k->last_status = UV_EADDRNOTAVAIL;
+    k->state = ST_CONNECTING;
+    try_next_address(k);
+}
+
+/* The whole connect step: resolution and every address in turn; on_connected follows with the first that accepts. */
+static int connect_member(etcd_conn_t *k)
+{
+    const etcd_member_t *m = &k->c->members[k->member];
+    struct addrinfo hints;
+    int rc;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    rc = uv_getaddrinfo(k->c->loop, &k->gai, on_resolved, m->host, m->port, &hints);
+    if (rc == 0)
+        k->gai_active = 1;
+    return rc;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, connect_req);
+    const etcd_member_t *m = &k->c->members[k->member];
+    int rc;
+
+    if (k->failed)
+        return; /* the handle is closing */
+    if (status != 0) {
+        k->last_status = status;
+        uv_close((uv_handle_t *)&k->tcp, on_tcp_closed_retry);
+        return;
+    }
+    /* Requests are small and each waits for its answer: Nagle would only hold them back. */
+    (void)uv_tcp_nodelay(&k->tcp, 1);
+    (void)uv_tcp_keepalive(&k->tcp, 1, 60);
+    rc = uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read);
+    if (rc != 0) {
+        fail(k, rc, "Reading from etcd at %s failed (%s).", m->where, uv_strerror(rc));
+        return;
+    }
+    if (k->c->tls == NULL) {
+        k->state = ST_READY;
+    } else {
+        k->state = ST_HANDSHAKE;
+        rc = oa_tls_session_init_client(&k->tls, k->c->tls, m->host);
+        if (rc != 0) {
+            fail(k, rc, "TLS with etcd at %s could not start (%s).", m->where, uv_strerror(rc));
+            return;
+        }
+        k->depth++;
+        tls_pump(k); /* sends the ClientHello */
+        k->depth--;
+        maybe_free(k);
+        return;
+    }
+    rc = flush(k);
+    if (rc != 0)
+        fail(k, rc, "Writing to etcd at %s failed (%s).", m->where, uv_strerror(rc));
+}
+
+/* ---- the exchange ---- */
+
+/* An idle connection whose member went away may have its end of file waiting in the socket, not read yet because the
+ * loop was busy elsewhere. A request sent on it would break, and a write would look as if its outcome were unknown;
+ * a look at the socket first avoids that. */
+static bool idle_alive(etcd_conn_t *k)
+{
+    uv_os_fd_t fd;
+    ssize_t n;
+    char b;
+
+    if (uv_fileno((const uv_handle_t *)&k->tcp, &fd) != 0)
+        return false;
+    n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+int etcd_conn_get(oa_etcd_t *c, size_t m, etcd_conn_t **out)
+{
+    etcd_conn_t *k, **pp;
+    int rc;
+
+    pp = &c->idle;
+    while ((k = *pp) != NULL) {
+        if (k->member != m) {
+            pp = &k->next;
+            continue;
+        }
+        if (!idle_alive(k)) {
+            etcd_conn_close(k); /* unlinks it: *pp is the next one now */
+            continue;
+        }
+        *pp = k->next;
+        k->next = NULL;
+        k->in_idle = 0;
+        *out = k;
+        return 0;
+    }
+    k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return UV_ENOMEM;
+    k->c = c;
+    k->member = m;
+    k->state = ST_RESOLVING;
+    rc = connect_member(k);
+    if (rc != 0) {
+        free(k);
+        return rc;
+    }
+    etcd_client_hold(c);
+    *out = k;
+    return 0;
+}
+
+int etcd_conn_send(etcd_conn_t *k, const char *req, size_t len, const etcd_conn_handler_t *h, void *ctx)
+{
+    int rc;
+
+    if (k->failed) {
+        etcd_conn_close(k);
+        return UV_ECONNRESET;
+    }
+    k->h = h;
+    k->ctx = ctx;
+    k->sent = 0;
+    k->complete = 0;
+    k->keep_alive = 0;
+    k->why[0] = '\0';
+    llhttp_init(&k->parser, HTTP_RESPONSE, &parser_settings);
+    k->parser.data = k;
+    rc = oa_buf_append(k->c->tls != NULL ? &k->plain : &k->out, req, len);
+    if (rc == 0)
+        rc = flush(k);
+    if (rc != 0) {
+        etcd_conn_close(k);
+        return rc;
+    }
+    return 0;
+}
+
+bool etcd_conn_sent(const etcd_conn_t *k)
+{
+    return k->sent;
+}
