@@ -188,6 +188,12 @@ static void notify_state(oa_sched_t *s)
     s->state_hook(s->state_hook_data, &v);
 }
 
+/* Without a responder URL there is nothing to schedule: every query would fail before it is sent. */
+static bool has_responder(const oa_sched_t *s)
+{
+    return s->target != NULL && s->target->responder_url != NULL && s->target->responder_url[0] != '\0';
+}
+
 static uint64_t scaled_ms(const oa_sched_t *s, int seconds)
 {
     double ms = (double)seconds * 1000.0 * s->time_scale;
@@ -415,7 +421,7 @@ static void rearm(oa_sched_t *s)
 
     uv_timer_stop(&s->timer);
     s->timer_armed = false;
-    if (!s->enabled || s->closing || s->follower)
+    if (!s->enabled || s->closing || s->follower || !has_responder(s))
         return;
     /* A regular query in flight re-arms the timer when it completes. */
     if (s->in_flight && s->query_regular && !s->query_cancelled)
@@ -931,6 +937,40 @@ void oa_sched_set_follower(oa_sched_t *s, bool follower)
     if (s->follower == follower || s->closing)
         return;
     s->follower = follower;
+    rearm(s);
+}
+
+void oa_sched_set_target(oa_sched_t *s, const oa_ocsp_target_t *target)
+{
+    waiter_t *w;
+
+    if (s->closing)
+        return;
+    s->target = target;
+    /* The query in flight asks about the old certificate: its answer must never land. Tests waiting for it are
+     * detached, so that they are answered by the query started for the new certificate once it is back (kick). */
+    for (w = s->waiters; w != NULL; w = w->next)
+        w->attached = false;
+    if (s->in_flight && !s->query_cancelled) {
+        s->query_cancelled = true;
+        s->querier->cancel(s->query);
+    }
+    /* Everything the schedule knew was about the old certificate: its response, its recovery, its errors. */
+    drop_cache(s, "the certificate was replaced");
+    s->recovering = false;
+    s->exhausted = false;
+    s->recovery_tries = 0;
+    s->consecutive_failures = 0;
+    s->have_anchor = false;
+    s->have_error = false;
+    s->last_attempt = 0;
+    s->last_attempt_ms = 0;
+    s->last_success = 0;
+    s->state = s->enabled ? OA_STATE_PENDING : OA_STATE_DISABLED;
+    s->due_now = s->enabled;
+    if (!has_responder(s))
+        set_last_error(s, oa_errcode_name(OA_E_NO_RESPONDER_URL),
+                       "the certificate has no OCSP URI in its AIA and no responder URL was configured");
     rearm(s);
 }
 
