@@ -196,10 +196,22 @@ static bool staple_is_for(const oa_ocsp_result_t *res, const OCSP_CERTID *certid
     return found;
 }
 
+/* The staple held now is a new generation: every target is handed it. */
+static void publish(oa_delivery_t *d)
+{
+    oa_dtarget_t *t;
+
+    d->gen++;
+    for (t = d->targets; t != NULL; t = t->next)
+        t->ops->update(t);
+}
+
 int oa_delivery_set_target(oa_delivery_t *d, const oa_ocsp_target_t *target)
 {
     OCSP_CERTID *id = NULL;
 
+    if (d->closing)
+        return 0;
     if (target != NULL) {
         id = OCSP_cert_to_id(EVP_sha1(), target->cert, target->issuer);
         if (id == NULL) {
@@ -216,8 +228,12 @@ int oa_delivery_set_target(oa_delivery_t *d, const oa_ocsp_target_t *target)
     /* The previous certificate's staple must reach no target any more; targets learn of it as of a removal, and
      * can tell the two apart with oa_delivery_cert_gen. The first target (at start-up) has nothing to drop. */
     if (d->have_staple || d->gen > 0) {
-        oa_delivery_set_staple(d, NULL);
-        d->cert_gen = d->gen;
+        /* A new generation even when nothing is held any more: a target may still hold the old response (HAProxy
+         * after an expiry). cert_gen is set before the targets are told, so that they read it as they plan. */
+        oa_ocsp_result_clear(&d->staple);
+        d->have_staple = false;
+        d->cert_gen = d->gen + 1;
+        publish(d);
     }
     return 0;
 }
@@ -230,7 +246,6 @@ uint64_t oa_delivery_cert_gen(const oa_delivery_t *d)
 int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
 {
     oa_ocsp_result_t copy;
-    oa_dtarget_t *t;
     int rc = 0;
 
     if (d->closing)
@@ -255,9 +270,7 @@ int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
     oa_ocsp_result_clear(&d->staple);
     d->staple = copy;
     d->have_staple = res != NULL;
-    d->gen++;
-    for (t = d->targets; t != NULL; t = t->next)
-        t->ops->update(t);
+    publish(d);
     return rc;
 }
 

@@ -508,6 +508,15 @@ static void test_delivery_follows_the_certificate(void **state)
     assert_int_equal(oa_delivery_staple(d)->der_len, rb.der_len);
     assert_memory_equal(oa_delivery_staple(d)->der, rb.der, rb.der_len);
 
+    /* Back to A after B's staple was removed (expired): still a generation of its own, so that a target that kept
+     * B's response learns that it belongs to a certificate no longer watched. */
+    assert_int_equal(oa_delivery_set_staple(d, NULL), 0);
+    gen = oa_delivery_generation(d);
+    assert_int_equal(oa_delivery_set_target(d, w.ta), 0);
+    assert_int_equal(oa_delivery_generation(d), gen + 1);
+    assert_int_equal(oa_delivery_cert_gen(d), gen + 1);
+    assert_null(oa_delivery_staple(d));
+
     oa_delivery_close(d, on_delivery_closed, &closed);
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(closed, 1);
