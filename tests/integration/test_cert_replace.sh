@@ -114,13 +114,10 @@ staple_for() {
 # no_wrong_staple NAME: ocsp.der and the haproxy .ocsp file are, when they hold something, about NAME (a copy of
 # the file just checked needs no second look).
 no_wrong_staple() {
-    local der=$T_DIR/check.der hder=$T_DIR/check-haproxy.der
-    # Copies, so that the message below shows what was checked (both files are replaced by rename).
-    cp "$STAPLE" "$der" 2>/dev/null || : >"$der"
-    cp "$HCRT.ocsp" "$hder" 2>/dev/null || : >"$hder"
-    { [ ! -s "$der" ] || staple_for "$1" "$der"; } &&
-        { [ ! -s "$hder" ] || cmp -s "$der" "$hder" || staple_for "$1" "$hder"; } && return 0
-    WAIT_DETAIL="ocsp.der $(stat -c %s "$der") bytes, $HCRT.ocsp $(stat -c %s "$hder") bytes"
+    # Both files are replaced by rename, so each read sees one whole response or none.
+    { [ ! -s "$STAPLE" ] || staple_for "$1"; } &&
+        { [ ! -s "$HCRT.ocsp" ] || cmp -s "$STAPLE" "$HCRT.ocsp" || staple_for "$1" "$HCRT.ocsp"; } && return 0
+    WAIT_DETAIL="ocsp.der $(stat -c %s "$STAPLE" 2>/dev/null) bytes, $HCRT.ocsp $(stat -c %s "$HCRT.ocsp") bytes"
     return 1
 }
 served_for() { # NAME: the status is valid, and ocsp.der and the haproxy .ocsp file are NAME's response
@@ -311,4 +308,115 @@ assert_eq "50 replacements: every request answered 200" "$total" "$(grep -c '^20
 echo "# $total API requests during the 50 replacements"
 
 stop_agent
+
+# --- HAProxy in front: its own certificate replaced over its runtime API, the agent's staple following. HAProxy
+# (2.6) keys responses by CertID and registers a certificate's CertID only when it comes with an .ocsp: the
+# transaction carries an empty one, so the new certificate staples nothing until the agent pushes its response.
+HAPROXY_BIN=${OA_HAPROXY_BIN:-/usr/sbin/haproxy}
+if [ ! -x "$HAPROXY_BIN" ]; then
+    echo "# $HAPROXY_BIN is missing: the HAProxy part is skipped (scripts/setup.sh installs haproxy)"
+    t_finish
+fi
+HAP_DIR=$T_DIR/haproxy
+mkdir -p "$HAP_DIR"
+HAP_CRT=$HAP_DIR/proxy.pem
+cat "$C/a.pem" "$PKI/proxy.key" "$PKI/ca.pem" >"$HAP_CRT"
+: >"$HAP_CRT.ocsp"
+SOCK=$HAP_DIR/admin.sock
+HAP_PORT=$(free_port) || bail "no free port"
+cat >"$HAP_DIR/haproxy.cfg" <<EOF
+global
+    stats socket $SOCK mode 600 level admin
+defaults
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend https
+    mode http
+    bind 127.0.0.1:$HAP_PORT ssl crt $HAP_CRT
+    http-request return status 200 content-type text/plain string "ok"
+EOF
+"$HAPROXY_BIN" -W -db -f "$HAP_DIR/haproxy.cfg" </dev/null >"$HAP_DIR/haproxy.log" 2>&1 &
+HAP_PID=$!
+T_PIDS+=("$HAP_PID")
+{ wait_port "$HAP_PORT" "$HAP_PID" 10 && wait_until 10 test -S "$SOCK"; } ||
+    bail "HAProxy starts" "$(tail -n 5 "$HAP_DIR/haproxy.log")"
+# hap_cmd COMMAND: one command on HAProxy's runtime API (a payload follows "<<" and ends with an empty line).
+hap_cmd() {
+    python3 - "$SOCK" "$1" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+out = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    out += d
+sys.stdout.write(out.decode(errors="replace"))
+PY
+}
+# handshake: "<served certificate's serial> <stapled response's serial or none> <its cert status or none>".
+handshake() {
+    local out cert staple status
+    out=$(timeout 10 openssl s_client -connect "127.0.0.1:$HAP_PORT" -servername localhost -status \
+        -CAfile "$PKI/ca.pem" </dev/null 2>/dev/null)
+    # The response's own certificates come first in openssl's output: the server's follows "Server certificate".
+    cert=$(printf '%s\n' "$out" | sed -n '/^Server certificate/,/END CERTIFICATE/p' |
+        openssl x509 -noout -serial 2>/dev/null | cut -d= -f2)
+    staple=$(printf '%s\n' "$out" | grep -m1 -E '^ +Serial Number: [0-9A-F]+$' | awk '{print $3}')
+    status=$(printf '%s\n' "$out" | sed -n 's/^ *Cert Status: \([a-z]*\).*/\1/p' | head -n 1)
+    echo "${cert:-error} ${staple:-none} ${status:-none}"
+}
+handshake_is() {
+    HANDSHAKE=$(handshake)
+    WAIT_DETAIL="handshake: $HANDSHAKE"
+    [ "$HANDSHAKE" = "$1" ]
+}
+
+cp "$C/a.pem" "$C/hap-cert.pem"
+OA_TEST_HAPROXY_BACKOFF_MS=250 start_agent --users "$USERS_FILE" --cert "$C/hap-cert.pem" --issuer "$ISSUER" \
+    --haproxy-socket "$SOCK" --haproxy-crt "$HAP_CRT" --data-dir "$T_DIR/data-haproxy" || bail "the agent does not start with HAProxy"
+put_json /v1/ocsp '{"ocsp_functionality": true}'
+assert_status "HAProxy: enable OCSP" 200
+assert_wait_until "HAProxy: A served with a GOOD staple for A" 15 handshake_is "1001 1001 good"
+
+# The agent first (its pushes are refused until HAProxy knows B's CertID), then HAProxy's file and transaction.
+cp "$C/b.pem" "$C/next.pem" && mv -f "$C/next.pem" "$C/hap-cert.pem"
+kill -HUP "$AGENT_PID"
+cat "$C/b.pem" "$C/b.key" "$PKI/ca.pem" >"$HAP_CRT.new" && mv -f "$HAP_CRT.new" "$HAP_CRT"
+assert_match "HAProxy: set ssl cert" "Transaction (created|updated)" "$(hap_cmd "set ssl cert $HAP_CRT <<
+$(cat "$HAP_CRT")
+")"
+assert_match "HAProxy: set ssl cert .ocsp, empty" "Transaction updated" "$(hap_cmd "set ssl cert $HAP_CRT.ocsp <<
+")"
+assert_match "HAProxy: commit ssl cert" "Success" "$(hap_cmd "commit ssl cert $HAP_CRT")"
+# Until B's staple arrives, every handshake is looked at: B must never come with A's response.
+wrong=0
+deadline=$((SECONDS + 15))
+while :; do
+    HANDSHAKE=$(handshake)
+    case $HANDSHAKE in
+    "1002 1001 "*) wrong=$((wrong + 1)) ;;
+    "1002 1002 good") break ;;
+    esac
+    [ $SECONDS -lt "$deadline" ] || break
+    sleep 0.2
+done
+assert_eq "HAProxy: B served with a GOOD staple for B" "1002 1002 good" "$HANDSHAKE"
+assert_eq "HAProxy: B never served with A's staple" 0 "$wrong"
+assert_wait_until "HAProxy: the .ocsp file holds B's response" 5 staple_for b "$HAP_CRT.ocsp"
+assert_eq "HAProxy: the old response, keyed by A's CertID, is not reported as still stapled" 0 \
+    "$(grep -c 'staple_delivery_failed target=haproxy:.*no runtime command to drop' "$AGENT_LOG")"
+req GET /v1/ocsp/status
+assert_json "HAProxy: the socket target delivered" \
+    '.delivery[] | select(.target | startswith("haproxy:")) | .state' delivered
+
+stop_agent
+kill -TERM "$HAP_PID" 2>/dev/null
+wait_exit "$HAP_PID" 10 || kill -KILL "$HAP_PID" 2>/dev/null
+wait "$HAP_PID" 2>/dev/null
+forget_pid "$HAP_PID"
 t_finish
