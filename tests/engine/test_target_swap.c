@@ -186,14 +186,18 @@ static void on_tick(uv_timer_t *t)
     (void)t;
 }
 
+/* One turn of the loop, woken within 5 ms at the latest. */
+static void step(ctx_t *c)
+{
+    uv_timer_start(&c->tick, on_tick, 5, 0);
+    uv_run(&c->loop, UV_RUN_ONCE);
+    uv_timer_stop(&c->tick);
+}
+
+/* Turns the loop until cond holds, for max_ms of loop time at most; the caller asserts what it waited for. */
 #define RUN_UNTIL(c, cond, max_ms)                                                                                \
-    do {                                                                                                          \
-        uint64_t deadline_ = uv_now(&(c)->loop) + (max_ms);                                                       \
-        uv_timer_start(&(c)->tick, on_tick, 5, 5);                                                                \
-        while (!(cond) && uv_now(&(c)->loop) < deadline_)                                                         \
-            uv_run(&(c)->loop, UV_RUN_ONCE);                                                                      \
-        uv_timer_stop(&(c)->tick);                                                                                \
-    } while (0)
+    for (uint64_t until_ = uv_now(&(c)->loop) + (max_ms); !(cond) && uv_now(&(c)->loop) < until_;)                \
+    step(c)
 
 static void on_staple(void *data, const oa_ocsp_result_t *res)
 {

@@ -342,22 +342,7 @@ T_PIDS+=("$HAP_PID")
 { wait_port "$HAP_PORT" "$HAP_PID" 10 && wait_until 10 test -S "$SOCK"; } ||
     bail "HAProxy starts" "$(tail -n 5 "$HAP_DIR/haproxy.log")"
 # hap_cmd COMMAND: one command on HAProxy's runtime API (a payload follows "<<" and ends with an empty line).
-hap_cmd() {
-    python3 - "$SOCK" "$1" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-out = b""
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    out += d
-sys.stdout.write(out.decode(errors="replace"))
-PY
-}
+hap_cmd() { unix_cmd "$SOCK" "$1"; }
 # handshake: "<served certificate's serial> <stapled response's serial or none> <its cert status or none>".
 handshake() {
     local out cert staple status
