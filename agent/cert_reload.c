@@ -20,10 +20,10 @@
 #include "oa_tls.h"
 
 #define DEBOUNCE_MS 500u  /* the files must keep one content this long before it is read */
-#define POLL_MS 2000u     /* the backstop: a replacement is noticed within POLL_MS + DEBOUNCE_MS */
-#define FILE_MAX (1024 * 1024)
-#define DIGEST_LEN 32
-#define WATCH_MAX 4       /* the directory of each file, and the directory each resolves to */
+#define POLL_MS     2000u /* the backstop: a replacement is noticed within POLL_MS + DEBOUNCE_MS */
+#define FILE_MAX    (1024 * 1024)
+#define DIGEST_LEN  32
+#define WATCH_MAX   4 /* the directory of each file, and the directory each resolves to */
 
 typedef struct watch_s {
     uv_fs_event_t ev;
@@ -193,8 +193,7 @@ static int reload_cert(void *data, oa_reload_result_t *res, oa_error_t *err)
         res->file = file_at_fault(o, err);
         return -1;
     }
-    if (check_not_expired(t, o->cert, err) != 0 ||
-        (!same_certid(a->target, t) && put_in_force(a, t, err) != 0)) {
+    if (check_not_expired(t, o->cert, err) != 0 || (!same_certid(a->target, t) && put_in_force(a, t, err) != 0)) {
         oa_ocsp_target_free(t);
         return -1;
     }

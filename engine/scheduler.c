@@ -494,6 +494,14 @@ static void set_last_error(oa_sched_t *s, const char *code, const char *text)
     snprintf(s->last_error, sizeof(s->last_error), "%s", text != NULL ? text : "");
 }
 
+/* Enabled without a responder URL: the status says why nothing is queried. */
+static void note_no_responder(oa_sched_t *s)
+{
+    if (!has_responder(s))
+        set_last_error(s, oa_errcode_name(OA_E_NO_RESPONDER_URL),
+                       "the certificate has no OCSP URI in its AIA and no responder URL was configured");
+}
+
 static void anchor_attempt(oa_sched_t *s)
 {
     s->have_anchor = true;
@@ -866,6 +874,7 @@ void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf)
         s->state = s->have_cache ? OA_STATE_VALID : OA_STATE_PENDING;
         /* "At once" is the next loop iteration: the caller (an HTTP handler) finishes before the query starts. */
         s->due_now = true;
+        note_no_responder(s);
         rearm(s);
     } else if (!conf->ocsp_functionality) {
         bool was_enabled = s->enabled;
@@ -968,9 +977,8 @@ void oa_sched_set_target(oa_sched_t *s, const oa_ocsp_target_t *target)
     s->last_success = 0;
     s->state = s->enabled ? OA_STATE_PENDING : OA_STATE_DISABLED;
     s->due_now = s->enabled;
-    if (!has_responder(s))
-        set_last_error(s, oa_errcode_name(OA_E_NO_RESPONDER_URL),
-                       "the certificate has no OCSP URI in its AIA and no responder URL was configured");
+    if (s->enabled)
+        note_no_responder(s);
     rearm(s);
 }
 

@@ -53,7 +53,8 @@ typedef struct oa_sched_s oa_sched_t;
 int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **out);
 
 /* Applies a configuration (at start-up and after every accepted PUT): enabling queries at once, disabling cancels a
- * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt. */
+ * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt.
+ * Without a responder URL nothing is scheduled, and enabling sets last_error_code "no_responder_url". */
 void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf);
 
 /* The status object of GET /v1/ocsp/status (new reference): cert_status, responder_url, produced_at, this_update,

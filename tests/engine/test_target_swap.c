@@ -93,7 +93,7 @@ static void good_for(const world_t *w, const oa_ocsp_target_t *t, oa_ocsp_result
 
 typedef struct held_s {
     uv_timer_t timer;
-    const oa_ocsp_target_t *target; /* what the scheduler asked about */
+    const oa_ocsp_target_t *target;     /* what the scheduler asked about */
     const oa_ocsp_target_t *answer_for; /* the response the answer carries; NULL: OA_E_OCSP_CANCELLED */
     oa_ocsp_query_cb cb;
     void *data;
@@ -103,7 +103,7 @@ static struct {
     const world_t *w;
     int starts;
     int cancels;
-    held_t *open;             /* the query not answered yet */
+    held_t *open; /* the query not answered yet */
     const oa_ocsp_target_t *asked[16];
     bool answer_old_on_cancel; /* a cancelled query still comes back with its certificate's GOOD answer */
 } g;
@@ -195,8 +195,8 @@ static void step(ctx_t *c)
 }
 
 /* Turns the loop until cond holds, for max_ms of loop time at most; the caller asserts what it waited for. */
-#define RUN_UNTIL(c, cond, max_ms)                                                                                \
-    for (uint64_t until_ = uv_now(&(c)->loop) + (max_ms); !(cond) && uv_now(&(c)->loop) < until_;)                \
+#define RUN_UNTIL(c, cond, max_ms)                                                                                   \
+    for (uint64_t until_ = uv_now(&(c)->loop) + (max_ms); !(cond) && uv_now(&(c)->loop) < until_;)                   \
     step(c)
 
 static void on_staple(void *data, const oa_ocsp_result_t *res)
@@ -393,6 +393,8 @@ static void test_new_certificate_without_responder(void **state)
 {
     ctx_t c;
     char buf[128];
+    oa_conf_t conf = {
+        .query_frequency = 3600, .response_timeout = 1, .recovery_frequency = 60, .recovery_max_tries = 5};
 
     (void)state;
     ctx_start(&c, true);
@@ -404,6 +406,17 @@ static void test_new_certificate_without_responder(void **state)
     assert_int_equal(oa_sched_state(c.s), OA_STATE_PENDING);
     assert_string_equal(status_str(&c, "last_error_code", buf, sizeof(buf)), "no_responder_url");
     assert_string_equal(status_str(&c, "next_query", buf, sizeof(buf)), "");
+
+    /* Disabled and enabled again: still nothing to ask, and the status still says why. */
+    conf.ocsp_functionality = false;
+    oa_sched_apply_conf(c.s, &conf);
+    assert_string_equal(status_str(&c, "state", buf, sizeof(buf)), "disabled");
+    conf.ocsp_functionality = true;
+    oa_sched_apply_conf(c.s, &conf);
+    RUN_UNTIL(&c, false, 100);
+    assert_int_equal(g.starts, 1);
+    assert_string_equal(status_str(&c, "state", buf, sizeof(buf)), "pending");
+    assert_string_equal(status_str(&c, "last_error_code", buf, sizeof(buf)), "no_responder_url");
 
     /* A certificate with one is asked again at once. */
     oa_sched_set_target(c.s, c.w.tb);
@@ -417,8 +430,8 @@ static void test_new_certificate_without_responder(void **state)
 static void test_swap_while_disabled(void **state)
 {
     ctx_t c;
-    oa_conf_t off = {.query_frequency = 3600, .response_timeout = 1, .recovery_frequency = 60,
-                     .recovery_max_tries = 5};
+    oa_conf_t off = {
+        .query_frequency = 3600, .response_timeout = 1, .recovery_frequency = 60, .recovery_max_tries = 5};
 
     (void)state;
     ctx_start(&c, true);
