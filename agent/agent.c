@@ -15,6 +15,7 @@
 
 #include "oa_agent.h"
 #include "oa_api.h"
+#include "oa_cert_reload.h"
 #include "oa_cluster.h"
 #include "oa_delivery.h"
 #include "oa_log.h"
@@ -264,6 +265,8 @@ static int start_delivery(oa_agent_t *a, oa_error_t *err)
     if (o->staple_hook != NULL && oa_delivery_add_hook(a->delivery, o->staple_hook, err) != 0)
         return -1;
     /* The API staples only the certificate it serves: another certificate's status would be a lie to its clients. */
+    if (oa_delivery_set_target(a->delivery, a->target) != 0)
+        return oa_error_set(err, OA_E_NOMEM, "out of memory");
     if (a->tls != NULL && a->target != NULL && oa_tls_ctx_serves(a->tls, a->target->cert) &&
         oa_delivery_add_api(a->delivery, a->tls, err) != 0)
         return -1;
@@ -410,6 +413,9 @@ static int start_reload(oa_agent_t *a, oa_error_t *err)
         return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
     if (a->tls != NULL && oa_reload_add(a->reload, "tls", reload_tls, a) != 0)
         return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
+    /* After "tls": a SIGHUP that replaces both with one certificate finds the API serving it when "cert" runs. */
+    if (a->target != NULL && oa_cert_reload_start(a, err) != 0)
+        return -1;
     return 0;
 }
 
@@ -669,6 +675,11 @@ void oa_agent_stop(oa_agent_t *a)
         a->pending_closes++;
         oa_delivery_close(a->delivery, on_part_closed, a);
         a->delivery = NULL;
+    }
+    if (a->cert_reload != NULL) {
+        a->pending_closes++;
+        oa_cert_reload_close(a->cert_reload, on_part_closed, a);
+        a->cert_reload = NULL;
     }
     /* Then the cluster, which answers PUTs still waiting for the store. */
     if (a->cluster != NULL) {

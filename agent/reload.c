@@ -78,30 +78,45 @@ static void log_reloaded(const char *group, const oa_reload_result_t *res)
         oa_log_write(OA_LOG_DEBUG, "reload_unchanged", kv, 2);
 }
 
-unsigned oa_reload_run(oa_reload_t *r)
+/* Runs one group: logs and counts it. Returns 0 when its files are in force, -1 when they were refused. */
+static int run_group(oa_reload_t *r, const group_t *g)
 {
     oa_reload_result_t res;
     oa_error_t err;
+
+    memset(&res, 0, sizeof(res));
+    oa_error_clear(&err);
+    if (g->fn(g->data, &res, &err) == 0) {
+        r->ok++;
+        log_reloaded(g->name, &res);
+        return 0;
+    }
+    r->failed++;
+    OA_LOG(OA_LOG_ERROR, "reload_failed", OA_KV_STR("group", g->name), OA_KV_STR("file", res.file),
+           OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text),
+           OA_KV_STR("effect", "the files in force before are kept"));
+    return -1;
+}
+
+unsigned oa_reload_run(oa_reload_t *r)
+{
     unsigned failed = 0;
     size_t i;
 
-    for (i = 0; i < r->ngroups; i++) {
-        const group_t *g = &r->groups[i];
-
-        memset(&res, 0, sizeof(res));
-        oa_error_clear(&err);
-        if (g->fn(g->data, &res, &err) == 0) {
-            r->ok++;
-            log_reloaded(g->name, &res);
-            continue;
-        }
-        r->failed++;
-        failed++;
-        OA_LOG(OA_LOG_ERROR, "reload_failed", OA_KV_STR("group", g->name), OA_KV_STR("file", res.file),
-               OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text),
-               OA_KV_STR("effect", "the files in force before are kept"));
-    }
+    for (i = 0; i < r->ngroups; i++)
+        if (run_group(r, &r->groups[i]) != 0)
+            failed++;
     return failed;
+}
+
+int oa_reload_run_group(oa_reload_t *r, const char *group)
+{
+    size_t i;
+
+    for (i = 0; i < r->ngroups; i++)
+        if (strcmp(r->groups[i].name, group) == 0)
+            return run_group(r, &r->groups[i]);
+    return UV_ENOENT;
 }
 
 uint64_t oa_reload_count(const oa_reload_t *r, bool ok)

@@ -1,6 +1,9 @@
 /*
  * The staple's way to the TLS endpoints: the current staple, the targets, and what each of them did with it.
  */
+#include <inttypes.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ocsp.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
@@ -18,6 +21,9 @@ struct oa_delivery_s {
     oa_ocsp_result_t staple;
     bool have_staple;
     uint64_t gen;
+
+    OCSP_CERTID *certid; /* the watched certificate's; NULL: every staple is taken */
+    uint64_t cert_gen;   /* the generation that dropped the previous certificate's staple, 0 for none */
 
     oa_dtarget_t *targets; /* in the order they were added */
     oa_dtarget_t *api;     /* the API's own target, when added */
@@ -176,19 +182,86 @@ int oa_delivery_add_hook(oa_delivery_t *d, const char *program, oa_error_t *err)
 
 /* ---- the staple ---- */
 
+/* true when the DER response res holds a single response for certid. */
+static bool staple_is_for(const oa_ocsp_result_t *res, const OCSP_CERTID *certid)
+{
+    const unsigned char *p = res->der;
+    OCSP_RESPONSE *resp = d2i_OCSP_RESPONSE(NULL, &p, (long)res->der_len);
+    OCSP_BASICRESP *basic = resp != NULL ? OCSP_response_get1_basic(resp) : NULL;
+    bool found = basic != NULL && OCSP_resp_find(basic, (OCSP_CERTID *)certid, -1) >= 0;
+
+    OCSP_BASICRESP_free(basic);
+    OCSP_RESPONSE_free(resp);
+    ERR_clear_error();
+    return found;
+}
+
+/* The staple held now is a new generation: every target is handed it. */
+static void publish(oa_delivery_t *d)
+{
+    oa_dtarget_t *t;
+
+    d->gen++;
+    for (t = d->targets; t != NULL; t = t->next)
+        t->ops->update(t);
+}
+
+int oa_delivery_set_target(oa_delivery_t *d, const oa_ocsp_target_t *target)
+{
+    OCSP_CERTID *id = NULL;
+
+    if (d->closing)
+        return 0;
+    if (target != NULL) {
+        id = OCSP_cert_to_id(EVP_sha1(), target->cert, target->issuer);
+        if (id == NULL) {
+            ERR_clear_error();
+            return UV_ENOMEM;
+        }
+    }
+    if (id != NULL && d->certid != NULL && OCSP_id_cmp(id, d->certid) == 0) {
+        OCSP_CERTID_free(id);
+        return 0;
+    }
+    OCSP_CERTID_free(d->certid);
+    d->certid = id;
+    /* The previous certificate's staple must reach no target any more; targets learn of it as of a removal, and
+     * can tell the two apart with oa_delivery_cert_gen. The first target (at start-up) has nothing to drop. */
+    if (d->have_staple || d->gen > 0) {
+        /* A new generation even when nothing is held any more: a target may still hold the old response (HAProxy
+         * after an expiry). cert_gen is set before the targets are told, so that they read it as they plan. */
+        oa_ocsp_result_clear(&d->staple);
+        d->have_staple = false;
+        d->cert_gen = d->gen + 1;
+        publish(d);
+    }
+    return 0;
+}
+
+uint64_t oa_delivery_cert_gen(const oa_delivery_t *d)
+{
+    return d->cert_gen;
+}
+
 int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
 {
     oa_ocsp_result_t copy;
-    oa_dtarget_t *t;
     int rc = 0;
 
     if (d->closing)
         return 0;
+    /* A response about another certificate would be stapled on the watched one's handshakes: a lie to clients. */
+    if (res != NULL && d->certid != NULL && !staple_is_for(res, d->certid)) {
+        OA_LOG(OA_LOG_ERROR, "staple_refused", OA_KV_STR("reason", "the response is not for the watched certificate"),
+               OA_KV_STR("effect", "no target staples it"));
+        res = NULL;
+        rc = UV_EINVAL;
+    }
     if (res != NULL && d->have_staple && res->der_len == d->staple.der_len &&
         memcmp(res->der, d->staple.der, res->der_len) == 0)
         return 0;
     if (res == NULL && !d->have_staple && d->gen > 0)
-        return 0;
+        return rc;
     memset(&copy, 0, sizeof(copy));
     if (res != NULL && oa_ocsp_result_copy(&copy, res) != 0) {
         rc = UV_ENOMEM;
@@ -197,9 +270,7 @@ int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
     oa_ocsp_result_clear(&d->staple);
     d->staple = copy;
     d->have_staple = res != NULL;
-    d->gen++;
-    for (t = d->targets; t != NULL; t = t->next)
-        t->ops->update(t);
+    publish(d);
     return rc;
 }
 
@@ -401,6 +472,7 @@ static void finish(oa_delivery_t *d)
         free(name);
     }
     oa_ocsp_result_clear(&d->staple);
+    OCSP_CERTID_free(d->certid);
     free(d->node_id);
     free(d->staple_path);
     if (d->done != NULL)

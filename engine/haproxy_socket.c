@@ -319,6 +319,10 @@ static void plan_removal(hsock_t *t, uint64_t gen)
     time_t now = time(NULL), stops;
     char when[OA_RFC1123_LEN], why[OA_DTARGET_ERROR_MAX];
 
+    /* After a change of certificate HAProxy may keep the old response, but under the old CertID: it staples it only
+     * on the old certificate, for which it is true, and never on the new one. */
+    if (gen == oa_delivery_cert_gen(t->base.delivery))
+        t->acked_next_update = 0;
     stops = t->acked_next_update - OA_HAPROXY_STAPLE_MARGIN_SECONDS;
     if (t->acked_next_update == 0 || stops <= now) {
         /* HAProxy holds nothing of ours, or no longer staples it. */

@@ -214,6 +214,12 @@ static void timer_stop(const oa_sched_t *s, uv_timer_t *t)
     s->clock->timer_stop(s->clock, t);
 }
 
+/* Without a responder URL there is nothing to schedule: every query would fail before it is sent. */
+static bool has_responder(const oa_sched_t *s)
+{
+    return s->target != NULL && s->target->responder_url != NULL && s->target->responder_url[0] != '\0';
+}
+
 static uint64_t scaled_ms(const oa_sched_t *s, int seconds)
 {
     double ms = (double)seconds * 1000.0 * s->time_scale;
@@ -441,7 +447,7 @@ static void rearm(oa_sched_t *s)
 
     timer_stop(s, &s->timer);
     s->timer_armed = false;
-    if (!s->enabled || s->closing || s->follower)
+    if (!s->enabled || s->closing || s->follower || !has_responder(s))
         return;
     /* A regular query in flight re-arms the timer when it completes. */
     if (s->in_flight && s->query_regular && !s->query_cancelled)
@@ -512,6 +518,14 @@ static void set_last_error(oa_sched_t *s, const char *code, const char *text)
     s->have_error = true;
     snprintf(s->last_error_code, sizeof(s->last_error_code), "%s", code);
     snprintf(s->last_error, sizeof(s->last_error), "%s", text != NULL ? text : "");
+}
+
+/* Enabled without a responder URL: the status says why nothing is queried. */
+static void note_no_responder(oa_sched_t *s)
+{
+    if (!has_responder(s))
+        set_last_error(s, oa_errcode_name(OA_E_NO_RESPONDER_URL),
+                       "the certificate has no OCSP URI in its AIA and no responder URL was configured");
 }
 
 static void anchor_attempt(oa_sched_t *s)
@@ -865,6 +879,7 @@ void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf)
         s->state = s->have_cache ? OA_STATE_VALID : OA_STATE_PENDING;
         /* "At once" is the next loop iteration: the caller (an HTTP handler) finishes before the query starts. */
         s->due_now = true;
+        note_no_responder(s);
         rearm(s);
     } else if (!conf->ocsp_functionality) {
         bool was_enabled = s->enabled;
@@ -935,6 +950,39 @@ void oa_sched_set_follower(oa_sched_t *s, bool follower)
     if (s->follower == follower || s->closing)
         return;
     s->follower = follower;
+    rearm(s);
+}
+
+void oa_sched_set_target(oa_sched_t *s, const oa_ocsp_target_t *target)
+{
+    waiter_t *w;
+
+    if (s->closing)
+        return;
+    s->target = target;
+    /* The query in flight asks about the old certificate: its answer must never land. Tests waiting for it are
+     * detached, so that they are answered by the query started for the new certificate once it is back (kick). */
+    for (w = s->waiters; w != NULL; w = w->next)
+        w->attached = false;
+    if (s->in_flight && !s->query_cancelled) {
+        s->query_cancelled = true;
+        s->querier->cancel(s->query);
+    }
+    /* Everything the schedule knew was about the old certificate: its response, its recovery, its errors. */
+    drop_cache(s, "the certificate was replaced");
+    s->recovering = false;
+    s->exhausted = false;
+    s->recovery_tries = 0;
+    s->consecutive_failures = 0;
+    s->have_anchor = false;
+    s->have_error = false;
+    s->last_attempt = 0;
+    s->last_attempt_ms = 0;
+    s->last_success = 0;
+    s->state = s->enabled ? OA_STATE_PENDING : OA_STATE_DISABLED;
+    s->due_now = s->enabled;
+    if (s->enabled)
+        note_no_responder(s);
     rearm(s);
 }
 

@@ -67,6 +67,11 @@ void oa_dtarget_closed(oa_dtarget_t *t);
 /* The current generation: 0 before the first oa_delivery_set_staple, then one more for every change. */
 uint64_t oa_delivery_generation(const oa_delivery_t *d);
 
+/* The generation whose removal came from a change of the watched certificate (oa_delivery_set_target), 0 for
+ * none: a target that cannot take a staple back knows then that it was keyed by the old CertID, which the new
+ * certificate never matches. */
+uint64_t oa_delivery_cert_gen(const oa_delivery_t *d);
+
 /* What the delivery was created with, and the retry interval for targets without a rule of their own. */
 uv_loop_t *oa_delivery_loop(const oa_delivery_t *d);
 const char *oa_delivery_node_id(const oa_delivery_t *d);

@@ -36,6 +36,8 @@ typedef struct oa_agent_s {
     struct oa_delivery_s *delivery; /* the staple's targets (oa_delivery.h); always set once started */
     struct oa_api_s *api;         /* the REST API, which sees the agent through its backend interface only */
     struct oa_reload_s *reload;   /* what SIGHUP reads again (oa_reload.h); set once started */
+    struct oa_cert_reload_s *cert_reload; /* the "cert" group and the watch on --cert (oa_cert_reload.h); NULL
+                                           * without --cert */
     uv_signal_t sigterm;
     uv_signal_t sigint;
     uv_signal_t sighup;
@@ -46,8 +48,8 @@ typedef struct oa_agent_s {
 /*
  * Loads the users, the certificate and its issuer, the persisted configuration (a corrupt file is moved aside to
  * "<file>.corrupt" with an error log line and the defaults are used), starts the scheduler and the API server, and
- * installs SIGTERM/SIGINT handlers that stop the agent and a SIGHUP handler that reloads the users file and the API's
- * certificate and key (oa_agent_reload). Returns 0, or -1 with err filled with one sentence naming
+ * installs SIGTERM/SIGINT handlers that stop the agent and a SIGHUP handler that reloads the users file, the API's
+ * certificate and key, and the watched certificate (oa_agent_reload), which is also watched for a replacement. Returns 0, or -1 with err filled with one sentence naming
  * the option or file at fault; on failure everything already started is torn down (run the loop to finish closes).
  */
 int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_error_t *err);
@@ -65,8 +67,8 @@ void oa_agent_free(oa_agent_t *a);
  */
 int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed, const char *user, oa_error_t *err);
 
-/* What SIGHUP does: reads again, each group all-or-nothing, --users (unless --no-auth) and --tls-cert/--tls-key
- * (when given), logging `reloaded` or `reload_failed` per group. Returns the number of groups that failed. */
+/* What SIGHUP does: reads again, each group all-or-nothing, --users (unless --no-auth), --tls-cert/--tls-key
+ * and --cert/--issuer (when given), logging `reloaded` or `reload_failed` per group. Returns the number of groups that failed. */
 unsigned oa_agent_reload(oa_agent_t *a);
 
 /* 0 when every node supports OCSP (always, on a single node), else -1 with OA_E_UNSUPPORTED_BY_CAPABILITY. */

@@ -2,7 +2,7 @@
  * Live reload (API.md section 7): what SIGHUP runs, one group of files at a time.
  *
  * A group is a set of files that are only meaningful together (the users file; the API's certificate and its key;
- * later the watched certificate and its issuer) with one function that reads them all, checks them all, and puts
+ * the watched certificate and its issuer) with one function that reads them all, checks them all, and puts
  * them in force at once or not at all. The orchestrator runs the groups in the order they were added, logs one line
  * per group (`reloaded` with what changed; `reload_unchanged`, at debug, when the files hold what is in force;
  * `reload_failed` at error, naming the file and the reason) and counts every attempt in
@@ -56,6 +56,10 @@ int oa_reload_add(oa_reload_t *r, const char *group, oa_reload_fn fn, void *data
 
 /* Runs every group once, in the order they were added: logs and counts each. Returns the number that failed. */
 unsigned oa_reload_run(oa_reload_t *r);
+
+/* Runs the one group named group, logged and counted like oa_reload_run does (a change noticed without a signal).
+ * Returns 0 when its files are in force, -1 when they were refused, UV_ENOENT when there is no such group. */
+int oa_reload_run_group(oa_reload_t *r, const char *group);
 
 /* The attempts so far, for tests: ok and failed, over all groups. */
 uint64_t oa_reload_count(const oa_reload_t *r, bool ok);

@@ -67,6 +67,16 @@ void oa_delivery_remove_api(oa_delivery_t *d);
  */
 int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res);
 
+/*
+ * The watched certificate (borrowed for the call; NULL: none, every staple is taken). From then on a staple that is
+ * not about target's CertID is refused by oa_delivery_set_staple (UV_EINVAL, a `staple_refused` log line, and the
+ * staple counts as removed). A target with another CertID than the previous one drops the current staple at once:
+ * every target is handed a removal (the `<crt>.ocsp` file emptied, the hook run with `removed`), which
+ * oa_delivery_cert_gen (engine/target.h) tells apart from an expiry. The same CertID changes nothing. Returns 0, or
+ * UV_ENOMEM (nothing changed).
+ */
+int oa_delivery_set_target(oa_delivery_t *d, const oa_ocsp_target_t *target);
+
 /* The current staple (borrowed, valid until the next oa_delivery_set_staple), or NULL when there is none. */
 const oa_ocsp_result_t *oa_delivery_staple(const oa_delivery_t *d);
 

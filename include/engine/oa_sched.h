@@ -39,7 +39,8 @@ typedef struct oa_sched_querier_s {
 } oa_sched_querier_t;
 
 typedef struct oa_sched_options_s {
-    const oa_ocsp_target_t *target;   /* borrowed, outlives the scheduler; NULL when the agent has no --cert */
+    const oa_ocsp_target_t *target;   /* borrowed, outlives the scheduler (or oa_sched_set_target's next call);
+                                       * NULL when the agent has no --cert */
     const char *data_dir;             /* where ocsp.der lives; copied */
     double time_scale;                /* 1 in production */
     const oa_sched_querier_t *querier; /* NULL: the real engine */
@@ -56,7 +57,8 @@ typedef struct oa_sched_s oa_sched_t;
 int oa_sched_new(uv_loop_t *loop, const oa_sched_options_t *opts, oa_sched_t **out);
 
 /* Applies a configuration (at start-up and after every accepted PUT): enabling queries at once, disabling cancels a
- * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt. */
+ * query in flight and stops the schedule, a changed frequency reschedules the next query from the last attempt.
+ * Without a responder URL nothing is scheduled, and enabling sets last_error_code "no_responder_url". */
 void oa_sched_apply_conf(oa_sched_t *s, const oa_conf_t *conf);
 
 /* The outcome that counts a verified UNKNOWN answer, apart from the error codes: in the log line, the metrics'
@@ -112,6 +114,18 @@ int oa_sched_test(oa_sched_t *s, oa_sched_test_cb cb, void *data, oa_error_t *er
  * hook fires it once at once with what is cached (a staple reloaded at start-up, or NULL). */
 typedef void (*oa_sched_staple_hook)(void *data, const oa_ocsp_result_t *res);
 void oa_sched_set_staple_hook(oa_sched_t *s, oa_sched_staple_hook hook, void *data);
+
+/*
+ * Makes target (borrowed, like opts->target: it must outlive the scheduler or the next call) the certificate asked
+ * about, when it has another CertID than the one before (the daemon compares). The old certificate's query in
+ * flight is cancelled and its answer ignored; tests waiting for it wait for a query about the new certificate
+ * instead. The cached response is dropped and the staple file removed (the staple hook fires with NULL); recovery,
+ * the last attempt, success and error are forgotten. The state becomes "pending" while OCSP is enabled (queried at
+ * the next loop iteration) or "disabled". A target without a responder URL is never queried: last_error_code reads
+ * "no_responder_url" and nothing is scheduled until another target arrives. The old target may be freed once this
+ * returns: a cancelled query never touches its target again.
+ */
+void oa_sched_set_target(oa_sched_t *s, const oa_ocsp_target_t *target);
 
 /* Current state, for tests and logs. */
 oa_sched_state_t oa_sched_state(const oa_sched_t *s);

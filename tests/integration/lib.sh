@@ -527,6 +527,26 @@ make_users() {
     rm -f "$T_DIR"/hash.*
 }
 
+# unix_cmd SOCKET COMMAND: writes COMMAND and a newline to the UNIX stream socket SOCKET, prints everything it
+# answers until it closes (HAProxy's runtime API, one command per connection). $SYS_PYTHON, when a suite sets it,
+# runs the client.
+unix_cmd() {
+    "${SYS_PYTHON:-python3}" - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+out = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    out += d
+sys.stdout.write(out.decode(errors="replace"))
+PY
+}
+
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
 

@@ -124,22 +124,7 @@ hap_reload() {
 }
 
 # hap_cmd COMMAND: one command on HAProxy's runtime API; prints the reply.
-hap_cmd() {
-    "$SYS_PYTHON" - "$SOCK" "$1" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-out = b""
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    out += d
-sys.stdout.write(out.decode(errors="replace"))
-PY
-}
+hap_cmd() { unix_cmd "$SOCK" "$1"; }
 
 # stapled_status [PORT]: what a client asking for the status gets from HAProxy (default: the redis frontend):
 # "none", or the Cert Status openssl prints ("good", "revoked"); "error" when the handshake itself fails.
