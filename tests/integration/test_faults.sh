@@ -270,9 +270,11 @@ start_agent --users "$USERS_FILE" --cert "$PKI3/leaf-chain.pem" --data-dir "$DAT
     bail "the agent starts for the schedule"
 
 # query_frequency and recovery_frequency 60 become 0.6 s at --time-scale 0.01.
-put_json /v1/ocsp '{"ocsp_functionality": true, "recovery_max_tries": 2, "query_frequency": 60,
+# Five retries keep the agent recovering for about 3 s, so the checks made while it recovers (two failures seen,
+# the staple untouched) have a window of seconds, not one 0.6 s period, on a loaded machine.
+put_json /v1/ocsp '{"ocsp_functionality": true, "recovery_max_tries": 5, "query_frequency": 60,
                     "recovery_frequency": 60}'
-assert_status "enable OCSP with recovery_max_tries 2" 200
+assert_status "enable OCSP with recovery_max_tries 5" 200
 assert_wait_status "schedule: the first query makes the status valid and GOOD" \
     '.state == "valid" and .cert_status == "GOOD"'
 assert_json "schedule: responder_url in the status" .responder_url "$RESP_URL"
@@ -305,7 +307,7 @@ while [ $SECONDS -lt $deadline ]; do
     n=$(jq -r '.consecutive_failures // 0' <<<"$BODY" 2>/dev/null)
     state=$(jq -r .state <<<"$BODY" 2>/dev/null)
     [ "$n" -gt "$max_failures" ] 2>/dev/null && max_failures=$n
-    if [ "$state" == recovering ] && [ "$n" -ge 2 ] 2>/dev/null && [ $saw_two == no ]; then
+    if [ "$state" == recovering ] && [ "$n" -ge 2 ] 2>/dev/null && [ "$n" -le 4 ] && [ $saw_two == no ]; then
         saw_two=yes
         if cmp -s "$STAPLE" "$T_DIR/staple.before"; then
             pass "recovering after 2 failures: the staple file is unchanged (not replaced by bad bytes)"
@@ -318,8 +320,8 @@ while [ $SECONDS -lt $deadline ]; do
     sleep 0.1
 done
 assert_json "schedule: invalidated after the retries" .state invalidated
-assert_jq "invalidated: only after the first failure and both retries (consecutive_failures >= 3)" \
-    '.consecutive_failures >= 3'
+assert_jq "invalidated: only after the first failure and all five retries (consecutive_failures >= 6)" \
+    '.consecutive_failures >= 6'
 assert_json "invalidated: cert_status UNKNOWN" .cert_status UNKNOWN
 assert_eq "consecutive_failures was seen counting up while recovering" yes "$saw_two"
 assert_eq "invalidated: the staple file is removed" absent "$([ -e "$STAPLE" ] && echo present || echo absent)"
