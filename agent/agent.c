@@ -42,15 +42,15 @@ static void load_conf(oa_agent_t *a)
 {
     oa_error_t err;
     char *aside;
-    int rc;
+    bool found;
 
+    oa_error_clear(&err);
     oa_conf_defaults(&a->conf);
-    rc = oa_conf_load(a->conf_path, &a->conf, &err);
-    if (rc == 0) {
+    if (oa_conf_load(a->conf_path, &a->conf, &found, &err) == 0 && found) {
         OA_LOG(OA_LOG_INFO, "config_loaded", OA_KV_STR("path", a->conf_path));
         return;
     }
-    if (rc == UV_ENOENT) {
+    if (!found && err.code == OA_OK) {
         OA_LOG(OA_LOG_INFO, "config_default", OA_KV_STR("path", a->conf_path),
                OA_KV_STR("reason", "no persisted configuration; using the defaults"));
         return;
@@ -490,18 +490,18 @@ static int api_conf_put(void *data, const char *body, size_t len, const char *us
     oa_agent_t *a = data;
     oa_conf_patch_t patch;
     unsigned changed;
+    oa_cluster_put_t put;
     oa_conf_t next;
-    int rc;
 
     oa_error_clear(err);
     if (oa_conf_patch_parse(a->responder_url, body, len, &patch, err) != 0)
         return 0;
     changed = oa_conf_patch_apply(&patch, &a->conf, &next);
     if (a->cluster != NULL && changed != 0) {
-        rc = oa_cluster_conf_put(a->cluster, &patch, user, done, arg, err);
-        if (rc == 0)
+        put = oa_cluster_conf_put(a->cluster, &patch, user, done, arg, err);
+        if (put == OA_CLUSTER_PUT_STARTED)
             return 1;
-        if (rc == 1)
+        if (put == OA_CLUSTER_PUT_UNCHANGED)
             oa_error_clear(err);
         return 0;
     }

@@ -192,20 +192,23 @@ static int put_attempt(cluster_put_t *p, oa_error_t *err)
     return 0;
 }
 
-int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user, oa_cluster_put_cb cb,
-                        void *data, oa_error_t *err)
+oa_cluster_put_t oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user,
+                                     oa_cluster_put_cb cb, void *data, oa_error_t *err)
 {
     cluster_put_t *p;
     int rc;
 
     if (cluster_ready_cmd(c) == NULL || !c->synced) {
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
-        return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration "
-                                                         "cannot be changed now.");
+        oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration cannot be "
+                                                  "changed now.");
+        return OA_CLUSTER_PUT_FAILED;
     }
     p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
+    if (p == NULL) {
+        oa_error_set(err, OA_E_NOMEM, "Out of memory.");
+        return OA_CLUSTER_PUT_FAILED;
+    }
     p->cluster = c;
     p->cb = cb;
     p->data = data;
@@ -213,7 +216,8 @@ int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const cha
     p->user = strdup(user != NULL ? user : "");
     if (p->user == NULL) {
         free(p);
-        return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
+        oa_error_set(err, OA_E_NOMEM, "Out of memory.");
+        return OA_CLUSTER_PUT_FAILED;
     }
     uv_timer_init(c->loop, &p->timeout);
     p->next = c->puts;
@@ -223,7 +227,7 @@ int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const cha
     rc = put_attempt(p, err);
     if (rc == 0) {
         uv_timer_start(&p->timeout, on_put_timeout, CLUSTER_PUT_TIMEOUT_MS, 0);
-        return 0;
+        return OA_CLUSTER_PUT_STARTED;
     }
     if (rc < 0 && err->code == OA_E_STORE_UNAVAILABLE)
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
@@ -237,7 +241,7 @@ int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const cha
         p->next->prev = p->prev;
     c->pending_closes++;
     uv_close((uv_handle_t *)&p->timeout, on_put_timer_closed);
-    return rc < 0 ? -1 : 1;
+    return rc < 0 ? OA_CLUSTER_PUT_FAILED : OA_CLUSTER_PUT_UNCHANGED;
 }
 
 void cluster_puts_fail_all(oa_cluster_t *c, const char *text)

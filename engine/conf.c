@@ -456,7 +456,7 @@ out:
     return rc;
 }
 
-int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err)
+int oa_conf_load(const char *path, oa_conf_t *out, bool *found, oa_error_t *err)
 {
     const form_t form = {.versioned = true};
     oa_buf_t buf = {0};
@@ -466,9 +466,12 @@ int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err)
     oa_conf_t c;
     int rc;
 
+    *found = false;
     rc = oa_file_read(path, CONF_FILE_MAX, &buf);
-    if (rc == UV_ENOENT)
+    if (rc == UV_ENOENT) {
+        rc = 0;
         goto out;
+    }
     if (rc != 0) {
         rc = oa_error_set(err, OA_E_BAD_FILE, "%s: cannot read: %s", path,
                           rc == UV_EFBIG ? "larger than 64 KiB" : uv_strerror(rc));
@@ -484,6 +487,7 @@ int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err)
         goto out;
     }
     *out = c;
+    *found = true;
     rc = 0;
 
 out:

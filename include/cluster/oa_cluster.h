@@ -170,11 +170,16 @@ typedef void (*oa_cluster_put_cb)(void *data, const oa_error_t *err);
  * PUT /v1/ocsp in cluster mode: applies patch (validated by the caller with oa_conf_patch_parse; copied) to the
  * latest known configuration and writes the result with a compare-and-set on the version. When another node's write
  * came first, the newer configuration is applied and the patch applied again on top of it (at most 5 rounds).
- * Returns 0 (cb will fire, not before this returns); 1 when the patch changes nothing (cb never fires); or -1 with
- * err filled when the store is unreachable now (OA_E_STORE_UNAVAILABLE) or out of memory (cb never fires).
  */
-int oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user, oa_cluster_put_cb cb,
-                        void *data, oa_error_t *err);
+typedef enum oa_cluster_put_e {
+    OA_CLUSTER_PUT_STARTED,   /* the write is on its way: cb will fire, not before this returns */
+    OA_CLUSTER_PUT_UNCHANGED, /* the patch changes nothing in the latest configuration: cb never fires */
+    OA_CLUSTER_PUT_FAILED,    /* err filled: the store is unreachable now (OA_E_STORE_UNAVAILABLE) or out of memory;
+                               * cb never fires */
+} oa_cluster_put_t;
+
+oa_cluster_put_t oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user,
+                                     oa_cluster_put_cb cb, void *data, oa_error_t *err);
 
 /* Stores and publishes a valid response obtained on this node (by the poller, or by a test while enabled).
  * Does nothing while the store is unreachable. */

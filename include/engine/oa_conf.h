@@ -103,9 +103,9 @@ int oa_conf_from_stored(const json_t *o, oa_conf_t *out, oa_error_t *err);
  * (oa_file_write_atomic, mode 0600). Returns 0 or a negative UV_E* error. */
 int oa_conf_save(const char *path, const oa_conf_t *c);
 
-/* Loads the file written by oa_conf_save. Returns 0 with *out filled; UV_ENOENT when the file is absent; -1 with
- * err filled (OA_E_BAD_FILE) when it is unreadable, not JSON, or fails the same validation as a PUT (absent keys
- * take their defaults). *out is untouched on failure. */
-int oa_conf_load(const char *path, oa_conf_t *out, oa_error_t *err);
+/* Loads the file written by oa_conf_save. Returns 0 with *found true and *out filled, or 0 with *found false and
+ * *out untouched when the file is absent; -1 with err filled (OA_E_BAD_FILE) when it is unreadable, not JSON, or
+ * fails the same validation as a PUT (absent keys take their defaults), *out untouched. */
+int oa_conf_load(const char *path, oa_conf_t *out, bool *found, oa_error_t *err);
 
 #endif

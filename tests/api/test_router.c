@@ -226,6 +226,7 @@ static void test_routing_errors(void **state)
 
 static void test_put_updates_and_persists(void **state)
 {
+    bool found;
     fixture_t *f = *state;
     oa_conf_t saved;
     oa_error_t err;
@@ -241,7 +242,8 @@ static void test_put_updates_and_persists(void **state)
     json_decref(r.json);
 
     snprintf(path, sizeof(path), "%s/ocsp.json", f->data);
-    assert_int_equal(oa_conf_load(path, &saved, &err), 0);
+    assert_int_equal(oa_conf_load(path, &saved, &found, &err), 0);
+    assert_true(found);
     assert_int_equal(saved.query_frequency, 7200);
     assert_int_equal(saved.recovery_max_tries, 9);
 

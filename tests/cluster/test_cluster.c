@@ -387,14 +387,14 @@ static void on_put(void *data, const oa_error_t *err)
 }
 
 /* PUT /v1/ocsp as the daemon makes it: the body validated once (with the responder URL every node here has), then the
- * patch handed to the cluster. Returns what oa_cluster_conf_put returns, or -1 with err filled for an invalid body,
- * which the cluster is never asked about. */
-static int conf_put(oa_cluster_t *c, const char *body, const char *user, put_result_t *r, oa_error_t *err)
+ * patch handed to the cluster. Returns what oa_cluster_conf_put returns, or OA_CLUSTER_PUT_FAILED with err filled for
+ * an invalid body, which the cluster is never asked about. */
+static oa_cluster_put_t conf_put(oa_cluster_t *c, const char *body, const char *user, put_result_t *r, oa_error_t *err)
 {
     oa_conf_patch_t patch;
 
     if (oa_conf_patch_parse("http://r/", body, strlen(body), &patch, err) != 0)
-        return -1;
+        return OA_CLUSTER_PUT_FAILED;
     return oa_cluster_conf_put(c, &patch, user, on_put, r, err);
 }
 
@@ -437,12 +437,12 @@ static void test_conf_put_propagates(void **state)
     assert_true(run_until(&loop, pred_available, nodes, 3000));
 
     /* A body that changes nothing: no write, no callback. */
-    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 3600}", "u", &res[0], &err), 1);
+    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 3600}", "u", &res[0], &err), OA_CLUSTER_PUT_UNCHANGED);
     /* An invalid body never reaches the store. */
-    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 1}", "u", &res[0], &err), -1);
+    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 1}", "u", &res[0], &err), OA_CLUSTER_PUT_FAILED);
     assert_int_equal(err.code, OA_E_INVALID_SCHEMA);
 
-    assert_int_equal(conf_put(a.c, body, "alice", &res[0], &err), 0);
+    assert_int_equal(conf_put(a.c, body, "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
     assert_int_equal(res[0].fired, 0); /* never from inside the call */
     res[1].fired = 1;
     assert_true(run_until(&loop, pred_put_fired, res, 3000));
@@ -471,8 +471,8 @@ static void test_conf_put_propagates(void **state)
 
     /* Two nodes change different keys at once: the compare-and-set makes one retry on top of the other. */
     memset(res, 0, sizeof(res));
-    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "alice", &res[0], &err), 0);
-    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "bob", &res[1], &err), 0);
+    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
+    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "bob", &res[1], &err), OA_CLUSTER_PUT_STARTED);
     assert_true(run_until(&loop, pred_put_fired, res, 3000));
     assert_int_equal(res[0].code, OA_OK);
     assert_int_equal(res[1].code, OA_OK);
@@ -834,8 +834,8 @@ static void test_state_invalidation_and_metrics(void **state)
     assert_int_equal(late2.der_len, sizeof(der));
 
     /* Two PUTs at once: both committed, one after losing a round. */
-    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "u", &puts[0], &err), 0);
-    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "u", &puts[1], &err), 0);
+    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "u", &puts[0], &err), OA_CLUSTER_PUT_STARTED);
+    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "u", &puts[1], &err), OA_CLUSTER_PUT_STARTED);
     assert_true(run_until(&loop, pred_put_fired, puts, 3000));
     assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
     assert_int_equal(metric(&b, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
@@ -851,7 +851,7 @@ static void test_state_invalidation_and_metrics(void **state)
     redis_stop();
     assert_true(run_until(&loop, pred_down, all, 3000));
     assert_int_equal(metric(&late1, "ocsp_agent_cluster_store_up"), 0);
-    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 8}", "u", &puts[0], &err), -1);
+    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 8}", "u", &puts[0], &err), OA_CLUSTER_PUT_FAILED);
     assert_int_equal(err.code, OA_E_STORE_UNAVAILABLE);
     assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"unavailable\"}"), 1);
     redis_start();
@@ -891,7 +891,7 @@ static void test_store_unreachable(void **state)
     node_start(&loop, &a, "lonely", NULL, 1);
     run_until(&loop, pred_never, NULL, 400);
     assert_false(oa_cluster_available(a.c));
-    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 120}", "u", &res, &err), -1);
+    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 120}", "u", &res, &err), OA_CLUSTER_PUT_FAILED);
     assert_int_equal(err.code, OA_E_STORE_UNAVAILABLE);
     assert_int_equal(res.fired, 0);
     assert_int_equal(a.conf_calls, 0);
@@ -975,10 +975,10 @@ static oa_errcode_t put_and_wait(uv_loop_t *loop, node_t *n, const char *body, c
 {
     put_result_t r = {0, 0};
     oa_error_t err;
-    int rc = conf_put(n->c, body, user, &r, &err);
+    oa_cluster_put_t rc = conf_put(n->c, body, user, &r, &err);
 
-    if (rc != 0)
-        fail_msg("PUT %s: returned %d (%s)", body, rc, rc < 0 ? err.text : "nothing to change");
+    if (rc != OA_CLUSTER_PUT_STARTED)
+        fail_msg("PUT %s: returned %d (%s)", body, (int)rc, rc == OA_CLUSTER_PUT_FAILED ? err.text : "nothing to change");
     assert_true(run_until(loop, pred_fired, &r, 4000));
     assert_int_equal(r.fired, 1);
     return r.code;
@@ -1134,7 +1134,7 @@ static void test_put_reply_after_timeout(void **state)
     text = redis_get("CLIENT PAUSE %s ALL", "3300");
     assert_string_equal(text, "OK");
     free(text);
-    assert_int_equal(conf_put(a.c, body, "alice", &r, &err), 0);
+    assert_int_equal(conf_put(a.c, body, "alice", &r, &err), OA_CLUSTER_PUT_STARTED);
     assert_true(run_until(&loop, pred_fired, &r, 4000));
     assert_int_equal(r.fired, 1);
     assert_int_equal(r.code, OA_E_STORE_UNAVAILABLE);

@@ -549,6 +549,7 @@ static void write_file(const char *path, const char *text)
 
 static void test_save_load_round_trip(void **state)
 {
+    bool found;
     dir_fixture_t *f = *state;
     oa_conf_t c = {.ocsp_functionality = true,
                    .query_frequency = 86400,
@@ -575,7 +576,7 @@ static void test_save_load_round_trip(void **state)
     json_decref(doc);
 
     memset(&back, 0, sizeof(back));
-    assert_int_equal(oa_conf_load(f->path, &back, &err), 0);
+    assert_int_equal(oa_conf_load(f->path, &back, &found, &err), 0);
     assert_true(back.ocsp_functionality);
     assert_int_equal(back.query_frequency, 86400);
     assert_int_equal(back.response_timeout, 60);
@@ -585,7 +586,7 @@ static void test_save_load_round_trip(void **state)
     /* Saving again replaces the file. */
     oa_conf_defaults(&c);
     assert_int_equal(oa_conf_save(f->path, &c), 0);
-    assert_int_equal(oa_conf_load(f->path, &back, &err), 0);
+    assert_int_equal(oa_conf_load(f->path, &back, &found, &err), 0);
     assert_false(back.ocsp_functionality);
     assert_int_equal(back.query_frequency, 3600);
     assert_int_equal(back.recovery_max_tries, 5);
@@ -604,25 +605,28 @@ static void test_save_fails_in_missing_dir(void **state)
 
 static void test_load_missing(void **state)
 {
+    bool found;
     dir_fixture_t *f = *state;
     oa_conf_t c;
     oa_error_t err;
 
     memset(&c, 0x5a, sizeof(c));
     oa_error_clear(&err);
-    assert_int_equal(oa_conf_load(f->path, &c, &err), UV_ENOENT);
+    assert_int_equal(oa_conf_load(f->path, &c, &found, &err), 0);
+    assert_false(found);
     assert_int_equal(c.query_frequency, 0x5a5a5a5a);
 }
 
 static void test_load_partial_file(void **state)
 {
+    bool found;
     dir_fixture_t *f = *state;
     oa_conf_t c;
     oa_error_t err;
 
     write_file(f->path, "{\"query_frequency\": 120}");
     memset(&c, 0, sizeof(c));
-    assert_int_equal(oa_conf_load(f->path, &c, &err), 0);
+    assert_int_equal(oa_conf_load(f->path, &c, &found, &err), 0);
     assert_false(c.ocsp_functionality);
     assert_int_equal(c.query_frequency, 120);
     assert_int_equal(c.response_timeout, 1);
@@ -631,13 +635,14 @@ static void test_load_partial_file(void **state)
 
     /* Enabled without a URL is a valid file: the URL is not known when the file is read. */
     write_file(f->path, "{\"version\": 1, \"ocsp_functionality\": true}\n");
-    assert_int_equal(oa_conf_load(f->path, &c, &err), 0);
+    assert_int_equal(oa_conf_load(f->path, &c, &found, &err), 0);
     assert_true(c.ocsp_functionality);
     assert_int_equal(c.query_frequency, 3600);
 }
 
 static void test_load_corrupt(void **state)
 {
+    bool found;
     static const struct {
         const char *text;
         const char *piece;
@@ -669,7 +674,7 @@ static void test_load_corrupt(void **state)
         write_file(f->path, cases[i].text);
         memset(&c, 0x5a, sizeof(c));
         oa_error_clear(&err);
-        if (oa_conf_load(f->path, &c, &err) != -1 || err.code != OA_E_BAD_FILE ||
+        if (oa_conf_load(f->path, &c, &found, &err) != -1 || err.code != OA_E_BAD_FILE ||
             strstr(err.text, cases[i].piece) == NULL || strstr(err.text, f->path) != err.text) {
             print_error("file %s: error %d \"%s\", want \"%s\"\n", cases[i].text, err.code, err.text, cases[i].piece);
             fail();
@@ -681,6 +686,7 @@ static void test_load_corrupt(void **state)
 
 static void test_load_too_large(void **state)
 {
+    bool found;
     dir_fixture_t *f = *state;
     size_t n = 70 * 1024;
     char *big = malloc(n + 1);
@@ -695,7 +701,7 @@ static void test_load_too_large(void **state)
     write_file(f->path, big);
     free(big);
     memset(&c, 0x5a, sizeof(c));
-    assert_int_equal(oa_conf_load(f->path, &c, &err), -1);
+    assert_int_equal(oa_conf_load(f->path, &c, &found, &err), -1);
     assert_int_equal(err.code, OA_E_BAD_FILE);
     assert_non_null(strstr(err.text, "larger than"));
     assert_int_equal(c.query_frequency, 0x5a5a5a5a);
@@ -703,6 +709,7 @@ static void test_load_too_large(void **state)
 
 static void test_load_unreadable(void **state)
 {
+    bool found;
     dir_fixture_t *f = *state;
     oa_conf_t c;
     oa_error_t err;
@@ -710,7 +717,7 @@ static void test_load_unreadable(void **state)
     /* A directory in place of the file cannot be read as one. */
     assert_int_equal(mkdir(f->path, 0700), 0);
     memset(&c, 0x5a, sizeof(c));
-    assert_int_equal(oa_conf_load(f->path, &c, &err), -1);
+    assert_int_equal(oa_conf_load(f->path, &c, &found, &err), -1);
     assert_int_equal(err.code, OA_E_BAD_FILE);
     assert_non_null(strstr(err.text, "cannot read"));
     assert_int_equal(c.query_frequency, 0x5a5a5a5a);
