@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <openssl/bn.h>
+#include <openssl/evp.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -186,6 +187,69 @@ static int cluster_tls_ctx(const oa_options_t *o, SSL_CTX **out, oa_error_t *err
 fail:
     SSL_CTX_free(ctx);
     return oa_error_set(err, e.code, "%s: %s", opt, e.text);
+}
+
+/* SHA-256 over the bytes of the store's CA, certificate and key files, in that order (a file that cannot be read
+ * counts as empty: making the context then fails and says why). */
+static void cluster_tls_digest(const oa_options_t *o, unsigned char digest[32])
+{
+    const char *files[] = {o->cluster_ca, o->cluster_cert, o->cluster_key};
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    oa_buf_t buf;
+    size_t i;
+
+    memset(digest, 0, 32);
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+        goto out;
+    for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        oa_buf_init(&buf);
+        if (files[i] != NULL && oa_file_read(files[i], 1 << 20, &buf) == 0)
+            EVP_DigestUpdate(md, buf.data, buf.len);
+        EVP_DigestUpdate(md, "\0", 1); /* so that moving bytes from one file to the next is a change */
+        oa_buf_free(&buf);
+    }
+    EVP_DigestFinal_ex(md, digest, NULL);
+out:
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+}
+
+/*
+ * The store's CA, client certificate and key (--cluster-ca, --cluster-cert, --cluster-key). The new context serves
+ * the next connection to the store (a reconnection after an outage, or the store restarting); the connection up now
+ * keeps its session, like the API's open connections after a "tls" reload.
+ */
+static int reload_cluster_tls(void *data, oa_reload_result_t *res, oa_error_t *err)
+{
+    oa_agent_t *a = data;
+    const oa_options_t *o = a->opts;
+    unsigned char digest[32];
+    SSL_CTX *ctx = NULL;
+    const char *at_fault;
+
+    res->file = o->cluster_ca != NULL ? o->cluster_ca : o->cluster_cert;
+    cluster_tls_digest(o, digest);
+    if (memcmp(digest, a->cluster_tls_digest, sizeof(digest)) == 0)
+        return 0;
+    if (cluster_tls_ctx(o, &ctx, err) != 0) {
+        /* The sentence starts with the option at fault. */
+        at_fault = strncmp(err->text, "--cluster-cert", 14) == 0  ? o->cluster_cert
+                   : strncmp(err->text, "--cluster-key", 13) == 0 ? o->cluster_key
+                                                                   : o->cluster_ca;
+        if (at_fault != NULL)
+            res->file = at_fault;
+        return -1;
+    }
+    if (oa_cluster_set_tls(a->cluster, ctx) != 0) {
+        SSL_CTX_free(ctx);
+        return oa_error_set(err, OA_E_INTERNAL, "the cluster refused the new TLS context");
+    }
+    SSL_CTX_free(a->cluster_tls);
+    a->cluster_tls = ctx;
+    memcpy(a->cluster_tls_digest, digest, sizeof(digest));
+    res->changed = true;
+    oa_reload_note_str(res, "applies_to", "the next connection to the store");
+    return 0;
 }
 
 static int start_cluster(oa_agent_t *a, oa_error_t *err)
@@ -413,6 +477,10 @@ static int start_reload(oa_agent_t *a, oa_error_t *err)
         return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
     if (a->tls != NULL && oa_reload_add(a->reload, "tls", reload_tls, a) != 0)
         return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
+    /* Only files can be read again: --cluster-tls alone trusts the system's CAs and presents no certificate. */
+    if (a->cluster_tls != NULL && a->cluster != NULL && (o->cluster_ca != NULL || o->cluster_cert != NULL) &&
+        oa_reload_add(a->reload, "cluster_tls", reload_cluster_tls, a) != 0)
+        return oa_error_set(err, OA_E_INTERNAL, "too many reload groups");
     /* After "tls": a SIGHUP that replaces both with one certificate finds the API serving it when "cert" runs. */
     if (a->target != NULL && oa_cert_reload_start(a, err) != 0)
         return -1;
@@ -589,6 +657,8 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
     }
     if (opts->tls_cert != NULL && oa_tls_server_ctx_new(opts->tls_cert, opts->tls_key, &a->tls, err) != 0)
         return -1;
+    if (opts->cluster_tls)
+        cluster_tls_digest(opts, a->cluster_tls_digest);
     if (opts->cluster_tls && cluster_tls_ctx(opts, &a->cluster_tls, err) != 0)
         return -1;
     /* Bind before anything is logged or created, so a taken port is one line too. Requests wait for the loop, which

@@ -413,6 +413,15 @@ static void on_quit_reply(oa_redis_t *r, redisReply *reply, void *priv)
     finish_close(c);
 }
 
+int oa_cluster_set_tls(oa_cluster_t *c, SSL_CTX *ctx)
+{
+    if (ctx == NULL || c->tls == NULL || SSL_CTX_up_ref(ctx) != 1)
+        return UV_EINVAL;
+    SSL_CTX_free(c->tls);
+    c->tls = ctx;
+    return 0;
+}
+
 void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
 {
     oa_redis_t *r;

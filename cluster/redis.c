@@ -100,6 +100,7 @@ static void release(oa_redis_t *r)
     if (r->reader != NULL)
         redisReaderFree(r->reader);
     oa_tls_session_free(&r->tls);
+    SSL_CTX_free(r->tls_ctx);
     oa_buf_free(&r->plain);
     oa_buf_free(&r->out);
     oa_buf_free(&r->inflight);
@@ -567,7 +568,9 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
         goto nomem;
     r->loop = loop;
     r->port = o->port;
-    r->tls_ctx = o->tls;
+    /* Its own reference: the owner may replace its context (a reload) while this connection is still connecting. */
+    if (o->tls != NULL && SSL_CTX_up_ref(o->tls) == 1)
+        r->tls_ctx = o->tls;
     r->timeout_ms = o->connect_timeout_ms != 0 ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     r->max_reply = o->max_reply_bytes != 0 ? o->max_reply_bytes : DEFAULT_MAX_REPLY_BYTES;
     r->on_ready = o->on_ready;
@@ -580,6 +583,8 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
     if (r->host == NULL || r->reader == NULL)
         goto nomem;
     if (o->tls != NULL) {
+        if (r->tls_ctx == NULL)
+            goto nomem;
         r->tls_name = strdup(o->tls_name != NULL ? o->tls_name : o->host);
         if (r->tls_name == NULL)
             goto nomem;

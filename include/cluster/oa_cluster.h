@@ -213,6 +213,12 @@ uint64_t oa_cluster_conf_version(const oa_cluster_t *c);
  */
 int oa_cluster_metrics(const oa_cluster_t *c, oa_buf_t *out);
 
+/* The TLS context for every later connection to the store (a reload of the cluster's TLS files): the cluster takes
+ * its own reference and drops the old one; connections already up, or connecting, keep the context they started
+ * with. Returns 0, or UV_EINVAL when ctx is NULL or the cluster speaks plain TCP (a store does not change
+ * protocol). */
+int oa_cluster_set_tls(oa_cluster_t *c, SSL_CTX *ctx);
+
 /* Deletes this node's registry key and releases the lease (when the store is reachable), answers pending PUTs
  * with OA_E_STORE_UNAVAILABLE, closes the connections and timers; done fires once everything is closed and c is
  * freed. Bounded: a store that does not answer within 1 s is dropped. */

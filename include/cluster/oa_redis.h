@@ -30,7 +30,7 @@ typedef void (*oa_redis_reply_cb)(oa_redis_t *r, redisReply *reply, void *priv);
 typedef struct oa_redis_options_s {
     const char *host;            /* an IPv4 or IPv6 literal, or a name (resolved with uv_getaddrinfo) */
     int port;
-    SSL_CTX *tls;                /* NULL: plain TCP. Borrowed; must outlive the connection (oa_tls_client_ctx_new) */
+    SSL_CTX *tls;                /* NULL: plain TCP. The connection takes its own reference (oa_tls_client_ctx_new) */
     const char *tls_name;        /* the name or address the server's certificate must carry; NULL: host */
     unsigned connect_timeout_ms; /* resolution + connect + TLS handshake; 0: 2000 */
     unsigned max_reply_bytes;    /* a reply larger than this fails the connection; 0: 16 MiB */

@@ -31,6 +31,7 @@ typedef struct oa_agent_s {
     oa_sched_t *sched;
     SSL_CTX *tls;                 /* NULL for plain HTTP */
     SSL_CTX *cluster_tls;         /* TLS to the cluster store; NULL without --cluster-tls */
+    unsigned char cluster_tls_digest[32]; /* SHA-256 of the files cluster_tls was made from, to spot a rewrite */
     oa_http_server_t *server;
     struct oa_cluster_s *cluster; /* NULL without --cluster */
     struct oa_delivery_s *delivery; /* the staple's targets (oa_delivery.h); always set once started */

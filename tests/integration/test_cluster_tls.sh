@@ -135,6 +135,32 @@ NODE_CLUSTER="redis://localhost:$REDIS_PORT" refused by-name 'hostname mismatch'
 rcli HGET ocsp-agent:conf conf | jq -e '.query_frequency == 1234' >/dev/null &&
     pass "no refused node changed the store" || fail "no refused node changed the store"
 
+echo "# SIGHUP reads the store's TLS files again, all or nothing, for the next connection"
+# n3 reads copies of the files, which the suite rewrites.
+R=$T_DIR/n3-tls
+mkdir -p "$R"
+cp "$S/ca.pem" "$S/client.pem" "$S/client.key" "$R/"
+# At debug level, so that each failed reconnection is logged with its reason (store_retry_failed).
+start_node n3 --cluster-tls --cluster-ca "$R/ca.pem" --cluster-cert "$R/client.pem" --cluster-key "$R/client.key" \
+    --cluster-password "$PASS" --log-level debug
+wait_log 'event=store_connected' 10 && pass "n3 connects with its copies" || fail "n3 connects with its copies"
+count_log() { grep -cE -- "$1" "$AGENT_LOG"; }
+kill -HUP "$AGENT_PID"
+assert_wait_eq "n3: SIGHUP runs a reload" 5 1 count_log 'event=reload_requested'
+assert_eq "n3: unchanged files: nothing reloaded, nothing refused" "0 0" \
+    "$(count_log 'event=reloaded .*group=cluster_tls') $(count_log 'event=reload_failed')"
+printf 'not a certificate\n' >"$R/client.pem"
+kill -HUP "$AGENT_PID"
+assert_wait_eq "n3: a broken client certificate is refused" 5 1 count_log 'event=reload_failed .*group=cluster_tls'
+assert_match "n3: reload_failed names the certificate file" "file=$R/client.pem" \
+    "$(grep 'event=reload_failed' "$AGENT_LOG" | tail -n 1)"
+cp "$S/client.pem" "$R/client.pem"
+cp "$S/other-ca.pem" "$R/ca.pem"
+kill -HUP "$AGENT_PID"
+assert_wait_eq "n3: a new CA file is reloaded" 5 1 count_log 'event=reloaded .*group=cluster_tls'
+put_json /v1/ocsp '{"response_timeout": 2}'
+assert_status "n3: the connection that is up keeps working (PUT)" 200
+
 echo "# the store restarts: the TLS nodes come back on their own"
 stop_redis
 on n1
@@ -146,6 +172,19 @@ for n in n1 n2; do
     on "$n"
     wait_log 'event=store_reconnected' 15 && pass "$n reconnects over TLS" || fail "$n reconnects over TLS"
 done
+# n3 now trusts another CA: its next connections fail, until its CA file is put back and reloaded.
+on n3
+wait_until 15 eval '[ "$(count_log "event=store_(unavailable|retry_failed) .*verif")" -ge 1 ]' &&
+    pass "n3: the reloaded CA is used for the next connection (the store is not trusted)" ||
+    fail "n3: the reloaded CA is used for the next connection" "$(grep store_ "$AGENT_LOG" | tail -n 3)"
+assert_no_match "n3 has not reconnected" 'event=store_reconnected' "$(cat "$AGENT_LOG")"
+cp "$S/ca.pem" "$R/ca.pem"
+kill -HUP "$AGENT_PID"
+assert_wait_eq "n3: the right CA is reloaded" 5 2 count_log 'event=reloaded .*group=cluster_tls'
+wait_log 'event=store_reconnected' 15 && pass "n3 reconnects with the CA put back" ||
+    fail "n3 reconnects with the CA put back" "$(tail -n 5 "$AGENT_LOG")"
+assert_file_lacks "n3: the password is never logged" "$AGENT_LOG" "$PASS"
+stop_checked "n3 stops cleanly"
 wait_conf n1 '.query_frequency == 1234' 1 && pass "the configuration survived on n1" || fail "the configuration survived on n1"
 on n2
 put_json /v1/ocsp '{"query_frequency": 4321}'
