@@ -68,8 +68,9 @@ void oa_agent_free(oa_agent_t *a);
  */
 int oa_agent_conf_update(oa_agent_t *a, const oa_conf_t *next, unsigned changed, const char *user, oa_error_t *err);
 
-/* What SIGHUP does: reads again, each group all-or-nothing, --users (unless --no-auth), --tls-cert/--tls-key
- * and --cert/--issuer (when given), logging `reloaded` or `reload_failed` per group. Returns the number of groups that failed. */
+/* What SIGHUP does: reads again, each group all-or-nothing, --users (unless --no-auth), --tls-cert/--tls-key, the
+ * store's --cluster-ca/--cluster-cert/--cluster-key and --cert/--issuer (when given), logging `reloaded` or
+ * `reload_failed` per group. Returns the number of groups that failed. */
 unsigned oa_agent_reload(oa_agent_t *a);
 
 /* 0 when every node supports OCSP (always, on a single node), else -1 with OA_E_UNSUPPORTED_BY_CAPABILITY. */
