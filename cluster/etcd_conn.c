@@ -1,19 +1,18 @@
 /*
  * One HTTP/1.1 connection to one etcd member, for the calls and the watch of the etcd client (etcd_internal.h).
  *
- * Life of a connection: resolving (uv_getaddrinfo) -> connecting (each address in turn, a fresh TCP handle for each)
- * -> TLS handshake (when the client has a context) -> ready. A request given before it is ready waits in a buffer.
- * Answers are parsed with llhttp in response mode; the body goes to the exchange's handler as it arrives, so a watch
- * (a chunked answer that never ends) is read the same way as a short answer. A complete answer on a connection the
- * member lets live goes back to the client's idle list for the next call.
+ * Life of a connection: connecting (oa_connect.h: the name resolved, then each address in turn, a fresh TCP handle
+ * for each) -> TLS handshake (when the client has a context) -> ready. A request given before it is ready waits in a
+ * buffer. Answers are parsed with llhttp in response mode; the body goes to the exchange's handler as it arrives, so
+ * a watch (a chunked answer that never ends) is read the same way as a short answer. A complete answer on a
+ * connection the member lets live goes back to the client's idle list for the next call.
  *
- * Teardown: memory goes only once the TCP handle's close callback and a lookup still in the thread pool have both
- * come back, and never while a handler is running (depth counts them), so a handler may close the connection from
- * inside any of its callbacks.
+ * Teardown: memory goes only once the TCP handle's close callback and the connector's report (which comes after it
+ * closed the socket it held) have both come back, and never while a handler is running (depth counts them), so a
+ * handler may close the connection from inside any of its callbacks.
  */
 #include <errno.h>
 #include <llhttp.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,44 +22,33 @@
 #include <uv.h>
 
 #include "etcd_internal.h"
+#include "oa_connect.h"
 #include "oa_tls.h"
+#include "oa_tls_stream.h"
 
-#define READ_CHUNK 65536
-#define IDLE_MAX   4 /* open connections kept per member with nothing to do */
+#define IDLE_MAX 4 /* open connections kept per member with nothing to do */
 
-typedef enum state_e { ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY } state_t;
+typedef enum state_e { ST_CONNECTING, ST_HANDSHAKE, ST_READY } state_t;
 
 struct etcd_conn_s {
     oa_etcd_t *c;
     size_t member;
     etcd_conn_t *next; /* in c->idle */
 
-    uv_getaddrinfo_t gai;
     uv_tcp_t tcp;
-    uv_connect_t connect_req;
-    uv_write_t write_req;
-    struct addrinfo *addrs; /* owned; the list being tried */
-    struct addrinfo *next_addr;
-    int last_status; /* why the last address failed */
+    oa_connect_t *connector; /* while resolving and connecting; it holds tcp until it reports */
 
-    oa_tls_session_t tls;
+    oa_tls_stream_t io; /* the bytes to and from tcp, through TLS when the client has a context */
     llhttp_t parser;
-    oa_buf_t plain;    /* TLS: request bytes waiting for the handshake and encryption */
-    oa_buf_t out;      /* bytes for the socket not yet handed to uv_write */
-    oa_buf_t inflight; /* the bytes of the one uv_write in flight */
-    oa_buf_t dec;      /* TLS: plaintext decrypted from one read */
-    char rbuf[READ_CHUNK];
 
     const etcd_conn_handler_t *h; /* the exchange in progress; NULL when there is none */
     void *ctx;
     state_t state;
-    unsigned depth; /* handler callbacks running now */
-    unsigned gai_active : 1;
-    unsigned tcp_open : 1;
-    unsigned failed : 1; /* no more I/O */
-    unsigned closed : 1; /* nobody uses the connection any more: memory follows */
+    unsigned depth;        /* handler callbacks running now */
+    unsigned tcp_open : 1; /* the connection is ours (the connector handed it over) and not closed yet */
+    unsigned failed : 1;   /* no more I/O */
+    unsigned closed : 1;   /* nobody uses the connection any more: memory follows */
     unsigned in_idle : 1;
-    unsigned writing : 1;
     unsigned sent : 1;     /* a byte of the current request went to the socket */
     unsigned complete : 1; /* the current answer arrived whole */
     unsigned keep_alive : 1;
@@ -75,14 +63,9 @@ static void maybe_free(etcd_conn_t *k)
 {
     oa_etcd_t *c = k->c;
 
-    if (!k->closed || k->depth > 0 || k->gai_active || k->tcp_open)
+    if (!k->closed || k->depth > 0 || k->connector != NULL || k->tcp_open)
         return;
-    uv_freeaddrinfo(k->addrs);
-    oa_tls_session_free(&k->tls);
-    oa_buf_free(&k->plain);
-    oa_buf_free(&k->out);
-    oa_buf_free(&k->inflight);
-    oa_buf_free(&k->dec);
+    oa_tls_stream_free(&k->io);
     free(k);
     etcd_client_drop(c);
 }
@@ -111,12 +94,11 @@ static void unlink_idle(etcd_conn_t *k)
     k->next = NULL;
 }
 
-/* Stops every source of events. A lookup in the thread pool may no longer be cancellable; its callback then sees
- * failed and only frees the result. */
+/* Stops every source of events. A connector still running reports its cancellation later, once it has closed the
+ * socket it holds. */
 static void stop_io(etcd_conn_t *k)
 {
-    if (k->gai_active)
-        (void)uv_cancel((uv_req_t *)&k->gai);
+    oa_connect_cancel(k->connector);
     if (k->tcp_open && !uv_is_closing((uv_handle_t *)&k->tcp))
         uv_close((uv_handle_t *)&k->tcp, on_tcp_closed);
 }
@@ -194,61 +176,32 @@ static void fail(etcd_conn_t *k, int rc, const char *fmt, ...)
 
 /* ---- writing ---- */
 
-static void on_written(uv_write_t *req, int status);
-
-/* Starts the next uv_write when none is in flight. Request bytes wait until the connection is ready; before that
- * only handshake records go out. */
+/* Starts the next write when none is in flight. Request bytes wait until the connection is ready; before that only
+ * handshake records go out. */
 static int flush(etcd_conn_t *k)
 {
-    oa_buf_t tmp;
-    uv_buf_t b;
+    bool sent = false;
     int rc;
 
-    if (k->failed || k->writing || (k->state != ST_READY && k->state != ST_HANDSHAKE))
+    if (k->failed || (k->state != ST_READY && k->state != ST_HANDSHAKE))
         return 0;
-    if (k->c->tls != NULL) {
-        if (k->state == ST_READY && k->plain.len > 0) {
-            rc = oa_tls_session_write(&k->tls, k->plain.data, k->plain.len);
-            if (rc != 0)
-                return rc;
-            oa_buf_reset(&k->plain);
-            k->sent = 1;
-        }
-        rc = oa_tls_session_drain(&k->tls, &k->out);
-        if (rc != 0)
-            return rc;
-    } else if (k->state != ST_READY) {
-        return 0;
-    } else if (k->out.len > 0) {
+    rc = oa_tls_stream_flush(&k->io, k->state == ST_READY, &sent);
+    if (sent)
         k->sent = 1;
-    }
-    if (k->out.len == 0)
-        return 0;
-    tmp = k->inflight;
-    k->inflight = k->out;
-    k->out = tmp;
-    oa_buf_reset(&k->out);
-    b = uv_buf_init(k->inflight.data, (unsigned)k->inflight.len);
-    rc = uv_write(&k->write_req, (uv_stream_t *)&k->tcp, &b, 1, on_written);
-    if (rc != 0)
-        return rc;
-    k->writing = 1;
-    return 0;
+    return rc;
 }
 
-static void on_written(uv_write_t *req, int status)
+static void on_written(oa_tls_stream_t *s, int status)
 {
-    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, write_req);
+    etcd_conn_t *k = oa_container_of(s, etcd_conn_t, io);
     int rc;
 
-    k->writing = 0;
     if (k->failed)
         return;
     if (status != 0) {
         fail(k, status, "Writing to etcd at %s failed (%s).", k->c->members[k->member].where, uv_strerror(status));
         return;
     }
-    oa_buf_reset(&k->inflight);
     rc = flush(k);
     if (rc != 0)
         fail(k, rc, "Writing to etcd at %s failed (%s).", k->c->members[k->member].where, uv_strerror(rc));
@@ -331,31 +284,22 @@ static void tls_pump(etcd_conn_t *k)
     int wrc;
 
     oa_error_clear(&e);
-    oa_buf_reset(&k->dec);
-    rd = oa_tls_session_read(&k->tls, &k->dec, &e);
+    rd = oa_tls_stream_decrypt(&k->io, &e);
     if (rd == OA_TLS_READ_FAILED) {
         fail(k, e.code == OA_E_NOMEM ? UV_ENOMEM : UV_EPROTO, "TLS with etcd at %s failed: %s", where, e.text);
         return;
     }
-    if (k->state == ST_HANDSHAKE && oa_tls_session_established(&k->tls))
+    if (k->state == ST_HANDSHAKE && oa_tls_session_established(&k->io.tls))
         k->state = ST_READY;
     wrc = flush(k);
     if (wrc != 0) {
         fail(k, wrc, "Writing to etcd at %s failed (%s).", where, uv_strerror(wrc));
         return;
     }
-    if (k->dec.len > 0)
-        parse(k, k->dec.data, k->dec.len);
+    if (k->io.dec.len > 0)
+        parse(k, k->io.dec.data, k->io.dec.len);
     if (!k->failed && rd == OA_TLS_READ_CLOSED)
         fail(k, UV_EOF, "etcd at %s closed the TLS session.", where);
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    etcd_conn_t *k = oa_container_of(h, etcd_conn_t, tcp);
-
-    (void)suggested;
-    *buf = uv_buf_init(k->rbuf, sizeof(k->rbuf));
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -375,7 +319,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             fail(k, (int)nread, "Reading from etcd at %s failed (%s).", where, uv_strerror((int)nread));
     } else if (k->c->tls == NULL) {
         parse(k, buf->base, (size_t)nread);
-    } else if ((rc = oa_tls_session_feed(&k->tls, buf->base, (size_t)nread)) != 0) {
+    } else if ((rc = oa_tls_session_feed(&k->io.tls, buf->base, (size_t)nread)) != 0) {
         fail(k, rc, "TLS with etcd at %s failed (%s).", where, uv_strerror(rc));
     } else {
         tls_pump(k);
@@ -384,105 +328,49 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     maybe_free(k);
 }
 
-/* ---- connecting: resolve the member's name, then try each address until one accepts ---- */
+/* ---- connecting ---- */
 
-static void on_connected(uv_connect_t *req, int status);
-static void on_tcp_closed_retry(uv_handle_t *h);
-
-static void try_next_address(etcd_conn_t *k)
+static void connect_failed(etcd_conn_t *k, const oa_connect_result_t *res)
 {
-    struct addrinfo *ai;
-    int rc;
+    const char *where = k->c->members[k->member].where;
 
-    while ((ai = k->next_addr) != NULL) {
-        k->next_addr = ai->ai_next;
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-            continue;
-        rc = uv_tcp_init(k->c->loop, &k->tcp);
-        if (rc != 0) {
-            k->last_status = rc;
-            continue;
-        }
-        k->tcp_open = 1;
-        rc = uv_tcp_connect(&k->connect_req, &k->tcp, ai->ai_addr, on_connected);
-        if (rc != 0) {
-            k->last_status = rc;
-            uv_close((uv_handle_t *)&k->tcp, on_tcp_closed_retry);
-        }
-        return;
+    switch (res->outcome) {
+    case OA_CONNECT_DNS:
+        fail(k, res->status, "The etcd member %s could not be resolved (%s).", where, uv_strerror(res->status));
+        break;
+    case OA_CONNECT_TIMEOUT:
+        fail(k, UV_ETIMEDOUT, "etcd at %s did not accept a connection in time.", where);
+        break;
+    default: { /* OA_CONNECT_FAILED; a name with no usable address fails as the address family would */
+        int status = res->status != 0 ? res->status : UV_EADDRNOTAVAIL;
+
+        fail(k, status, "Could not connect to etcd at %s (%s).", where, uv_strerror(status));
+        break;
     }
-    fail(k, k->last_status, "Could not connect to etcd at %s (%s).", k->c->members[k->member].where,
-         uv_strerror(k->last_status));
-}
-
-/* A socket whose connect failed cannot be connected again, so every address gets a fresh handle. */
-static void on_tcp_closed_retry(uv_handle_t *h)
-{
-    etcd_conn_t *k = oa_container_of(h, etcd_conn_t, tcp);
-
-    k->tcp_open = 0;
-    if (k->failed)
-        maybe_free(k);
-    else
-        try_next_address(k);
-}
-
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, gai);
-
-    k->gai_active = 0;
-    if (k->failed) {
-        uv_freeaddrinfo(res);
-        maybe_free(k);
-        return;
     }
-    if (status != 0) {
-        fail(k, status, "The etcd member %s could not be resolved (%s).", k->c->members[k->member].where,
-             uv_strerror(status));
-        return;
-    }
-    k->addrs = res;
-    k->next_addr = res;
-    k->last_status = UV_EADDRNOTAVAIL;
-    k->state = ST_CONNECTING;
-    try_next_address(k);
 }
 
-/* The whole connect step: resolution and every address in turn; on_connected follows with the first that accepts. */
-static int connect_member(etcd_conn_t *k)
+static void on_connected(const oa_connect_result_t *res, void *data)
 {
-    const etcd_member_t *m = &k->c->members[k->member];
-    struct addrinfo hints;
-    int rc;
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    rc = uv_getaddrinfo(k->c->loop, &k->gai, on_resolved, m->host, m->port, &hints);
-    if (rc == 0)
-        k->gai_active = 1;
-    return rc;
-}
-
-static void on_connected(uv_connect_t *req, int status)
-{
-    etcd_conn_t *k = oa_container_of(req, etcd_conn_t, connect_req);
+    etcd_conn_t *k = data;
     const etcd_member_t *m = &k->c->members[k->member];
     int rc;
 
-    if (k->failed)
-        return; /* the handle is closing */
-    if (status != 0) {
-        k->last_status = status;
-        uv_close((uv_handle_t *)&k->tcp, on_tcp_closed_retry);
+    k->connector = NULL;
+    /* Only stop_io cancels the connector, after setting failed. */
+    if (k->failed || res->outcome == OA_CONNECT_CANCELLED) {
+        maybe_free(k);
         return;
     }
+    if (res->outcome != OA_CONNECT_OK) {
+        connect_failed(k, res);
+        return;
+    }
+    k->tcp_open = 1;
     /* Requests are small and each waits for its answer: Nagle would only hold them back. */
     (void)uv_tcp_nodelay(&k->tcp, 1);
     (void)uv_tcp_keepalive(&k->tcp, 1, 60);
-    rc = uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read);
+    rc = oa_tls_stream_read_start(&k->io, on_read);
     if (rc != 0) {
         fail(k, rc, "Reading from etcd at %s failed (%s).", m->where, uv_strerror(rc));
         return;
@@ -491,7 +379,7 @@ static void on_connected(uv_connect_t *req, int status)
         k->state = ST_READY;
     } else {
         k->state = ST_HANDSHAKE;
-        rc = oa_tls_session_init_client(&k->tls, k->c->tls, m->host);
+        rc = oa_tls_session_init_client(&k->io.tls, k->c->tls, m->host);
         if (rc != 0) {
             fail(k, rc, "TLS with etcd at %s could not start (%s).", m->where, uv_strerror(rc));
             return;
@@ -550,8 +438,11 @@ int etcd_conn_get(oa_etcd_t *c, size_t m, etcd_conn_t **out)
         return UV_ENOMEM;
     k->c = c;
     k->member = m;
-    k->state = ST_RESOLVING;
-    rc = connect_member(k);
+    k->state = ST_CONNECTING;
+    oa_tls_stream_init(&k->io, (uv_stream_t *)&k->tcp, c->tls != NULL, on_written);
+    /* The caller's attempt timer is the deadline that counts; the connector's, as long, only bounds its own work. */
+    rc = oa_connect_start(c->loop, &k->tcp, c->members[m].host, (unsigned)strtoul(c->members[m].port, NULL, 10),
+                          c->attempt_timeout_ms, on_connected, k, &k->connector);
     if (rc != 0) {
         free(k);
         return rc;
@@ -577,7 +468,7 @@ int etcd_conn_send(etcd_conn_t *k, const char *req, size_t len, const etcd_conn_
     k->why[0] = '\0';
     llhttp_init(&k->parser, HTTP_RESPONSE, &parser_settings);
     k->parser.data = k;
-    rc = oa_buf_append(k->c->tls != NULL ? &k->plain : &k->out, req, len);
+    rc = oa_tls_stream_queue(&k->io, req, len);
     if (rc == 0)
         rc = flush(k);
     if (rc != 0) {

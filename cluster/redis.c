@@ -21,13 +21,11 @@
 #include "oa_error.h"
 #include "oa_redis.h"
 #include "oa_tls.h"
+#include "oa_tls_stream.h"
 #include "oa_util.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000u
 #define DEFAULT_MAX_REPLY_BYTES    (16u * 1024u * 1024u)
-/* A write buffer that grew past this for one burst is given back rather than kept for the life of the connection. */
-#define KEEP_BUFFER_MAX (1024u * 1024u)
-#define READ_CHUNK      65536
 
 typedef struct pending_s {
     struct pending_s *next;
@@ -56,20 +54,13 @@ struct oa_redis_s {
 
     uv_timer_t timer; /* the deadline during the handshake, then the deferred failure report */
     uv_tcp_t tcp;
-    uv_write_t write_req;
 
     oa_connect_t *connector; /* while resolving and connecting; it holds tcp until it reports */
     int write_status;        /* a failed write, reported once the read side had its say */
 
-    oa_tls_session_t tls;
+    oa_tls_stream_t io; /* the bytes to and from tcp, through TLS when tls_ctx is set */
     redisReader *reader;
     size_t reply_bytes; /* bytes of the reply in progress that the reader already consumed */
-
-    oa_buf_t plain;    /* TLS: command bytes waiting to be encrypted */
-    oa_buf_t out;      /* bytes for the socket not yet handed to uv_write */
-    oa_buf_t inflight; /* the bytes of the one uv_write in flight */
-    oa_buf_t dec;      /* TLS: plaintext decrypted from one read */
-    char rbuf[READ_CHUNK];
 
     pending_t *head, *tail;
 
@@ -79,8 +70,7 @@ struct oa_redis_s {
     unsigned freed : 1;     /* oa_redis_free was called */
     unsigned finishing : 1; /* the timer is being closed; memory follows */
     unsigned timer_open : 1;
-    unsigned tcp_open : 1; /* the connection is ours (the connector handed it over) and not closed yet */
-    unsigned writing : 1;
+    unsigned tcp_open : 1;   /* the connection is ours (the connector handed it over) and not closed yet */
     unsigned subscribed : 1; /* the server put the connection in Pub/Sub mode */
     char why[OA_ERROR_TEXT_MAX + 128];
 };
@@ -99,12 +89,8 @@ static void release(oa_redis_t *r)
     }
     if (r->reader != NULL)
         redisReaderFree(r->reader);
-    oa_tls_session_free(&r->tls);
+    oa_tls_stream_free(&r->io);
     SSL_CTX_free(r->tls_ctx);
-    oa_buf_free(&r->plain);
-    oa_buf_free(&r->out);
-    oa_buf_free(&r->inflight);
-    oa_buf_free(&r->dec);
     free(r->host);
     free(r->tls_name);
     free(r);
@@ -229,44 +215,14 @@ void oa_redis_free(oa_redis_t *r)
 
 /* ---- writing ---- */
 
-static void on_written(uv_write_t *req, int status);
-
-/* Starts the next uv_write when none is in flight. Commands wait until the connection is ready; before that only
- * handshake records go out. */
+/* Starts the next write when none is in flight. Commands wait until the connection is ready; before that only
+ * handshake records go out. With TLS, everything queued is encrypted in one go: few large records rather than one
+ * per command. */
 static int flush(oa_redis_t *r)
 {
-    oa_buf_t tmp;
-    uv_buf_t b;
-    int rc;
-
-    if (r->failed || r->writing || r->write_status != 0 || (r->state != ST_READY && r->state != ST_HANDSHAKE))
+    if (r->failed || r->write_status != 0 || (r->state != ST_READY && r->state != ST_HANDSHAKE))
         return 0;
-    if (r->tls_ctx != NULL) {
-        /* Encrypting everything queued in one go makes few large records rather than one per command. */
-        if (r->state == ST_READY && r->plain.len > 0) {
-            rc = oa_tls_session_write(&r->tls, r->plain.data, r->plain.len);
-            if (rc != 0)
-                return rc;
-            oa_buf_reset(&r->plain);
-        }
-        rc = oa_tls_session_drain(&r->tls, &r->out);
-        if (rc != 0)
-            return rc;
-    } else if (r->state != ST_READY) {
-        return 0;
-    }
-    if (r->out.len == 0)
-        return 0;
-    tmp = r->inflight;
-    r->inflight = r->out;
-    r->out = tmp;
-    oa_buf_reset(&r->out);
-    b = uv_buf_init(r->inflight.data, (unsigned)r->inflight.len);
-    rc = uv_write(&r->write_req, (uv_stream_t *)&r->tcp, &b, 1, on_written);
-    if (rc != 0)
-        return rc;
-    r->writing = 1;
-    return 0;
+    return oa_tls_stream_flush(&r->io, r->state == ST_READY, NULL);
 }
 
 static void on_write_grace(uv_timer_t *t)
@@ -276,12 +232,11 @@ static void on_write_grace(uv_timer_t *t)
     fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(r->write_status));
 }
 
-static void on_written(uv_write_t *req, int status)
+static void on_written(oa_tls_stream_t *s, int status)
 {
-    oa_redis_t *r = oa_container_of(req, oa_redis_t, write_req);
+    oa_redis_t *r = oa_container_of(s, oa_redis_t, io);
     int rc;
 
-    r->writing = 0;
     if (r->failed)
         return; /* the handle is closing; the buffer goes with r */
     if (status != 0) {
@@ -292,10 +247,6 @@ static void on_written(uv_write_t *req, int status)
         uv_timer_start(&r->timer, on_write_grace, 100, 0);
         return;
     }
-    if (r->inflight.cap > KEEP_BUFFER_MAX)
-        oa_buf_free(&r->inflight);
-    else
-        oa_buf_reset(&r->inflight);
     rc = flush(r);
     if (rc != 0)
         fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
@@ -425,8 +376,7 @@ static void tls_pump(oa_redis_t *r)
     int wrc;
 
     oa_error_clear(&e);
-    oa_buf_reset(&r->dec);
-    rd = oa_tls_session_read(&r->tls, &r->dec, &e);
+    rd = oa_tls_stream_decrypt(&r->io, &e);
     if (rd == OA_TLS_READ_FAILED) {
         fail(r, "TLS with Redis at %s:%d failed: %s", r->host, r->port, e.text);
         return;
@@ -436,23 +386,15 @@ static void tls_pump(oa_redis_t *r)
         fail(r, "Writing to Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(wrc));
         return;
     }
-    if (r->state == ST_HANDSHAKE && oa_tls_session_established(&r->tls)) {
+    if (r->state == ST_HANDSHAKE && oa_tls_session_established(&r->io.tls)) {
         become_ready(r);
         if (r->failed)
             return;
     }
-    if (r->dec.len > 0)
-        feed_replies(r, r->dec.data, r->dec.len);
+    if (r->io.dec.len > 0)
+        feed_replies(r, r->io.dec.data, r->io.dec.len);
     if (!r->failed && rd == OA_TLS_READ_CLOSED)
         fail(r, "Redis at %s:%d closed the TLS session", r->host, r->port);
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    oa_redis_t *r = oa_container_of(h, oa_redis_t, tcp);
-
-    (void)suggested;
-    *buf = uv_buf_init(r->rbuf, sizeof(r->rbuf));
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -475,7 +417,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         feed_replies(r, buf->base, (size_t)nread);
         return;
     }
-    rc = oa_tls_session_feed(&r->tls, buf->base, (size_t)nread);
+    rc = oa_tls_session_feed(&r->io.tls, buf->base, (size_t)nread);
     if (rc != 0) {
         fail(r, "TLS with Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
         return;
@@ -532,7 +474,7 @@ static void on_connected(const oa_connect_result_t *res, void *data)
      * idle Pub/Sub connection. Neither is worth failing the connection over. */
     (void)uv_tcp_nodelay(&r->tcp, 1);
     (void)uv_tcp_keepalive(&r->tcp, 1, 60);
-    rc = uv_read_start((uv_stream_t *)&r->tcp, on_alloc, on_read);
+    rc = oa_tls_stream_read_start(&r->io, on_read);
     if (rc != 0) {
         fail(r, "Reading from Redis at %s:%d failed (%s)", r->host, r->port, uv_strerror(rc));
         return;
@@ -544,7 +486,7 @@ static void on_connected(const oa_connect_result_t *res, void *data)
     /* The rest of the one deadline now covers the handshake. */
     uv_timer_start(&r->timer, on_deadline, res->left_ms, 0);
     r->state = ST_HANDSHAKE;
-    rc = oa_tls_session_init_client(&r->tls, r->tls_ctx, r->tls_name);
+    rc = oa_tls_session_init_client(&r->io.tls, r->tls_ctx, r->tls_name);
     if (rc != 0) {
         fail(r, "TLS with Redis at %s:%d could not start (%s, name \"%s\")", r->host, r->port, uv_strerror(rc),
              r->tls_name);
@@ -578,6 +520,7 @@ int oa_redis_connect(uv_loop_t *loop, const oa_redis_options_t *o, oa_redis_t **
     r->on_push = o->on_push;
     r->data = o->data;
     r->state = ST_CONNECTING;
+    oa_tls_stream_init(&r->io, (uv_stream_t *)&r->tcp, o->tls != NULL, on_written);
     r->host = strdup(o->host);
     r->reader = redisReaderCreate();
     if (r->host == NULL || r->reader == NULL)
@@ -627,7 +570,7 @@ int oa_redis_command(oa_redis_t *r, oa_redis_reply_cb cb, void *priv, const char
         return -1;
     }
     /* With TLS the bytes wait in plain and are encrypted when the next write starts. */
-    rc = oa_buf_append(r->tls_ctx != NULL ? &r->plain : &r->out, cmd, (size_t)len);
+    rc = oa_tls_stream_queue(&r->io, cmd, (size_t)len);
     redisFreeCommand(cmd);
     if (rc != 0) {
         free(p);

@@ -1,6 +1,6 @@
 /*
- * TLS over two memory BIOs, for the HTTP server (server side) and the Redis connection (client side), and every
- * TLS context the daemon makes (common/tls_ctx.c).
+ * TLS over two memory BIOs, for the HTTP server (server side) and the Redis and etcd connections (client side,
+ * through oa_tls_stream.h), and every TLS context the daemon makes (common/tls_ctx.c).
  *
  * A session never touches a socket: ciphertext read from the network is fed in with oa_tls_session_feed,
  * plaintext comes out of oa_tls_session_read, plaintext to send goes in with oa_tls_session_write, and the
