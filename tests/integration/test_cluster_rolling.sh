@@ -19,20 +19,13 @@ RESP_A_PORT=$RESP_PORT
 RESP_B_PORT=$(free_port) || bail "no free port for the second OCSP responder"
 C=$T_DIR/certs
 mkdir -p "$C"
-cat >"$C/ext.cnf" <<EOF
-[ b ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-authorityInfoAccess = OCSP;URI:http://127.0.0.1:$RESP_B_PORT/
-authorityKeyIdentifier = keyid
-EOF
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$C/b.key" 2>/dev/null &&
-    openssl req -new -key "$C/b.key" -subj "/O=b/CN=localhost" -out "$C/b.csr" 2>/dev/null &&
-    openssl x509 -req -in "$C/b.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -set_serial 0x1002 -days 30 \
-        -extfile "$C/ext.cnf" -extensions b -out "$C/b.pem" 2>"$C/openssl.err" ||
-    bail "making certificate B" "$(cat "$C/openssl.err")"
+# B: from the CA of A, its own serial, responder B in its AIA (openssl 3's req signs with -CA).
+printf '[ req ]\ndistinguished_name = dn\n[ dn ]\n' >"$C/req.cnf"
+openssl req -x509 -new -config "$C/req.cnf" -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$C/b.key" \
+    -subj "/O=b/CN=localhost" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -set_serial 0x1002 -days 30 \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "authorityInfoAccess=OCSP;URI:http://127.0.0.1:$RESP_B_PORT/" -addext "authorityKeyIdentifier=keyid" \
+    -out "$C/b.pem" 2>"$C/openssl.err" || bail "making certificate B" "$(cat "$C/openssl.err")"
 cp "$PKI/proxy.pem" "$C/a.pem"
 cat "$C/b.pem" "$PKI/ca.pem" >"$C/b-chain.pem"
 end=$(date -u -d "$(openssl x509 -in "$C/b.pem" -noout -enddate | cut -d= -f2)" +%y%m%d%H%M%SZ)
