@@ -16,7 +16,7 @@
  *   conf.c      putting a configuration from the store in force: from a message, the seed's reply, a PUT's reply
  *   put.c       PUT /v1/ocsp: the compare-and-set rounds and their time limit
  *   records.c   the status and state records: publishing them, applying them in the order of their numbers
- *   registry.c  the heartbeat, the registry view, the lease and the poller role
+ *   registry.c  the heartbeat, the registry view, the lease and the poller role, a change of the CertID held
  *   metrics.c   the Prometheus text, through oa_prom.h
  *   cluster.c   the two connections, the subscription, resynchronisation, reconnection, the life cycle
  *   redis.c     one asynchronous Redis connection on libuv (oa_redis.h)

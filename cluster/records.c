@@ -1,7 +1,8 @@
 /*
  * The status and state records (oa_cluster.h: their texts, their numbers and which one wins): publishing them, and
- * applying them from the channel or as read back at resynchronisation. A node applies only its own CertID's. Which number is news, in which order a pair
- * is applied and whose records are skipped are rules.c's decisions.
+ * applying them from the channel or as read back at resynchronisation; a node applies only its own CertID's. Which
+ * CertID is its own, which number is news, in which order a pair is applied and whose records are skipped are
+ * rules.c's decisions.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -81,8 +81,10 @@
  * resynchronisation never undoes a newer message that overtook it on the other connection; it forgets that number
  * when it reconnects, because a store that restarted empty counts from 1 again. At resynchronisation it reads status
  * and sched together and applies them older first. A node ignores its own records from the channel, and the poller
- * its own read back from the store (its memory is newer). An invalidation makes every node drop its cached response
- * and remove its staple file; the next valid response restores "valid" everywhere.
+ * its own read back from the store (its memory is newer). A node applies only the records that name the CertID it
+ * holds, and forgets the highest number it has seen when it comes to hold another one. An invalidation makes every
+ * node holding that CertID drop its cached response and remove its staple file; the next valid response restores
+ * "valid" everywhere.
  *
  * Two Redis connections (oa_redis.h: plain TCP or TLS, names resolved asynchronously) run on the agent's libuv
  * loop; no call here ever blocks. Either one failing takes both down. While the store is unreachable the module
