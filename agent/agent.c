@@ -256,7 +256,7 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
 {
     const oa_options_t *o = a->opts;
     oa_cluster_options_t co;
-    char api[128];
+    char api[128], certid[OA_OCSP_CERTID_HEX_LEN + 1];
 
     snprintf(api, sizeof(api), "%s://%s", a->tls != NULL ? "https" : "http", o->listen);
     memset(&co, 0, sizeof(co));
@@ -264,6 +264,9 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
     co.password = o->cluster_password;
     co.tls = a->cluster_tls; /* the cluster takes its own reference */
     co.node_id = o->node_id;
+    if (a->target != NULL && oa_ocsp_target_certid_hex(a->target, certid) != 0)
+        return oa_error_set(err, OA_E_BAD_FILE, "%s: the certificate's CertID could not be computed", o->cert);
+    co.certid = a->target != NULL ? certid : NULL;
     co.api_address = api;
     co.capabilities = o->capabilities;
     co.data_dir = o->data_dir;

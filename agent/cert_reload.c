@@ -14,6 +14,7 @@
 
 #include "oa_api.h"
 #include "oa_cert_reload.h"
+#include "oa_cluster.h"
 #include "oa_delivery.h"
 #include "oa_log.h"
 #include "oa_reload.h"
@@ -163,8 +164,20 @@ static int put_in_force(oa_agent_t *a, oa_ocsp_target_t *t, oa_error_t *err)
 {
     oa_ocsp_target_t *old = a->target;
 
-    if (oa_delivery_set_target(a->delivery, t) != 0)
+    char certid[OA_OCSP_CERTID_HEX_LEN + 1], old_certid[OA_OCSP_CERTID_HEX_LEN + 1];
+
+    /* In a cluster the node follows the new CertID's records and lease before its scheduler learns of the new
+     * target: it starts as a follower, and queries only once it holds that CertID's lease. */
+    if (a->cluster != NULL &&
+        (oa_ocsp_target_certid_hex(old, old_certid) != 0 || oa_ocsp_target_certid_hex(t, certid) != 0 ||
+         oa_cluster_set_certid(a->cluster, certid) != 0))
+        return oa_error_set(err, OA_E_NOMEM, "%s: the cluster could not follow the new certificate", a->opts->cert);
+    if (oa_delivery_set_target(a->delivery, t) != 0) {
+        /* The old certificate stays in force: so does its CertID in the cluster. */
+        if (a->cluster != NULL)
+            oa_cluster_set_certid(a->cluster, old_certid);
         return oa_error_set(err, OA_E_NOMEM, "%s: out of memory while changing the certificate", a->opts->cert);
+    }
     a->target = t;
     a->responder_url = t->responder_url != NULL ? t->responder_url : "";
     oa_sched_set_target(a->sched, t);

@@ -69,7 +69,7 @@ static void on_seed_reply(oa_redis_t *r, redisReply *reply, void *priv)
         return;
     }
     cluster_conf_seeded(c, &s);
-    if (oa_redis_command(r, on_status_read, c, "MGET %s %s", CLUSTER_K_STATUS, CLUSTER_K_SCHED) != 0)
+    if (oa_redis_command(r, on_status_read, c, "MGET %s %s", c->k_status, c->k_sched) != 0)
         cluster_lost(c, "the status could not be read");
 }
 
@@ -291,6 +291,7 @@ static void free_cluster(oa_cluster_t *c)
     free(c->node_id_json);
     free(c->node_json);
     free(c->caps);
+    free(c->api);
     free(c->version_path);
     SSL_CTX_free(c->tls);
     free(c);
@@ -330,14 +331,23 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
     c->password = o->password != NULL ? strdup(o->password) : NULL;
     c->node_id = strdup(o->node_id != NULL ? o->node_id : "node");
     c->caps = strdup(o->capabilities != NULL ? o->capabilities : "ocsp");
+    c->api = strdup(o->api_address != NULL ? o->api_address : "");
     c->version_path = o->data_dir != NULL ? oa_path_join(o->data_dir, OA_CLUSTER_VERSION_FILE) : NULL;
     id = c->node_id != NULL ? json_string(c->node_id) : NULL;
     c->node_id_json = id != NULL ? json_dumps(id, JSON_ENCODE_ANY) : NULL;
     json_decref(id);
-    c->node_json = c->node_id != NULL && c->caps != NULL
-                       ? cluster_node_entry_encode(c->node_id, o->api_address, c->caps)
+    snprintf(c->certid, sizeof(c->certid), "%s",
+             o->certid != NULL ? o->certid : "0000000000000000000000000000000000000000");
+    if (cluster_certid_key(c->k_lease, sizeof(c->k_lease), CLUSTER_K_LEASE, c->certid) != 0 ||
+        cluster_certid_key(c->k_status, sizeof(c->k_status), CLUSTER_K_STATUS, c->certid) != 0 ||
+        cluster_certid_key(c->k_sched, sizeof(c->k_sched), CLUSTER_K_SCHED, c->certid) != 0) {
+        free_cluster(c);
+        return oa_error_set(err, OA_E_BAD_OPTION, "the certificate's CertID could not be named");
+    }
+    c->node_json = c->node_id != NULL && c->caps != NULL && c->api != NULL
+                       ? cluster_node_entry_encode(c->node_id, c->api, c->caps, c->certid)
                        : NULL;
-    if (c->node_id == NULL || c->caps == NULL || c->node_id_json == NULL || c->node_json == NULL ||
+    if (c->node_id == NULL || c->caps == NULL || c->api == NULL || c->node_id_json == NULL || c->node_json == NULL ||
         (o->password != NULL && c->password == NULL) || (o->data_dir != NULL && c->version_path == NULL) ||
         (o->tls != NULL && c->tls == NULL)) {
         free_cluster(c);
@@ -441,7 +451,7 @@ void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
          * reply to QUIT, and the grace timer drops a store that does not send it. */
         oa_redis_command(r, NULL, NULL, "DEL %s%s", CLUSTER_K_NODE, c->node_id);
         if (c->poller)
-            oa_redis_command(r, NULL, NULL, "EVAL %s 1 %s %s", cluster_lua_lease_release, CLUSTER_K_LEASE, c->node_id);
+            oa_redis_command(r, NULL, NULL, "EVAL %s 1 %s %s", cluster_lua_lease_release, c->k_lease, c->node_id);
         if (oa_redis_command(r, on_quit_reply, c, "QUIT") == 0)
             uv_timer_start(&c->grace, on_grace, CLUSTER_CLOSE_GRACE_MS, 0);
         else

@@ -16,7 +16,7 @@
  *   conf.c      putting a configuration from the store in force: from a message, the seed's reply, a PUT's reply
  *   put.c       PUT /v1/ocsp: the compare-and-set rounds and their time limit
  *   records.c   the status and state records: publishing them, applying them in the order of their numbers
- *   registry.c  the heartbeat, the registry view, the lease and the poller role
+ *   registry.c  the heartbeat, the registry view, the lease and the poller role, a change of the CertID held
  *   metrics.c   the Prometheus text, through oa_prom.h
  *   cluster.c   the two connections, the subscription, resynchronisation, reconnection, the life cycle
  *   redis.c     one asynchronous Redis connection on libuv (oa_redis.h)
@@ -57,9 +57,12 @@
 #define CLUSTER_K_CONF OA_CLUSTER_KEY_PREFIX "conf"
 #define CLUSTER_K_NODE OA_CLUSTER_KEY_PREFIX "node:"
 #define CLUSTER_K_NODES OA_CLUSTER_KEY_PREFIX "nodes"
-#define CLUSTER_K_LEASE OA_CLUSTER_KEY_PREFIX "lease"
-#define CLUSTER_K_STATUS OA_CLUSTER_KEY_PREFIX "status"
-#define CLUSTER_K_SCHED OA_CLUSTER_KEY_PREFIX "sched"
+#define CLUSTER_K_CERTIDS OA_CLUSTER_KEY_PREFIX "certids"
+/* The records of one CertID: these names followed by its hex (cluster_certid_key). */
+#define CLUSTER_K_LEASE "lease:"
+#define CLUSTER_K_STATUS "status:"
+#define CLUSTER_K_SCHED "sched:"
+#define CLUSTER_CERTID_KEY_MAX (sizeof(OA_CLUSTER_KEY_PREFIX) + 8 + OA_CLUSTER_CERTID_LEN)
 #define CLUSTER_K_SEQ OA_CLUSTER_KEY_PREFIX "seq"
 #define CLUSTER_K_EVENTS OA_CLUSTER_KEY_PREFIX "events"
 
@@ -162,6 +165,18 @@ bool cluster_store_stalled(uint64_t now, bool hb_owed, uint64_t hb_sent, unsigne
 /* The reconnection delay after one of backoff_ms: doubled, at most CLUSTER_BACKOFF_MAX_MS. */
 unsigned cluster_backoff_next(unsigned backoff_ms);
 
+/* 1 when s (NUL-terminated) names a CertID as the store keys it: OA_CLUSTER_CERTID_LEN characters of [0-9a-f];
+ * else 0 (also for NULL). */
+bool cluster_certid_valid(const char *s);
+
+/* The key of one CertID's record: OA_CLUSTER_KEY_PREFIX, then name (CLUSTER_K_LEASE, _STATUS or _SCHED), then
+ * certid. Returns 0, or -1 (out "") when certid is not valid or out (size bytes) is too small. */
+int cluster_certid_key(char *out, size_t size, const char *name, const char *certid);
+
+/* Whether a status or state record naming record_certid (NULL when it names none) is this node's, holding mine:
+ * only a record of the same CertID is; one without a CertID never is, since a node cannot tell whose it was. */
+bool cluster_record_is_mine(const char *mine, const char *record_certid);
+
 /* ---- codec.c: the texts the store holds ---- */
 
 /* The integer member key of o, or dflt when o has none (or o is not an object). */
@@ -179,21 +194,21 @@ int cluster_conf_decode_json(json_t *o, oa_conf_t *out);
 int cluster_conf_decode(const char *text, size_t len, oa_conf_t *out);
 
 /* A status record without its number (the script adds "seq"): compact JSON to free, NULL when out of memory. */
-char *cluster_status_encode(const char *node_id, int64_t now_ms, const oa_ocsp_result_t *res);
+char *cluster_status_encode(const char *node_id, const char *certid, int64_t now_ms, const oa_ocsp_result_t *res);
 
 /* The DER of a status record: a buffer to free with *len set, or NULL when the record holds none (no "der", bad
  * base64, out of memory). */
 unsigned char *cluster_status_der(json_t *o, size_t *len);
 
 /* A state record without its number: compact JSON to free, NULL when out of memory. */
-char *cluster_state_encode(const char *node_id, int64_t now_ms, const oa_sched_view_t *v);
+char *cluster_state_encode(const char *node_id, const char *certid, int64_t now_ms, const oa_sched_view_t *v);
 
 /* Reads a state record into *v, whose strings borrow from o. Returns 0, or -1 when "state" is not a state name. */
 int cluster_state_decode(json_t *o, oa_sched_view_t *v);
 
-/* This node's registry entry {"node_id","api","version","capabilities":[...]}: compact JSON to free, or NULL when
- * out of memory. api NULL is "". */
-char *cluster_node_entry_encode(const char *node_id, const char *api, const char *caps);
+/* This node's registry entry {"node_id","api","version","capabilities":[...],"certid"}: compact JSON to free, or
+ * NULL when out of memory. api NULL is "". */
+char *cluster_node_entry_encode(const char *node_id, const char *api, const char *caps, const char *certid);
 
 /* ---- scripts.c: the Lua scripts (see oa_cluster.h for what each guarantees) ---- */
 
@@ -207,7 +222,8 @@ extern const char cluster_lua_conf_seed[];
 extern const char cluster_lua_lease_renew[];
 /* KEYS: lease. ARGV: node id. Deletes the lease when it is the node's. */
 extern const char cluster_lua_lease_release[];
-/* KEYS: node key prefix, node set. ARGV: node id, node JSON, ttl ms. Returns the JSON of every live node. */
+/* KEYS: node key prefix, node set, CertID set, key prefix. ARGV: node id, node JSON, ttl ms, the node's CertID.
+ * Returns the JSON of every live node, after deleting the records of every CertID no live node holds. */
 extern const char cluster_lua_heartbeat[];
 /* KEYS: seq, events, then every key that stores the record. ARGV: the record, a JSON object of at least one member.
  * Returns the record's number. */
@@ -254,6 +270,12 @@ struct oa_cluster_s {
     char *node_id_json; /* the id as a JSON string, for the scripts' messages */
     char *node_json;    /* this node's registry entry */
     char *caps;
+    char *api;
+    char certid[OA_CLUSTER_CERTID_LEN + 1]; /* the CertID this node holds, whose records it follows */
+    char k_lease[CLUSTER_CERTID_KEY_MAX];   /* its keys */
+    char k_status[CLUSTER_CERTID_KEY_MAX];
+    char k_sched[CLUSTER_CERTID_KEY_MAX];
+    bool lease_stale; /* the lease reply owed is about the CertID held before */
     char *version_path;
     SSL_CTX *tls; /* a reference of our own; NULL: plain TCP */
     unsigned heartbeat_ms, node_ttl_ms, lease_ms;

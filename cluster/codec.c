@@ -46,7 +46,7 @@ int cluster_conf_decode(const char *text, size_t len, oa_conf_t *out)
     return rc;
 }
 
-char *cluster_status_encode(const char *node_id, int64_t now_ms, const oa_ocsp_result_t *res)
+char *cluster_status_encode(const char *node_id, const char *certid, int64_t now_ms, const oa_ocsp_result_t *res)
 {
     json_t *msg = NULL;
     char *b64 = NULL, *text = NULL;
@@ -59,7 +59,8 @@ char *cluster_status_encode(const char *node_id, int64_t now_ms, const oa_ocsp_r
     b64[n] = '\0';
     /* The parsed fields are for whoever reads the store (an operator with redis-cli, a monitoring probe); nodes
      * trust only the DER, which they verify themselves. Times are Unix seconds. */
-    msg = json_pack("{s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "type", "status", "node", node_id, "ts",
+    msg = json_pack("{s:s, s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "type", "status", "node", node_id, "certid",
+                    certid, "ts",
                     (json_int_t)now_ms, "cert_status", oa_cert_status_name(res->cert_status), "produced_at",
                     (json_int_t)res->produced_at, "this_update", (json_int_t)res->this_update, "next_update",
                     (json_int_t)res->next_update, "der", b64);
@@ -104,12 +105,13 @@ unsigned char *cluster_status_der(json_t *o, size_t *len)
     return der;
 }
 
-char *cluster_state_encode(const char *node_id, int64_t now_ms, const oa_sched_view_t *v)
+char *cluster_state_encode(const char *node_id, const char *certid, int64_t now_ms, const oa_sched_view_t *v)
 {
     json_t *msg;
     char *text;
 
-    msg = json_pack("{s:s, s:s, s:I, s:s, s:b, s:i, s:i, s:I, s:s, s:s}", "type", "state", "node", node_id, "ts",
+    msg = json_pack("{s:s, s:s, s:s, s:I, s:s, s:b, s:i, s:i, s:I, s:s, s:s}", "type", "state", "node", node_id,
+                    "certid", certid, "ts",
                     (json_int_t)now_ms, "state", oa_sched_state_name(v->state), "recovering", (int)v->recovering,
                     "consecutive_failures", v->consecutive_failures, "recovery_tries", v->recovery_tries,
                     "last_attempt_ms", (json_int_t)v->last_attempt_ms, "last_error_code",
@@ -152,10 +154,10 @@ int cluster_state_decode(json_t *o, oa_sched_view_t *v)
     return 0;
 }
 
-char *cluster_node_entry_encode(const char *node_id, const char *api, const char *caps)
+char *cluster_node_entry_encode(const char *node_id, const char *api, const char *caps, const char *certid)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:[]}", "node_id", node_id, "api", api ? api : "", "version", OA_VERSION,
-                          "capabilities");
+    json_t *o = json_pack("{s:s, s:s, s:s, s:[], s:s}", "node_id", node_id, "api", api ? api : "", "version",
+                          OA_VERSION, "capabilities", "certid", certid);
     json_t *list = json_object_get(o, "capabilities");
     const char *p = caps;
     char *text;

@@ -1,7 +1,8 @@
 /*
  * The status and state records (oa_cluster.h: their texts, their numbers and which one wins): publishing them, and
- * applying them from the channel or as read back at resynchronisation. Which number is news, in which order a pair
- * is applied and whose records are skipped are rules.c's decisions.
+ * applying them from the channel or as read back at resynchronisation; a node applies only its own CertID's. Which
+ * CertID is its own, which number is news, in which order a pair is applied and whose records are skipped are
+ * rules.c's decisions.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +18,11 @@ void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
 
     if (r == NULL || !c->synced || res == NULL || res->der == NULL || res->der_len > CLUSTER_STATUS_DER_MAX)
         return;
-    text = cluster_status_encode(c->node_id, oa_time_now_ms(), res);
+    text = cluster_status_encode(c->node_id, c->certid, oa_time_now_ms(), res);
     if (text == NULL)
         return;
     if (oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                         CLUSTER_K_EVENTS, CLUSTER_K_STATUS, text) == 0)
+                         CLUSTER_K_EVENTS, c->k_status, text) == 0)
         OA_LOG(OA_LOG_INFO, "cluster_status_published", OA_KV_STR("cert_status", oa_cert_status_name(res->cert_status)),
                OA_KV_INT("der_bytes", res->der_len));
     free(text);
@@ -36,16 +37,16 @@ void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v)
 
     if (r == NULL || !c->synced)
         return;
-    text = cluster_state_encode(c->node_id, oa_time_now_ms(), v);
+    text = cluster_state_encode(c->node_id, c->certid, oa_time_now_ms(), v);
     if (text == NULL)
         return;
     /* An invalidation replaces the stored response too: a node that reads the store later must not serve it. */
     if (invalidated)
         rc = oa_redis_command(r, NULL, NULL, "EVAL %s 4 %s %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                              CLUSTER_K_EVENTS, CLUSTER_K_SCHED, CLUSTER_K_STATUS, text);
+                              CLUSTER_K_EVENTS, c->k_sched, c->k_status, text);
     else
         rc = oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                              CLUSTER_K_EVENTS, CLUSTER_K_SCHED, text);
+                              CLUSTER_K_EVENTS, c->k_sched, text);
     if (rc == 0)
         OA_LOG(invalidated ? OA_LOG_INFO : OA_LOG_DEBUG, "cluster_state_published",
                OA_KV_STR("state", oa_sched_state_name(v->state)), OA_KV_STR("error_code", v->last_error_code),
@@ -88,6 +89,10 @@ static void handle_state(oa_cluster_t *c, json_t *o, bool from_store)
 
 static void handle_record(oa_cluster_t *c, json_t *o, const char *type, bool from_store)
 {
+    /* Another certificate's records are no concern of this node's (and do not move its numbering either: the
+     * records of its own CertID are numbered from the same counter, read back or not). */
+    if (!cluster_record_is_mine(c->certid, json_string_value(json_object_get(o, "certid"))))
+        return;
     if (!cluster_seq_accept(&c->last_seq, cluster_json_int(o, "seq", 0)))
         return;
     if (strcmp(type, "status") == 0)

@@ -2,9 +2,11 @@
  * The heartbeat and the lease. Every heartbeat_ms the node renews its registry entry with the heartbeat script,
  * which returns every live entry (the registry view, and from it the capability check), and asks for the lease:
  * SET NX while it is a follower, the compare-and-renew script while it is the poller. A store that accepts the
- * connection but answers neither in time counts as gone.
+ * connection but answers neither in time counts as gone. The lease and the records are the ones of the CertID the
+ * node holds; when it holds another, it gives up the old lease and follows the new CertID at once.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cluster_internal.h"
@@ -45,15 +47,24 @@ static void on_heartbeat_reply(oa_redis_t *r, redisReply *reply, void *priv)
     c->view = view;
 }
 
+static void request_lease(oa_cluster_t *c, oa_redis_t *r, uint64_t now);
+
 static void on_lease_reply(oa_redis_t *r, redisReply *reply, void *priv)
 {
     oa_cluster_t *c = priv;
-    bool got;
+    bool got, stale = c->lease_stale;
 
-    (void)r;
     c->lease_owed = false;
+    c->lease_stale = false;
     if (reply == NULL || c->closing)
         return;
+    /* The answer about the CertID held before: a lease got there was released right behind the request (the
+     * same connection keeps the order); ask for the new CertID's now. */
+    if (stale) {
+        if (c->synced)
+            request_lease(c, r, uv_now(c->loop));
+        return;
+    }
     got = (reply->type == REDIS_REPLY_STATUS && strcmp(reply->str, "OK") == 0) ||
           (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
     if (got) {
@@ -68,11 +79,38 @@ static void on_lease_reply(oa_redis_t *r, redisReply *reply, void *priv)
     }
 }
 
+static void request_lease(oa_cluster_t *c, oa_redis_t *r, uint64_t now)
+{
+    char lease[16];
+    int rc;
+
+    snprintf(lease, sizeof(lease), "%u", c->lease_ms);
+    rc = c->poller ? oa_redis_command(r, on_lease_reply, c, "EVAL %s 1 %s %s %s", cluster_lua_lease_renew, c->k_lease,
+                                      c->node_id, lease)
+                   : oa_redis_command(r, on_lease_reply, c, "SET %s %s NX PX %s", c->k_lease, c->node_id, lease);
+    if (rc == 0) {
+        c->lease_owed = true;
+        c->lease_sent = now;
+    }
+}
+
+static void send_heartbeat(oa_cluster_t *c, oa_redis_t *r, uint64_t now)
+{
+    char ttl[16];
+
+    snprintf(ttl, sizeof(ttl), "%u", c->node_ttl_ms);
+    if (oa_redis_command(r, on_heartbeat_reply, c, "EVAL %s 4 %s %s %s %s %s %s %s %s", cluster_lua_heartbeat,
+                         CLUSTER_K_NODE, CLUSTER_K_NODES, CLUSTER_K_CERTIDS, OA_CLUSTER_KEY_PREFIX, c->node_id,
+                         c->node_json, ttl, c->certid) == 0) {
+        c->hb_owed = true;
+        c->hb_sent = now;
+    }
+}
+
 void cluster_tick(oa_cluster_t *c)
 {
     oa_redis_t *r;
     uint64_t now = uv_now(c->loop);
-    char ttl[16], lease[16];
 
     if (c->closing)
         return;
@@ -92,23 +130,61 @@ void cluster_tick(oa_cluster_t *c)
         cluster_lost(c, "the store stopped answering");
         return;
     }
-    snprintf(ttl, sizeof(ttl), "%u", c->node_ttl_ms);
-    snprintf(lease, sizeof(lease), "%u", c->lease_ms);
-    if (!c->hb_owed && oa_redis_command(r, on_heartbeat_reply, c, "EVAL %s 2 %s %s %s %s %s", cluster_lua_heartbeat,
-                                        CLUSTER_K_NODE, CLUSTER_K_NODES, c->node_id, c->node_json, ttl) == 0) {
-        c->hb_owed = true;
-        c->hb_sent = now;
-    }
-    if (!c->lease_owed) {
-        int rc = c->poller ? oa_redis_command(r, on_lease_reply, c, "EVAL %s 1 %s %s %s", cluster_lua_lease_renew,
-                                              CLUSTER_K_LEASE, c->node_id, lease)
-                           : oa_redis_command(r, on_lease_reply, c, "SET %s %s NX PX %s", CLUSTER_K_LEASE,
-                                              c->node_id, lease);
-        if (rc == 0) {
-            c->lease_owed = true;
-            c->lease_sent = now;
-        }
-    }
+    if (!c->hb_owed)
+        send_heartbeat(c, r, now);
+    if (!c->lease_owed)
+        request_lease(c, r, now);
+}
+
+static void on_records_reply(oa_redis_t *r, redisReply *reply, void *priv)
+{
+    oa_cluster_t *c = priv;
+
+    (void)r;
+    if (reply != NULL && !c->closing)
+        cluster_records_read(c, reply);
+}
+
+int oa_cluster_set_certid(oa_cluster_t *c, const char *certid)
+{
+    char lease[CLUSTER_CERTID_KEY_MAX], status[CLUSTER_CERTID_KEY_MAX], sched[CLUSTER_CERTID_KEY_MAX], *json;
+    oa_redis_t *r;
+    uint64_t now = uv_now(c->loop);
+
+    if (cluster_certid_valid(certid) && strcmp(certid, c->certid) == 0)
+        return 0;
+    if (cluster_certid_key(lease, sizeof(lease), CLUSTER_K_LEASE, certid) != 0 ||
+        cluster_certid_key(status, sizeof(status), CLUSTER_K_STATUS, certid) != 0 ||
+        cluster_certid_key(sched, sizeof(sched), CLUSTER_K_SCHED, certid) != 0)
+        return -1;
+    json = cluster_node_entry_encode(c->node_id, c->api, c->caps, certid);
+    if (json == NULL)
+        return UV_ENOMEM;
+    free(c->node_json);
+    c->node_json = json;
+    r = cluster_ready_cmd(c);
+    /* The old CertID's lease goes at once (after any request for it still on its way), so that a node still
+     * holding that certificate takes over without waiting for it to expire. */
+    if (r != NULL)
+        oa_redis_command(r, NULL, NULL, "EVAL %s 1 %s %s", cluster_lua_lease_release, c->k_lease, c->node_id);
+    if (c->lease_owed)
+        c->lease_stale = true;
+    cluster_set_role(c, false, "the certificate changed");
+    OA_LOG(OA_LOG_INFO, "cluster_certid_changed", OA_KV_STR("old_certid", c->certid), OA_KV_STR("certid", certid));
+    memcpy(c->certid, certid, sizeof(c->certid));
+    memcpy(c->k_lease, lease, sizeof(lease));
+    memcpy(c->k_status, status, sizeof(status));
+    memcpy(c->k_sched, sched, sizeof(sched));
+    /* The new CertID's records come from the same counter, but this node has not seen any of them yet. */
+    c->last_seq = 0;
+    if (r == NULL || !c->synced)
+        return 0; /* resynchronisation registers the node and reads the new CertID's records */
+    if (!c->hb_owed)
+        send_heartbeat(c, r, now);
+    if (!c->lease_owed)
+        request_lease(c, r, now);
+    oa_redis_command(r, on_records_reply, c, "MGET %s %s", c->k_status, c->k_sched);
+    return 0;
 }
 
 int oa_cluster_capability_check(const oa_cluster_t *c, oa_error_t *err)

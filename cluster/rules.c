@@ -76,6 +76,39 @@ bool cluster_record_skipped(bool own, bool from_store, bool poller)
     return own && (!from_store || poller);
 }
 
+bool cluster_certid_valid(const char *s)
+{
+    size_t i;
+
+    if (s == NULL || strlen(s) != OA_CLUSTER_CERTID_LEN)
+        return false;
+    for (i = 0; i < OA_CLUSTER_CERTID_LEN; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+int cluster_certid_key(char *out, size_t size, const char *name, const char *certid)
+{
+    int n;
+
+    if (size > 0)
+        out[0] = '\0';
+    if (!cluster_certid_valid(certid) || size == 0)
+        return -1;
+    n = snprintf(out, size, "%s%s%s", OA_CLUSTER_KEY_PREFIX, name, certid);
+    if (n < 0 || (size_t)n >= size) {
+        out[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+bool cluster_record_is_mine(const char *mine, const char *record_certid)
+{
+    return mine != NULL && record_certid != NULL && strcmp(mine, record_certid) == 0;
+}
+
 void cluster_registry_view_init(cluster_registry_view_t *v)
 {
     memset(v, 0, sizeof(*v));

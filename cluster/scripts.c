@@ -49,13 +49,28 @@ const char cluster_lua_lease_release[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
+/* A CertID is held while a live entry names it; the records of one that none names any more are deleted, so that
+ * a certificate replaced on every node leaves nothing behind. */
 const char cluster_lua_heartbeat[] =
     "redis.call('SET', KEYS[1] .. ARGV[1], ARGV[2], 'PX', ARGV[3])\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
-    "local out = {}\n"
+    "redis.call('SADD', KEYS[3], ARGV[4])\n"
+    "local out, held = {}, {}\n"
     "for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
     "  local v = redis.call('GET', KEYS[1] .. id)\n"
-    "  if v then out[#out + 1] = v else redis.call('SREM', KEYS[2], id) end\n"
+    "  if v then\n"
+    "    out[#out + 1] = v\n"
+    "    local ok, e = pcall(cjson.decode, v)\n"
+    "    if ok and type(e) == 'table' and type(e.certid) == 'string' then held[e.certid] = true end\n"
+    "  else\n"
+    "    redis.call('SREM', KEYS[2], id)\n"
+    "  end\n"
+    "end\n"
+    "for _, cid in ipairs(redis.call('SMEMBERS', KEYS[3])) do\n"
+    "  if not held[cid] then\n"
+    "    redis.call('DEL', KEYS[4] .. 'status:' .. cid, KEYS[4] .. 'sched:' .. cid, KEYS[4] .. 'lease:' .. cid)\n"
+    "    redis.call('SREM', KEYS[3], cid)\n"
+    "  end\n"
     "end\n"
     "return out\n";
 

@@ -5,6 +5,8 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
@@ -205,6 +207,32 @@ out:
     oa_ocsp_target_free(t);
     sk_X509_pop_free(issuers, X509_free);
     sk_X509_pop_free(certs, X509_free);
+    return rc;
+}
+
+int oa_ocsp_target_certid_hex(const oa_ocsp_target_t *t, char out[OA_OCSP_CERTID_HEX_LEN + 1])
+{
+    static const char digits[] = "0123456789abcdef";
+    OCSP_CERTID *id = OCSP_cert_to_id(EVP_sha1(), t->cert, t->issuer);
+    unsigned char *der = NULL, md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0, i;
+    int len = id != NULL ? i2d_OCSP_CERTID(id, &der) : -1;
+    int rc = -1;
+
+    out[0] = '\0';
+    if (len <= 0 || EVP_Digest(der, (size_t)len, md, &md_len, EVP_sha1(), NULL) != 1 ||
+        md_len * 2 != OA_OCSP_CERTID_HEX_LEN)
+        goto out;
+    for (i = 0; i < md_len; i++) {
+        out[2 * i] = digits[md[i] >> 4];
+        out[2 * i + 1] = digits[md[i] & 0x0f];
+    }
+    out[OA_OCSP_CERTID_HEX_LEN] = '\0';
+    rc = 0;
+out:
+    OPENSSL_free(der);
+    OCSP_CERTID_free(id);
+    ERR_clear_error();
     return rc;
 }
 

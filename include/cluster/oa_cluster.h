@@ -1,23 +1,29 @@
 /*
- * Cluster mode: every node shares one OCSP configuration and one OCSP status through a Redis store. This comment is
- * the store protocol, the one description of it (the code is in cluster/, cluster/cluster_internal.h says which file
- * does what).
+ * Cluster mode: every node shares one OCSP configuration, and one OCSP status per certificate (CertID) with the
+ * nodes that hold the same certificate, through a Redis store. This comment is the store protocol, the one
+ * description of it (the code is in cluster/, cluster/cluster_internal.h says which file does what).
  *
  * Keys (DB chosen by the URL), all under the prefix "ocsp-agent:":
- *   node:<id>  a live node: {"node_id","api","version","capabilities":[...]}, SET with PX node_ttl_ms and renewed
- *              every heartbeat_ms, so it disappears when the node dies
+ *   node:<id>  a live node: {"node_id","api","version","capabilities":[...],"certid"}, SET with PX node_ttl_ms and
+ *              renewed every heartbeat_ms, so it disappears when the node dies; certid names the CertID of the
+ *              certificate the node holds (the hex of the SHA-1 digest of its DER, oa_ocsp_target_certid_hex)
  *   nodes      a set of the node ids seen, pruned of those whose key expired
  *   conf       a hash {"epoch": E, "version": N, "conf": <the five settable keys as JSON, without responder_url,
  *              which is each node's own>, "seeded": "1"|"0"}, written only by the conf scripts below
- *   lease      the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a script); the
- *              holder is "the poller", every other node "a follower"
+ *   certids    a set of the CertIDs registered; the heartbeat script deletes the three keys below of every one
+ *              no live node holds any more, and takes it out of the set
+ * The status is kept per CertID (nodes hold different certificates during a rolling replacement); <C> is the hex
+ * of one:
+ *   lease:<C>  the id of the node allowed to query the responder (SET NX PX lease_ms, renewed by a script); the
+ *              holder is "the poller" of C, every other node holding C "a follower"; a node asks only for its
+ *              own CertID's lease, so the responder sees one query per period per distinct certificate
  *   seq        a counter that numbers every status and state record
- *   status     what every node must serve, the latest of two records: the poller's last valid response
- *              {"seq","type":"status","node","ts","cert_status","produced_at","this_update","next_update"
+ *   status:<C> what every node holding C must serve, the latest of two records: the poller's last valid response
+ *              {"seq","type":"status","node","certid","ts","cert_status","produced_at","this_update","next_update"
  *              [,"revocation_time","revocation_reason"],"der": base64} (times in Unix seconds; the parsed fields
  *              are for readers of the store, nodes verify the DER), or, once the poller has given up on it, its
  *              invalidation: the state record below with "state":"invalidated"
- *   sched      the poller's last schedule state {"seq","type":"state","node","ts","state","recovering",
+ *   sched:<C>  the poller's last schedule state {"seq","type":"state","node","certid","ts","state","recovering",
  *              "consecutive_failures","recovery_tries","last_attempt_ms","last_error_code","last_error"},
  *              written after every attempt that counted and when its cached response expired
  *   events     the Pub/Sub channel, read on a second connection (a subscribed connection can send nothing else)
@@ -75,8 +81,10 @@
  * resynchronisation never undoes a newer message that overtook it on the other connection; it forgets that number
  * when it reconnects, because a store that restarted empty counts from 1 again. At resynchronisation it reads status
  * and sched together and applies them older first. A node ignores its own records from the channel, and the poller
- * its own read back from the store (its memory is newer). An invalidation makes every node drop its cached response
- * and remove its staple file; the next valid response restores "valid" everywhere.
+ * its own read back from the store (its memory is newer). A node applies only the records that name the CertID it
+ * holds, and forgets the highest number it has seen when it comes to hold another one. An invalidation makes every
+ * node holding that CertID drop its cached response and remove its staple file; the next valid response restores
+ * "valid" everywhere.
  *
  * Two Redis connections (oa_redis.h: plain TCP or TLS, names resolved asynchronously) run on the agent's libuv
  * loop; no call here ever blocks. Either one failing takes both down. While the store is unreachable the module
@@ -105,6 +113,7 @@
 #define OA_CLUSTER_HOST_MAX 256
 #define OA_CLUSTER_KEY_PREFIX "ocsp-agent:"
 #define OA_CLUSTER_VERSION_FILE "cluster.json"
+#define OA_CLUSTER_CERTID_LEN OA_OCSP_CERTID_HEX_LEN
 
 /* Parses "redis://HOST[:PORT][/DB]" or "rediss://..." (the same over TLS; see oa_cluster_url_is_tls) (HOST an IPv4
  * literal, [IPv6] or a name; PORT default 6379; DB 0..15, default 0). Returns 0 with the parts filled, or -1 with
@@ -146,6 +155,7 @@ typedef struct oa_cluster_options_s {
      * its own as soon as oa_cluster_new returns. */
     SSL_CTX *tls;
     const char *node_id;
+    const char *certid;       /* the CertID this node holds (oa_ocsp_target_certid_hex); NULL: forty zeros */
     const char *api_address;  /* advertised in the registry, e.g. "http://127.0.0.1:9443" */
     const char *capabilities; /* comma-separated; NULL means "ocsp" */
     const char *data_dir;     /* where cluster.json lives; NULL: the version is not persisted */
@@ -180,6 +190,15 @@ typedef enum oa_cluster_put_e {
 
 oa_cluster_put_t oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *patch, const char *user,
                                      oa_cluster_put_cb cb, void *data, oa_error_t *err);
+
+/*
+ * The node now holds another certificate, certid (oa_ocsp_target_certid_hex): it registers it at once, gives up
+ * the old CertID's lease (the role hook fires with false when it was the poller), asks for the new one's and reads
+ * the new one's records, which it follows from now on; records of the old one are ignored. The old CertID's records
+ * go once no live node holds it. Returns 0 (also when certid is the one held), -1 when certid is not a CertID's hex,
+ * or UV_ENOMEM (nothing changed).
+ */
+int oa_cluster_set_certid(oa_cluster_t *c, const char *certid);
 
 /* Stores and publishes a valid response obtained on this node (by the poller, or by a test while enabled).
  * Does nothing while the store is unreachable. */

@@ -37,6 +37,16 @@ int oa_ocsp_target_load(const char *cert_pem, const char *issuer_pem, const char
                         oa_ocsp_target_t **out, oa_error_t *err);
 void oa_ocsp_target_free(oa_ocsp_target_t *t);
 
+/* Length of oa_ocsp_target_certid_hex's text, without its terminating NUL. */
+#define OA_OCSP_CERTID_HEX_LEN 40
+
+/*
+ * Names the CertID the target is queried with (SHA-1 hashes of the issuer's name and key, and the serial): out
+ * receives the lowercase hex of the SHA-1 digest of that CertID's DER, so that two targets get the same name exactly
+ * when a responder would see the same CertID. Returns 0, or -1 (out "") when OpenSSL fails.
+ */
+int oa_ocsp_target_certid_hex(const oa_ocsp_target_t *t, char out[OA_OCSP_CERTID_HEX_LEN + 1]);
+
 typedef enum oa_cert_status_e { OA_CERT_GOOD, OA_CERT_REVOKED, OA_CERT_UNKNOWN } oa_cert_status_t;
 
 /* "GOOD", "REVOKED", "UNKNOWN". */

@@ -70,6 +70,9 @@ static void redis_stop(void)
 }
 
 /* One command on a blocking connection; returns the reply as a string (integers printed), caller frees. */
+/* The CertID of a node started without one (oa_cluster_options_t.certid NULL), under which its records are kept. */
+#define NO_CERTID "0000000000000000000000000000000000000000"
+
 static char *redis_get(const char *fmt, const char *arg)
 {
     redisContext *rc = sync_connect();
@@ -572,7 +575,7 @@ static void test_lease_registry_status(void **state)
     follower = a.poller ? &b : &a;
     assert_int_equal(poller->role_calls, 1);
     assert_int_equal(follower->role_calls, 0);
-    holder = redis_get("GET " OA_CLUSTER_KEY_PREFIX "%s", "lease");
+    holder = redis_get("GET " OA_CLUSTER_KEY_PREFIX "%s", "lease:" NO_CERTID);
     assert_string_equal(holder, poller == &a ? "a" : "b");
     free(holder);
     assert_int_equal(oa_cluster_capability_check(a.c, &err), 0);
@@ -778,11 +781,11 @@ static void test_state_invalidation_and_metrics(void **state)
     text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "seq");
     assert_string_equal(text, "3");
     free(text);
-    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "status");
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "status:" NO_CERTID);
     assert_non_null(strstr(text, "{\"seq\":3,\"type\":\"state\""));
     assert_non_null(strstr(text, "\"state\":\"invalidated\""));
     free(text);
-    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "sched");
+    text = redis_get("GET %s", OA_CLUSTER_KEY_PREFIX "sched:" NO_CERTID);
     assert_non_null(strstr(text, "{\"seq\":3,\"type\":\"state\""));
     free(text);
     /* Messages are counted on every node, its own included. */
@@ -807,7 +810,8 @@ static void test_state_invalidation_and_metrics(void **state)
 
     /* A message older than what a node has seen is ignored: only the store's numbering counts. */
     text = redis_get("PUBLISH " OA_CLUSTER_KEY_PREFIX "events %s",
-                     "{\"seq\":2,\"type\":\"state\",\"node\":\"x\",\"ts\":1,\"state\":\"valid\"}");
+                     "{\"seq\":2,\"type\":\"state\",\"node\":\"x\",\"certid\":\"" NO_CERTID
+                     "\",\"ts\":1,\"state\":\"valid\"}");
     free(text);
     /* The poller's next response: the status key holds it again, the sched key still the invalidation. */
     oa_cluster_publish_result(poller->c, &res);

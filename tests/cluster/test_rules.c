@@ -209,6 +209,83 @@ static void test_records(void **state)
     expect_no_failures();
 }
 
+#define ID_A "0123456789abcdef0123456789abcdef01234567"
+#define ID_B "fedcba9876543210fedcba9876543210fedcba98"
+
+/* The records are kept per CertID: which names are CertIDs, the keys made from them, and whose records a node
+ * takes (a rolling replacement puts nodes with different certificates on one store). */
+static void test_certid(void **state)
+{
+    static const struct {
+        const char *name, *certid;
+        bool valid;
+    } ids[] = {
+        {"forty lowercase hex digits", ID_A, true},
+        {"NULL", NULL, false},
+        {"empty", "", false},
+        {"one digit short", "0123456789abcdef0123456789abcdef0123456", false},
+        {"one digit more", ID_A "0", false},
+        {"uppercase hex", "0123456789ABCDEF0123456789ABCDEF01234567", false},
+        {"a colon, which would split a key", "0123456789abcdef0123456789abcdef0123456:", false},
+        {"a glob character", "0123456789abcdef0123456789abcdef0123456*", false},
+    };
+    static const struct {
+        const char *name, *mine, *record;
+        bool taken;
+    } mine[] = {
+        {"a record of the node's CertID", ID_A, ID_A, true},
+        {"another certificate's record", ID_A, ID_B, false},
+        {"a record without a CertID", ID_A, NULL, false},
+        {"a record with an empty CertID", ID_A, "", false},
+    };
+    char key[CLUSTER_CERTID_KEY_MAX], small[16];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+        check(cluster_certid_valid(ids[i].certid) == ids[i].valid, "certid_valid", ids[i].name);
+    for (i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
+        check(cluster_record_is_mine(mine[i].mine, mine[i].record) == mine[i].taken, "record_is_mine", mine[i].name);
+    expect_no_failures();
+
+    assert_int_equal(cluster_certid_key(key, sizeof(key), CLUSTER_K_STATUS, ID_A), 0);
+    assert_string_equal(key, "ocsp-agent:status:" ID_A);
+    assert_int_equal(cluster_certid_key(key, sizeof(key), CLUSTER_K_SCHED, ID_B), 0);
+    assert_string_equal(key, "ocsp-agent:sched:" ID_B);
+    assert_int_equal(cluster_certid_key(key, sizeof(key), CLUSTER_K_LEASE, ID_A), 0);
+    assert_string_equal(key, "ocsp-agent:lease:" ID_A);
+    /* No key from a name that is not a CertID, and none cut short. */
+    assert_int_equal(cluster_certid_key(key, sizeof(key), CLUSTER_K_STATUS, "*"), -1);
+    assert_string_equal(key, "");
+    assert_int_equal(cluster_certid_key(small, sizeof(small), CLUSTER_K_STATUS, ID_A), -1);
+    assert_string_equal(small, "");
+}
+
+/* The CertID in a node's registry entry and in its records, where the heartbeat script and the other nodes read it. */
+static void test_certid_encoded(void **state)
+{
+    oa_sched_view_t v;
+    json_t *o;
+    char *text;
+
+    (void)state;
+    text = cluster_node_entry_encode("n1", "http://127.0.0.1:1", "ocsp", ID_A);
+    assert_non_null(text);
+    o = json_loads(text, 0, NULL);
+    free(text);
+    assert_string_equal(json_string_value(json_object_get(o, "certid")), ID_A);
+    json_decref(o);
+
+    memset(&v, 0, sizeof(v));
+    v.state = OA_STATE_RECOVERING;
+    text = cluster_state_encode("n1", ID_B, 1, &v);
+    assert_non_null(text);
+    o = json_loads(text, 0, NULL);
+    free(text);
+    assert_string_equal(json_string_value(json_object_get(o, "certid")), ID_B);
+    json_decref(o);
+}
+
 /* The registry view from the heartbeat's entries, and the capability check on it. */
 static void test_registry_view(void **state)
 {
@@ -473,7 +550,8 @@ int main(void)
         cmocka_unit_test(test_seed_action),   cmocka_unit_test(test_records),
         cmocka_unit_test(test_registry_view), cmocka_unit_test(test_registry_view_limits),
         cmocka_unit_test(test_timing),        cmocka_unit_test(test_conf_decode),
-        cmocka_unit_test(test_state_decode),
+        cmocka_unit_test(test_state_decode),  cmocka_unit_test(test_certid),
+        cmocka_unit_test(test_certid_encoded),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,7 @@
 # and waits on what a node serves.
 #
 #   start_redis / stop_redis    the store on $REDIS_PORT (chosen here), no persistence: a restart empties it
-#   rcli ARGS...                redis-cli against it
+#   rcli ARGS...                redis-cli against it; key_of NAME the key of the one CertID's lease/status/sched
 #   REDIS_ARGS=(...)            extra redis-server options (a later --port or --tls-port wins), REDIS_CLI_ARGS=(...)
 #                               extra redis-cli options, for a store with TLS or a password
 #   start_node NAME [ARGS...]   an agent in cluster mode (--cluster $CLUSTER, --time-scale $TIME_SCALE, its own
@@ -38,6 +38,10 @@ stop_redis() {
     forget_pid "$REDIS_PID"
 }
 rcli() { redis-cli -p "$REDIS_PORT" "${REDIS_CLI_ARGS[@]}" --raw "$@" 2>/dev/null; }
+# key_of lease|status|sched: the store's key of that record for the one CertID the nodes hold ("" when none is
+# stored); the records are kept per CertID (ocsp-agent:status:<certid>).
+key_of() { rcli --scan --pattern "ocsp-agent:$1:*" | head -n 1; }
+lease_holder() { rcli GET "$(key_of lease)"; }
 
 # Nodes by name: their pid, port, log and data dir.
 declare -A N_PID=() N_PORT=() N_LOG=()

@@ -83,7 +83,7 @@ for n in n1 n2 n3; do
     fi
     [ -s "$T_DIR/data-$n/ocsp.der" ] && pass "$n wrote its staple file" || fail "$n wrote its staple file"
 done
-POLLER=$(rcli GET ocsp-agent:lease)
+POLLER=$(rcli GET "$(key_of lease)")
 assert_match "one node holds the lease" '^n[123]$' "$POLLER"
 # The store's record carries the parsed status next to the DER, equal to what the poller serves and its staple file,
 # compared at one consistent moment. The poller queries every 1.2 s and, for each answer, updates what it serves,
@@ -96,20 +96,20 @@ assert_match "one node holds the lease" '^n[123]$' "$POLLER"
 #     was not ahead still being the previous record's), and the reading is taken again. Anything else ends the
 #     rounds, and the assertions below fail on that reading.
 # The seq of a record is the store's counter at its publication (see lua_publish in agent/cluster.c).
-store_seq_after() { [ "$(rcli GET ocsp-agent:status | jq -r '.seq // 0')" -gt "$1" ] 2>/dev/null; }
+store_seq_after() { [ "$(rcli GET "$(key_of status)" | jq -r '.seq // 0')" -gt "$1" ] 2>/dev/null; }
 on "$POLLER"
 for round in 1 2 3 4 5 6 7 8 9 10; do
-    stored=$(rcli GET ocsp-agent:status)
+    stored=$(rcli GET "$(key_of status)")
     staple=$(base64 -w0 <"$T_DIR/data-$POLLER/ocsp.der")
     req GET /v1/ocsp/status
     served_next=$(epoch_of "$(printf '%s' "$BODY" | jq -r .next_update)")
-    stored_again=$(rcli GET ocsp-agent:status)
+    stored_again=$(rcli GET "$(key_of status)")
     stored_der=$(jq -r .der <<<"$stored")
     stored_next=$(jq -r .next_update <<<"$stored")
     [ "$stored" = "$stored_again" ] || continue
     [ "$staple" = "$stored_der" ] && [ "$served_next" = "$stored_next" ] && break
     wait_until 5 store_seq_after "$(jq -r .seq <<<"$stored")" || break
-    next=$(rcli GET ocsp-agent:status)
+    next=$(rcli GET "$(key_of status)")
     { [ "$staple" = "$stored_der" ] || [ "$staple" = "$(jq -r .der <<<"$next")" ]; } &&
         { [ "$served_next" = "$stored_next" ] || [ "$served_next" = "$(jq -r .next_update <<<"$next")" ]; } || break
     echo "# round $round: the poller was one query ahead of the store, read again"
@@ -153,7 +153,7 @@ unset "N_PID[$DEAD]"
 # Bounded by lease + one heartbeat + five periods + 3 s.
 NEW=
 new_poller_queried() { # COUNT
-    NEW=$(rcli GET ocsp-agent:lease)
+    NEW=$(rcli GET "$(key_of lease)")
     [[ $NEW =~ ^n[123]$ ]] && [ "$NEW" != "$DEAD" ] &&
         [ "$(scheduled_queries "$t_kill" | awk -v n="$NEW" '$2 == n' | grep -c .)" -ge "$1" ]
 }
@@ -258,7 +258,7 @@ assert_status "PUT after the store is back" 200
 wait_conf "$A" '.query_frequency == 90' 2 && pass "the change reaches $A" || fail "the change reaches $A" "$BODY"
 if wait_status_on "$A" '.cert_status == "GOOD"' 1; then pass "the status is served after the outage"; else
     fail "the status is served after the outage" "$BODY"; fi
-assert_wait_match "a poller holds the lease again (within 4 s)" 4 '^n[123]$' rcli GET ocsp-agent:lease
+assert_wait_match "a poller holds the lease again (within 4 s)" 4 '^n[123]$' lease_holder
 
 echo "# a node that was away resynchronises by version"
 stop_node "$B"

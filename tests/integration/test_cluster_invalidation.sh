@@ -77,9 +77,9 @@ for n in "${NODES[@]}"; do
     on "$n"
     wait_log 'event=store_connected' 5 && pass "$n connects to the store" || fail "$n connects to the store"
 done
-lease_held() { [ -n "$(rcli GET ocsp-agent:lease)" ]; }
+lease_held() { [ -n "$(rcli GET "$(key_of lease)")" ]; }
 wait_until 5 lease_held || fail "a node takes the lease within 5 s"
-assert_between "the lease lives at most --cluster-lease ms (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL ocsp-agent:lease)"
+assert_between "the lease lives at most --cluster-lease ms (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL "$(key_of lease)")"
 assert_between "a node's registry entry too (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL ocsp-agent:node:n1)"
 
 on n1
@@ -88,7 +88,7 @@ put_json /v1/ocsp "{\"ocsp_functionality\": true, \"query_frequency\": 60, \"rec
 assert_status "PUT enables OCSP on the cluster" 200
 if all_status '.state == "valid" and .cert_status == "GOOD"' 10; then pass "every node serves GOOD (valid)"; else
     fail "every node serves GOOD (valid)" "$BODY"; fi
-POLLER=$(rcli GET ocsp-agent:lease)
+POLLER=$(rcli GET "$(key_of lease)")
 assert_match "one node holds the lease" '^n[123]$' "$POLLER"
 FOLLOWERS=()
 for n in "${NODES[@]}"; do [ "$n" != "$POLLER" ] && FOLLOWERS+=("$n"); done
@@ -165,7 +165,7 @@ on "$FOLLOWER"
 assert_file_contains "the follower logs the invalidation" "$AGENT_LOG" 'event=cluster_status_invalidated'
 on "$POLLER"
 assert_file_contains "the poller raised the alert" "$AGENT_LOG" 'event=ocsp_query_failed'
-assert_match "the store holds the invalidation" '"state":"invalidated"' "$(rcli GET ocsp-agent:status)"
+assert_match "the store holds the invalidation" '"state":"invalidated"' "$(rcli GET "$(key_of status)")"
 nodes=$(scheduled_queries "$t_fail" | awk '{print $2}' | sort -u | tr '\n' ' ')
 assert_eq "only the poller queried" "$POLLER " "$nodes"
 on "$FOLLOWER"
@@ -199,7 +199,7 @@ fi
 # status and staple did not change meanwhile. Rounds are repeated (at most 10 s) until one is consistent and every
 # node serves the poller's response with its staple bytes; the assertions below are on the last round. One curl and
 # one jq a round keep a round short next to the period, also on a loaded machine.
-POLLER=$(rcli GET ocsp-agent:lease)
+POLLER=$(rcli GET "$(key_of lease)")
 R=$T_DIR/round
 ROUNDS=0
 compare_round() {

@@ -93,7 +93,7 @@ n1_steady_around_n2() {
 }
 wait_until 10 n1_steady_around_n2 || fail "n1 serves the same response before and after n2 is read (within 10 s)"
 assert_eq "both nodes serve the same response" "$p1" "$p2"
-assert_match "the store holds the shared status" '"type":"status"' "$(rcli GET ocsp-agent:status)"
+assert_match "the store holds the shared status" '"type":"status"' "$(rcli GET "$(key_of status)")"
 
 echo "# rediss:// turns TLS on without --cluster-tls"
 TLS_FILES=("${TLS_OPTS[@]:1}")
