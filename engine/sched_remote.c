@@ -50,23 +50,29 @@ static void anchor_remote(oa_sched_t *s, int64_t at_ms)
     s->due_now = false;
 }
 
-int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err)
+oa_sched_remote_t oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms,
+                                        oa_error_t *err)
 {
     oa_ocsp_result_t res;
     time_t now = now_wall(s);
 
-    if (s->closing)
-        return oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
-    if (s->target == NULL)
-        return oa_error_set(err, OA_E_NO_RESPONDER_URL, "this node watches no certificate");
+    if (s->closing) {
+        oa_error_set(err, OA_E_OCSP_CANCELLED, "the agent is shutting down");
+        return OA_SCHED_REMOTE_REFUSED;
+    }
+    if (s->target == NULL) {
+        oa_error_set(err, OA_E_NO_RESPONDER_URL, "this node watches no certificate");
+        return OA_SCHED_REMOTE_REFUSED;
+    }
     if (s->have_cache && s->cache.der_len == len && memcmp(s->cache.der, der, len) == 0)
-        return 1;
+        return OA_SCHED_REMOTE_IGNORED;
     memset(&res, 0, sizeof(res));
     if (oa_ocsp_verify(s->target, der, len, NULL, now, &res, err) != 0)
-        return -1;
+        return OA_SCHED_REMOTE_REFUSED;
     if (res.cert_status == OA_CERT_UNKNOWN || (res.next_update != 0 && res.next_update <= now)) {
         oa_ocsp_result_clear(&res);
-        return oa_error_set(err, OA_E_OCSP_EXPIRED, "the shared response says UNKNOWN or is past its nextUpdate");
+        oa_error_set(err, OA_E_OCSP_EXPIRED, "the shared response says UNKNOWN or is past its nextUpdate");
+        return OA_SCHED_REMOTE_REFUSED;
     }
     oa_ocsp_result_clear(&s->cache);
     s->cache = res;
@@ -78,7 +84,7 @@ int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, i
     sched_settle_valid(s);
     sched_rearm(s);
     sched_alert_revoked(s, "cluster");
-    return 0;
+    return OA_SCHED_REMOTE_APPLIED;
 }
 
 void oa_sched_view(const oa_sched_t *s, oa_sched_view_t *v)

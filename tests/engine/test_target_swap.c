@@ -469,18 +469,18 @@ static void test_remote_response_for_another_certificate(void **state)
     ctx_start(&c, false);
     good_for(&c.w, c.w.ta, &ra);
     good_for(&c.w, c.w.tb, &rb);
-    assert_int_equal(oa_sched_apply_remote(c.s, rb.der, rb.der_len, oa_time_now_ms(), &err), -1);
+    assert_int_equal(oa_sched_apply_remote(c.s, rb.der, rb.der_len, oa_time_now_ms(), &err), OA_SCHED_REMOTE_REFUSED);
     assert_int_equal(err.code, OA_E_OCSP_CERTID);
     assert_false(staple_exists(&c));
-    assert_int_equal(oa_sched_apply_remote(c.s, ra.der, ra.der_len, oa_time_now_ms(), &err), 0);
+    assert_int_equal(oa_sched_apply_remote(c.s, ra.der, ra.der_len, oa_time_now_ms(), &err), OA_SCHED_REMOTE_APPLIED);
     assert_true(staple_exists(&c));
 
     oa_sched_set_target(c.s, c.w.tb);
     assert_false(staple_exists(&c));
-    assert_int_equal(oa_sched_apply_remote(c.s, ra.der, ra.der_len, oa_time_now_ms(), &err), -1);
+    assert_int_equal(oa_sched_apply_remote(c.s, ra.der, ra.der_len, oa_time_now_ms(), &err), OA_SCHED_REMOTE_REFUSED);
     assert_int_equal(err.code, OA_E_OCSP_CERTID);
     assert_false(staple_exists(&c));
-    assert_int_equal(oa_sched_apply_remote(c.s, rb.der, rb.der_len, oa_time_now_ms(), &err), 0);
+    assert_int_equal(oa_sched_apply_remote(c.s, rb.der, rb.der_len, oa_time_now_ms(), &err), OA_SCHED_REMOTE_APPLIED);
     assert_true(staple_exists(&c));
     oa_ocsp_result_clear(&ra);
     oa_ocsp_result_clear(&rb);
