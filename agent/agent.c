@@ -227,7 +227,8 @@ static void on_sched_staple(void *data, const oa_ocsp_result_t *res)
 {
     oa_agent_t *a = data;
 
-    if (oa_delivery_set_staple(a->delivery, res) != 0)
+    /* A refused staple was logged by the delivery itself. */
+    if (oa_delivery_set_staple(a->delivery, res) == OA_DELIVERY_STAPLE_NOMEM)
         OA_LOG(OA_LOG_ERROR, "staple_delivery_failed", OA_KV_STR("target", "*"),
                OA_KV_STR("error", "out of memory while copying the staple; it counts as removed"));
 }
