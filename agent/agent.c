@@ -101,15 +101,15 @@ static void on_cluster_status(void *data, const unsigned char *der, size_t len, 
 {
     oa_agent_t *a = data;
     oa_error_t err;
-    int rc;
+    oa_sched_remote_t rc;
 
     if (a->sched == NULL)
         return;
     rc = oa_sched_apply_remote(a->sched, der, len, at_ms, &err);
-    if (rc == 0)
+    if (rc == OA_SCHED_REMOTE_APPLIED)
         OA_LOG(OA_LOG_INFO, "cluster_status_applied", OA_KV_STR("from", from),
                OA_KV_STR("state", oa_sched_state_name(oa_sched_state(a->sched))));
-    else if (rc < 0)
+    else if (rc == OA_SCHED_REMOTE_REFUSED)
         OA_LOG(OA_LOG_WARN, "cluster_status_rejected", OA_KV_STR("from", from),
                OA_KV_STR("error_code", oa_errcode_name(err.code)), OA_KV_STR("reason", err.text));
 }
@@ -294,7 +294,8 @@ static void on_sched_staple(void *data, const oa_ocsp_result_t *res)
 {
     oa_agent_t *a = data;
 
-    if (oa_delivery_set_staple(a->delivery, res) != 0)
+    /* A refused staple was logged by the delivery itself. */
+    if (oa_delivery_set_staple(a->delivery, res) == OA_DELIVERY_STAPLE_NOMEM)
         OA_LOG(OA_LOG_ERROR, "staple_delivery_failed", OA_KV_STR("target", "*"),
                OA_KV_STR("error", "out of memory while copying the staple; it counts as removed"));
 }

@@ -243,28 +243,28 @@ uint64_t oa_delivery_cert_gen(const oa_delivery_t *d)
     return d->cert_gen;
 }
 
-int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
+oa_delivery_staple_t oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res)
 {
     oa_ocsp_result_t copy;
-    int rc = 0;
+    oa_delivery_staple_t rc = OA_DELIVERY_STAPLE_SET;
 
     if (d->closing)
-        return 0;
+        return OA_DELIVERY_STAPLE_SET;
     /* A response about another certificate would be stapled on the watched one's handshakes: a lie to clients. */
     if (res != NULL && d->certid != NULL && !staple_is_for(res, d->certid)) {
         OA_LOG(OA_LOG_ERROR, "staple_refused", OA_KV_STR("reason", "the response is not for the watched certificate"),
                OA_KV_STR("effect", "no target staples it"));
         res = NULL;
-        rc = UV_EINVAL;
+        rc = OA_DELIVERY_STAPLE_REFUSED;
     }
     if (res != NULL && d->have_staple && res->der_len == d->staple.der_len &&
         memcmp(res->der, d->staple.der, res->der_len) == 0)
-        return 0;
+        return OA_DELIVERY_STAPLE_SET;
     if (res == NULL && !d->have_staple && d->gen > 0)
         return rc;
     memset(&copy, 0, sizeof(copy));
     if (res != NULL && oa_ocsp_result_copy(&copy, res) != 0) {
-        rc = UV_ENOMEM;
+        rc = OA_DELIVERY_STAPLE_NOMEM;
         res = NULL;
     }
     oa_ocsp_result_clear(&d->staple);

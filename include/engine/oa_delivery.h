@@ -60,20 +60,28 @@ int oa_delivery_add_api(oa_delivery_t *d, SSL_CTX *ctx, oa_error_t *err);
  * serve; the daemon gives new connections a context without that callback. */
 void oa_delivery_remove_api(oa_delivery_t *d);
 
+/* What oa_delivery_set_staple did. */
+typedef enum oa_delivery_staple_e {
+    OA_DELIVERY_STAPLE_SET,     /* res is the current staple (or none is, for NULL); unchanged when it already was */
+    OA_DELIVERY_STAPLE_REFUSED, /* res is not about the watched certificate (oa_delivery_set_target): logged as
+                                 * `staple_refused`, and the staple counts as removed */
+    OA_DELIVERY_STAPLE_NOMEM,   /* out of memory while copying res: the staple counts as removed */
+} oa_delivery_staple_t;
+
 /*
  * Makes res (borrowed; copied) the current staple, or removes it (res NULL: invalidated, expired, disabled with
  * nothing valid). The same response as the current one (equal DER) changes nothing. Otherwise the generation grows
- * and every target is handed the change at once. Returns 0 or UV_ENOMEM (then the staple counts as removed).
+ * and every target is handed the change at once. Returns what it did (oa_delivery_staple_t).
  */
-int oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res);
+oa_delivery_staple_t oa_delivery_set_staple(oa_delivery_t *d, const oa_ocsp_result_t *res);
 
 /*
  * The watched certificate (borrowed for the call; NULL: none, every staple is taken). From then on a staple that is
- * not about target's CertID is refused by oa_delivery_set_staple (UV_EINVAL, a `staple_refused` log line, and the
- * staple counts as removed). A target with another CertID than the previous one drops the current staple at once:
- * every target is handed a removal (the `<crt>.ocsp` file emptied, the hook run with `removed`), which
- * oa_delivery_cert_gen (engine/target.h) tells apart from an expiry. The same CertID changes nothing. Returns 0, or
- * UV_ENOMEM (nothing changed).
+ * not about target's CertID is refused by oa_delivery_set_staple (OA_DELIVERY_STAPLE_REFUSED, a `staple_refused`
+ * log line, and the staple counts as removed). A target with another CertID than the previous one drops the
+ * current staple at once: every target is handed a removal (the `<crt>.ocsp` file emptied, the hook run with
+ * `removed`), which oa_delivery_cert_gen (engine/target.h) tells apart from an expiry. The same CertID changes
+ * nothing. Returns 0, or UV_ENOMEM (nothing changed).
  */
 int oa_delivery_set_target(oa_delivery_t *d, const oa_ocsp_target_t *target);
 

@@ -142,13 +142,20 @@ void oa_sched_set_result_hook(oa_sched_t *s, oa_sched_result_hook hook, void *da
  * already due. A regular query in flight when switching to follower completes normally. */
 void oa_sched_set_follower(oa_sched_t *s, bool follower);
 
+/* What oa_sched_apply_remote did with a response. */
+typedef enum oa_sched_remote_e {
+    OA_SCHED_REMOTE_APPLIED, /* verified, cached, its staple written and the schedule anchored */
+    OA_SCHED_REMOTE_IGNORED, /* it is the response already cached: nothing changes */
+    OA_SCHED_REMOTE_REFUSED, /* err is filled (closing, no certificate, not verified, UNKNOWN, expired); nothing
+                              * changes */
+} oa_sched_remote_t;
+
 /*
  * Puts a response obtained by another node (at at_ms, wall clock) in the cache: verifies it (oa_ocsp_verify,
  * without a nonce), refuses UNKNOWN and expired ones, writes the staple file, and anchors the schedule on at_ms so
- * that a follower which becomes the poller continues the same cadence. Returns 0 when applied, 1 when it is the
- * response already cached, or -1 with err filled (nothing changes).
+ * that a follower which becomes the poller continues the same cadence. Returns what it did (oa_sched_remote_t).
  */
-int oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err);
+oa_sched_remote_t oa_sched_apply_remote(oa_sched_t *s, const unsigned char *der, size_t len, int64_t at_ms, oa_error_t *err);
 
 /*
  * The schedule's state as the poller shares it with the followers: what GET /v1/ocsp/status shows besides the

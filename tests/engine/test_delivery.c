@@ -152,7 +152,7 @@ static void test_generations(void **state)
     make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
     make_result(&b, V_OCSP_CERTSTATUS_GOOD, -30, true, 3600);
 
-    assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &a), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 1);
     assert_int_equal(f1->updates, 1);
     assert_int_equal(f2->updates, 1);
@@ -167,27 +167,27 @@ static void test_generations(void **state)
         oa_ocsp_result_t again;
 
         assert_int_equal(oa_ocsp_result_copy(&again, &a), 0);
-        assert_int_equal(oa_delivery_set_staple(e.d, &again), 0);
+        assert_int_equal(oa_delivery_set_staple(e.d, &again), OA_DELIVERY_STAPLE_SET);
         oa_ocsp_result_clear(&again);
     }
     assert_int_equal(oa_delivery_generation(e.d), 1);
     assert_int_equal(f1->updates, 1);
 
-    assert_int_equal(oa_delivery_set_staple(e.d, &b), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &b), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 2);
     assert_int_equal(f2->updates, 2);
     assert_memory_equal(oa_delivery_staple(e.d)->der, b.der, b.der_len);
 
-    assert_int_equal(oa_delivery_set_staple(e.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 3);
     assert_null(oa_delivery_staple(e.d));
     assert_int_equal(f1->updates, 3);
-    assert_int_equal(oa_delivery_set_staple(e.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 3);
     assert_int_equal(f1->updates, 3);
 
     /* Back to a staple seen before is a change too. */
-    assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &a), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 4);
     assert_int_equal(f2->last_gen, 4);
     oa_ocsp_result_clear(&a);
@@ -204,7 +204,7 @@ static void test_first_removal_counts(void **state)
     (void)state;
     env_init(&e);
     f = fake_add(e.d, "one", false, NULL);
-    assert_int_equal(oa_delivery_set_staple(e.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(e.d), 1);
     assert_int_equal(f->updates, 1);
     env_close(&e);
@@ -286,7 +286,7 @@ static void test_states_and_reports(void **state)
     json_decref(o);
 
     mark = log_mark();
-    assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &a), OA_DELIVERY_STAPLE_SET);
     t0 = time(NULL);
     oa_dtarget_report(&f->base, 1, NULL);
     assert_int_equal(f->base.state, OA_DTARGET_DELIVERED);
@@ -305,7 +305,7 @@ static void test_states_and_reports(void **state)
 
     /* A new staple: the target shows as pending until it reports for it; reports about the old one change
      * nothing. */
-    assert_int_equal(oa_delivery_set_staple(e.d, &b), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &b), OA_DELIVERY_STAPLE_SET);
     assert_shown_state(&e, "pending");
     assert_false(oa_delivery_all_delivered(e.d));
     oa_dtarget_report(&f->base, 1, "stale failure");
@@ -341,7 +341,7 @@ static void test_states_and_reports(void **state)
 
     /* A removal delivered is logged as such. */
     mark = log_mark();
-    assert_int_equal(oa_delivery_set_staple(e.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, NULL), OA_DELIVERY_STAPLE_SET);
     oa_dtarget_report(&f->base, 3, NULL);
     assert_int_equal(log_count(mark, "event=staple_delivered target=fake:one staple=removed"), 1);
     oa_ocsp_result_clear(&a);
@@ -365,7 +365,7 @@ static void test_metrics_and_all_delivered(void **state)
     f1 = fake_add(e.d, "hook:/x", false, NULL);
     f2 = fake_add(e.d, "file:/a \"b\"\\c", false, NULL);
     make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &a), OA_DELIVERY_STAPLE_SET);
     oa_dtarget_report(&f1->base, 1, NULL);
     oa_dtarget_report(&f1->base, 1, NULL);
     oa_dtarget_report(&f2->base, 1, "no");
@@ -411,7 +411,7 @@ static void test_close_async(void **state)
     assert_int_equal(freed, 0);
     assert_true(f1->base.closing);
     make_result(&a, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(e.d, &a), 0);
+    assert_int_equal(oa_delivery_set_staple(e.d, &a), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(f1->updates, 0);
     oa_ocsp_result_clear(&a);
     assert_int_equal(uv_run(&e.loop, UV_RUN_DEFAULT), 0);

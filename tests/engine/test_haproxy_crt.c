@@ -153,19 +153,19 @@ static void test_file_follows_staple(void **state)
     ctx_init(&c, crt);
 
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, r.der, r.der_len);
     assert_state(&c, "delivered", NULL);
     assert_true(oa_delivery_all_delivered(c.d));
     oa_ocsp_result_clear(&r);
 
     make_result(&r, V_OCSP_CERTSTATUS_REVOKED, -30, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, r.der, r.der_len);
     assert_state(&c, "delivered", NULL);
     oa_ocsp_result_clear(&r);
 
-    assert_int_equal(oa_delivery_set_staple(c.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, "", 0);
     assert_state(&c, "delivered", NULL);
     assert_true(oa_delivery_all_delivered(c.d));
@@ -173,7 +173,7 @@ static void test_file_follows_staple(void **state)
     /* 200 s left: HAProxy stops stapling 300 s before nextUpdate, and refuses such a file at load. */
     mark = log_mark();
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, 200);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, "", 0);
     assert_state(&c, "failed", "HAProxy will not staple this response: ");
     assert_state(&c, "failed", "is left empty");
@@ -182,13 +182,13 @@ static void test_file_follows_staple(void **state)
     oa_ocsp_result_clear(&r);
 
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -50, false, 0);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, "", 0);
     assert_state(&c, "failed", "it has no nextUpdate");
     oa_ocsp_result_clear(&r);
 
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -40, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, r.der, r.der_len);
     assert_state(&c, "delivered", NULL);
     oa_ocsp_result_clear(&r);
@@ -223,7 +223,7 @@ static void test_write_failure_retried(void **state)
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
     uv_update_time(&c.loop); /* the retry timer counts from the loop's time at the failed try */
     t1 = uv_now(&c.loop);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     target_status(&c, st, le, NULL);
     assert_string_equal(st, "failed");
     assert_non_null(strstr(le, "cannot write "));
@@ -257,7 +257,7 @@ static void test_margin_reached_empties_file(void **state)
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, OA_HAPROXY_STAPLE_MARGIN_SECONDS + 2);
     uv_update_time(&c.loop);
     t1 = uv_now(&c.loop);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     assert_file_is(ocsp, r.der, r.der_len);
     assert_state(&c, "delivered", NULL);
     wait_tries(&c, 2, 6000);

@@ -560,7 +560,7 @@ static void push_delivered(int is_unix)
     snprintf(name, sizeof(name), "haproxy:%s", b.spec);
     assert_string_equal(list.targets[0].target, name);
     oa_delivery_status_free(&list);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, delivered, 2000));
     assert_true(oa_delivery_all_delivered(b.d));
     assert_int_equal(b.fake.sets, 1);
@@ -631,7 +631,7 @@ static void canned_failure(const char *reply, size_t reply_len, const char *want
     fake_listen(&b.fake);
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, failed, 2000));
     assert_error_contains(&b, want);
     assert_true(log_contains(&b, "event=staple_delivery_failed"));
@@ -696,7 +696,7 @@ static void test_missing_socket(void **state)
     bench_init(&b, 1);
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, failed, 1000));
     assert_error_contains(&b, "does not exist");
 
@@ -719,7 +719,7 @@ static void test_refused_tcp(void **state)
     assert_true(b.fake.port > 0);
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, failed, 1000));
     assert_error_contains(&b, "refused the connection");
     /* A few retries later, still one failure logged for the one reason. */
@@ -744,7 +744,7 @@ static void test_silent_deadline(void **state)
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
     uv_update_time(&b.loop);
     start = uv_now(&b.loop);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, failed, 2000));
     assert_true(uv_now(&b.loop) - start >= EXCHANGE_MS - 10);
     assert_error_contains(&b, "did not answer within 300 ms (timed out while waiting for the reply)");
@@ -777,7 +777,7 @@ static void test_reconciliation(void **state)
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
     certid_hex(&res, b.fake.certid);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, delivered, 2000));
 
     /* A restart: the process goes away, comes back with an empty .ocsp. */
@@ -828,9 +828,9 @@ static void test_newest_wins(void **state)
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &first);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_REVOKED, &second);
-    assert_int_equal(oa_delivery_set_staple(b.d, &first), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &first), OA_DELIVERY_STAPLE_SET);
     bench_run_ms(&b, 50);
-    assert_int_equal(oa_delivery_set_staple(b.d, &second), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &second), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, two_sets, 2000));
     assert_int_equal(b.fake.max_open_conns, 1);
     assert_int_equal(b.fake.held_len, second.der_len);
@@ -853,7 +853,7 @@ static void test_close_in_flight(void **state)
     fake_listen(&b.fake);
     add_target(&b);
     make_staple(&b, 3600, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     while (b.fake.sets == 0)
         uv_run(&b.loop, UV_RUN_ONCE);
     oa_delivery_close(b.d, on_delivery_closed, &b);
@@ -875,7 +875,7 @@ static void test_refused_by_haproxy_rules(void **state)
     fake_listen(&b.fake);
     add_target(&b);
     make_staple(&b, 200, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(failed(&b));
     assert_error_contains(&b, "HAProxy will not staple this response");
     bench_run_ms(&b, 300);
@@ -899,13 +899,13 @@ static void test_removal(void **state)
     add_target(&b);
 
     /* Nothing was ever pushed: nothing to drop. */
-    assert_int_equal(oa_delivery_set_staple(b.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_true(delivered(&b));
 
     make_staple(&b, 302, V_OCSP_CERTSTATUS_GOOD, &res);
-    assert_int_equal(oa_delivery_set_staple(b.d, &res), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, &res), OA_DELIVERY_STAPLE_SET);
     assert_true(bench_run_until(&b, delivered, 2000));
-    assert_int_equal(oa_delivery_set_staple(b.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(b.d, NULL), OA_DELIVERY_STAPLE_SET);
     assert_true(failed(&b));
     snprintf(want, sizeof(want),
              "HAProxy has no runtime command to drop a response; it staples the previous one until 300 s before its "

@@ -33,7 +33,7 @@ static void set_good(oa_delivery_t *d, long this_off)
     oa_ocsp_result_t r;
 
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, this_off, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(d, &r), OA_DELIVERY_STAPLE_SET);
     oa_ocsp_result_clear(&r);
 }
 
@@ -165,7 +165,7 @@ static void test_args_and_env(void **state)
 
     mark = log_mark();
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -60, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     wait_tries(&c, 1, 5000);
     nth_line(in_dir(0, "runs.log"), 1, line, sizeof(line));
     snprintf(expect, sizeof(expect), "2|updated|%s|updated|%s|GOOD|%s|%s|node-7|1", staple_path, staple_path,
@@ -182,7 +182,7 @@ static void test_args_and_env(void **state)
     assert_non_null(strstr(log_since(mark), "duration_ms="));
 
     make_result(&r, V_OCSP_CERTSTATUS_REVOKED, -30, true, 7200);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     wait_tries(&c, 2, 5000);
     nth_line(in_dir(0, "runs.log"), 2, line, sizeof(line));
     snprintf(expect, sizeof(expect), "2|updated|%s|updated|%s|REVOKED|%s|%s|node-7|1", staple_path, staple_path,
@@ -191,7 +191,7 @@ static void test_args_and_env(void **state)
     oa_ocsp_result_clear(&r);
 
     make_result(&r, V_OCSP_CERTSTATUS_GOOD, -10, false, 0);
-    assert_int_equal(oa_delivery_set_staple(c.d, &r), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &r), OA_DELIVERY_STAPLE_SET);
     wait_tries(&c, 3, 5000);
     nth_line(in_dir(0, "runs.log"), 3, line, sizeof(line));
     snprintf(expect, sizeof(expect), "2|updated|%s|updated|%s|GOOD|%s||node-7|1", staple_path, staple_path,
@@ -200,7 +200,7 @@ static void test_args_and_env(void **state)
     oa_ocsp_result_clear(&r);
 
     mark = log_mark();
-    assert_int_equal(oa_delivery_set_staple(c.d, NULL), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, NULL), OA_DELIVERY_STAPLE_SET);
     wait_tries(&c, 4, 5000);
     nth_line(in_dir(0, "runs.log"), 4, line, sizeof(line));
     snprintf(expect, sizeof(expect), "2|removed|%s|removed|%s||||node-7|1", staple_path, staple_path);
@@ -237,7 +237,7 @@ static void test_coalescing(void **state)
     set_good(c.d, -90);
     set_good(c.d, -80);
     make_result(&last, V_OCSP_CERTSTATUS_REVOKED, -70, true, 3600);
-    assert_int_equal(oa_delivery_set_staple(c.d, &last), 0);
+    assert_int_equal(oa_delivery_set_staple(c.d, &last), OA_DELIVERY_STAPLE_SET);
     assert_int_equal(oa_delivery_generation(c.d), 4);
     assert_int_equal(line_count(in_dir(0, "runs.log")), 1);
 

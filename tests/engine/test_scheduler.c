@@ -1701,9 +1701,13 @@ static void test_remote_state_invalidation_and_restore(void **state)
     o.next_update_offset = 7200;
     assert_int_equal(oa_testpki_response(&o, &der2, &len2), 0);
 
-    assert_int_equal(oa_sched_apply_remote(c.s, der1, len1, oa_testclock_wall_ms(&c.clk), &err), 0);
+    assert_int_equal(oa_sched_apply_remote(c.s, der1, len1, oa_testclock_wall_ms(&c.clk), &err),
+                     OA_SCHED_REMOTE_APPLIED);
     assert_int_equal(oa_sched_state(c.s), OA_STATE_VALID);
     assert_staple_bytes(&c, der1, len1);
+    /* The same response again changes nothing. */
+    assert_int_equal(oa_sched_apply_remote(c.s, der1, len1, oa_testclock_wall_ms(&c.clk), &err),
+                     OA_SCHED_REMOTE_IGNORED);
 
     /* Recovering: the response is still served, the counters and the error are the poller's. */
     v = view_of(OA_STATE_RECOVERING, true, 1, 0, at_ms, "ocsp_responder_http_status", "HTTP 500 from the responder");
@@ -1749,7 +1753,8 @@ static void test_remote_state_invalidation_and_restore(void **state)
     assert_int_equal(oa_sched_state(c.s), OA_STATE_INVALIDATED);
 
     /* The poller's next response restores everything; the last error stays for the operator. */
-    assert_int_equal(oa_sched_apply_remote(c.s, der2, len2, oa_testclock_wall_ms(&c.clk), &err), 0);
+    assert_int_equal(oa_sched_apply_remote(c.s, der2, len2, oa_testclock_wall_ms(&c.clk), &err),
+                     OA_SCHED_REMOTE_APPLIED);
     assert_int_equal(oa_sched_state(c.s), OA_STATE_VALID);
     assert_staple_bytes(&c, der2, len2);
     st = status(&c);
@@ -1830,7 +1835,8 @@ static void test_takeover_keeps_cadence(void **state)
     assert_int_equal(oa_testpki_response(&o, &der, &len), 0);
 
     /* The poller asked 20 s ago: after switching, the next query is 60 s after that, 40 s from now. */
-    assert_int_equal(oa_sched_apply_remote(c.s, der, len, oa_testclock_wall_ms(&c.clk) - 20000, &err), 0);
+    assert_int_equal(oa_sched_apply_remote(c.s, der, len, oa_testclock_wall_ms(&c.clk) - 20000, &err),
+                     OA_SCHED_REMOTE_APPLIED);
     advance(&c, 0);
     assert_int_equal(c.fake.starts, 0);
     oa_sched_set_follower(c.s, false);
