@@ -347,13 +347,19 @@ assert_match "GOOD again: the staple says good" 'Cert Status: good' "$(staple_te
 
 # A verified UNKNOWN on the schedule: recovery, with the last GOOD kept and the staple untouched.
 scenario_seen "scheduled UNKNOWN: recovery, then good again"
-cp "$STAPLE" "$T_DIR/staple.good"
 set_mode unknown
 assert_wait_status "schedule: an UNKNOWN answer starts recovery" '.state == "recovering"'
+# The copy is taken once recovery has begun (a GOOD answer before the switch could still have replaced the staple),
+# then compared after one more UNKNOWN answer has landed.
+cp "$STAPLE" "$T_DIR/staple.good"
+n_unknown=$(jq -r .consecutive_failures <<<"$BODY")
+assert_wait_status "scheduled UNKNOWN: another UNKNOWN answer lands while recovering" \
+    ".state == \"recovering\" and .consecutive_failures > $n_unknown"
 assert_json "scheduled UNKNOWN: last_error_code" .last_error_code cert_status_unknown
 assert_json "scheduled UNKNOWN: the last GOOD is still served" .cert_status GOOD
 if cmp -s "$STAPLE" "$T_DIR/staple.good"; then pass "scheduled UNKNOWN: the staple is not replaced"; else
     fail "scheduled UNKNOWN: the staple is not replaced"; fi
+assert_match "scheduled UNKNOWN: the kept staple still says good" 'Cert Status: good' "$(staple_text "$STAPLE")"
 set_mode good
 assert_wait_status "scheduled UNKNOWN: a GOOD answer ends the recovery" \
     '.state == "valid" and .cert_status == "GOOD" and .consecutive_failures == 0'
