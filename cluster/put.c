@@ -50,13 +50,11 @@ static void on_put_timer_closed(uv_handle_t *h)
     cluster_release(c);
 }
 
-/* Answers the caller once; the put itself lives on until its EVAL has come back. */
-static void put_answer(cluster_put_t *p, const oa_error_t *err)
+/* Takes p off the cluster's list of PUTs in progress and marks it answered, so that nothing answers it again. */
+static void put_unlink(cluster_put_t *p)
 {
     oa_cluster_t *c = p->cluster;
 
-    if (p->answered)
-        return;
     p->answered = true;
     if (p->prev != NULL)
         p->prev->next = p->next;
@@ -65,6 +63,16 @@ static void put_answer(cluster_put_t *p, const oa_error_t *err)
     if (p->next != NULL)
         p->next->prev = p->prev;
     p->prev = p->next = NULL;
+}
+
+/* Answers the caller once; the put itself lives on until its EVAL has come back. */
+static void put_answer(cluster_put_t *p, const oa_error_t *err)
+{
+    oa_cluster_t *c = p->cluster;
+
+    if (p->answered)
+        return;
+    put_unlink(p);
     uv_timer_stop(&p->timeout);
     c->pending_closes++;
     uv_close((uv_handle_t *)&p->timeout, on_put_timer_closed);
@@ -232,13 +240,7 @@ oa_cluster_put_t oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *pat
     if (rc < 0 && err->code == OA_E_STORE_UNAVAILABLE)
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
     /* Nothing was sent: undo without calling cb. */
-    p->answered = true;
-    if (p->prev != NULL)
-        p->prev->next = p->next;
-    else
-        c->puts = p->next;
-    if (p->next != NULL)
-        p->next->prev = p->prev;
+    put_unlink(p);
     c->pending_closes++;
     uv_close((uv_handle_t *)&p->timeout, on_put_timer_closed);
     return rc < 0 ? OA_CLUSTER_PUT_FAILED : OA_CLUSTER_PUT_UNCHANGED;

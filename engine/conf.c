@@ -130,22 +130,22 @@ json_t *oa_conf_stored_json(const oa_conf_t *c)
 }
 
 /*
- * Copies n bytes of s into out (QUOTE_MAX + 8 bytes) for use inside an error sentence. Error sentences end up in
- * JSON responses and log lines, so only printable ASCII is kept as is; quotes and backslashes are escaped and every
- * other byte becomes \xNN. That also means a cut can never split a UTF-8 sequence.
+ * Copies n bytes of s into out (max + 8 bytes) for use inside an error sentence. Error sentences end up in JSON
+ * responses and log lines, so only printable ASCII is kept as is; with quotes, '"' and '\' are escaped too; every
+ * other byte becomes \xNN (so a cut can never split a UTF-8 sequence). Past max bytes the copy ends with "...".
  */
-static const char *quote_for_error(const char *s, size_t n, char out[QUOTE_MAX + 8])
+static const char *printable(const char *s, size_t n, bool quotes, char *out, size_t max)
 {
     size_t i, o = 0;
     unsigned char c;
 
     for (i = 0; i < n; i++) {
         c = (unsigned char)s[i];
-        if (o + 4 > QUOTE_MAX) {
+        if (o + 4 > max) {
             memcpy(out + o, "...", 4);
             return out;
         }
-        if (c == '"' || c == '\\') {
+        if (quotes && (c == '"' || c == '\\')) {
             out[o++] = '\\';
             out[o++] = (char)c;
         } else if (c >= 0x20 && c < 0x7f) {
@@ -159,24 +159,17 @@ static const char *quote_for_error(const char *s, size_t n, char out[QUOTE_MAX +
     return out;
 }
 
-/* Copies jansson's error text into out, keeping printable ASCII only: its "near '...'" part quotes raw body bytes,
- * which may be control bytes or not UTF-8 at all, and the sentence must be safe to put in a JSON response. */
+/* A body's bytes quoted in an error sentence, at most QUOTE_MAX of them. */
+static const char *quote_for_error(const char *s, size_t n, char out[QUOTE_MAX + 8])
+{
+    return printable(s, n, true, out, QUOTE_MAX);
+}
+
+/* jansson's error text: its "near '...'" part quotes raw body bytes, which may be control bytes or not UTF-8 at
+ * all, and the sentence must be safe to put in a JSON response. */
 static const char *clean_text(const char *in, char *out, size_t outlen)
 {
-    size_t o = 0;
-    unsigned char c;
-
-    for (; *in != '\0' && o + 5 < outlen; in++) {
-        c = (unsigned char)*in;
-        if (c >= 0x20 && c < 0x7f) {
-            out[o++] = (char)c;
-        } else {
-            snprintf(out + o, 5, "\\x%02x", c);
-            o += 4;
-        }
-    }
-    out[o] = '\0';
-    return out;
+    return printable(in, strlen(in), false, out, outlen - 8);
 }
 
 /* A phrase naming the JSON type of v, for sentences like "got a string". */
