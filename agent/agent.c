@@ -556,8 +556,8 @@ static void api_conf_get(void *data, const oa_conf_t **conf, const char **respon
 /* Validated here, once, so that a bad body is a 400 and a body that changes nothing in force a 200 even while the
  * cluster's store is out of reach; a change in cluster mode goes to the store as the validated patch, which the
  * cluster applies to the store's latest configuration and puts in force here through on_cluster_conf. */
-static int api_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
-                        oa_error_t *err)
+static oa_api_put_t api_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done,
+                                 void *arg, oa_error_t *err)
 {
     oa_agent_t *a = data;
     oa_conf_patch_t patch;
@@ -567,18 +567,19 @@ static int api_conf_put(void *data, const char *body, size_t len, const char *us
 
     oa_error_clear(err);
     if (oa_conf_patch_parse(a->responder_url, body, len, &patch, err) != 0)
-        return 0;
+        return OA_API_PUT_REFUSED;
     changed = oa_conf_patch_apply(&patch, &a->conf, &next);
     if (a->cluster != NULL && changed != 0) {
         put = oa_cluster_conf_put(a->cluster, &patch, user, done, arg, err);
         if (put == OA_CLUSTER_PUT_STARTED)
-            return 1;
-        if (put == OA_CLUSTER_PUT_UNCHANGED)
+            return OA_API_PUT_PENDING;
+        if (put == OA_CLUSTER_PUT_UNCHANGED) {
             oa_error_clear(err);
-        return 0;
+            return OA_API_PUT_DONE;
+        }
+        return OA_API_PUT_REFUSED;
     }
-    oa_agent_conf_update(a, &next, changed, user, err);
-    return 0;
+    return oa_agent_conf_update(a, &next, changed, user, err) == 0 ? OA_API_PUT_DONE : OA_API_PUT_REFUSED;
 }
 
 static int api_status(void *data, oa_api_status_t *out)

@@ -62,7 +62,7 @@ void oa_api_ocsp_config_put(const oa_api_call_t *call)
     const oa_api_backend_t *b = oa_api_backend(call->api);
     oa_http_request_t *req = call->req;
     oa_error_t err;
-    int rc;
+    oa_api_put_t put;
 
     if (!content_type_is_json(req->content_type)) {
         oa_http_respond_error(req, 0, OA_E_UNSUPPORTED_MEDIA_TYPE, "The body must be application/json.", NULL);
@@ -70,10 +70,10 @@ void oa_api_ocsp_config_put(const oa_api_call_t *call)
     }
     req->data = call->api;
     oa_error_clear(&err);
-    rc = b->conf_put(b->data, req->body ? req->body : "", req->body_len, call->user->name, on_put_done, req, &err);
-    if (rc == 1)
+    put = b->conf_put(b->data, req->body ? req->body : "", req->body_len, call->user->name, on_put_done, req, &err);
+    if (put == OA_API_PUT_PENDING)
         return;
-    if (err.code == 0) {
+    if (put == OA_API_PUT_DONE) {
         oa_api_respond_conf(call->api, req);
         return;
     }

@@ -20,6 +20,13 @@
 #include "oa_sched.h"
 #include "oa_util.h"
 
+/* What oa_api_backend_t.conf_put did with a configuration update. */
+typedef enum oa_api_put_e {
+    OA_API_PUT_DONE,    /* answered at once: the change, or no change, is in force */
+    OA_API_PUT_REFUSED, /* answered at once: refused, with err filled (the code says which answer) */
+    OA_API_PUT_PENDING  /* done will fire later (the cluster's store decides) */
+} oa_api_put_t;
+
 /* Fires once for a configuration update that oa_api_backend_t.conf_put left pending: err NULL when the change is in
  * force, else why it was refused (the code says which answer). */
 typedef void (*oa_api_done_cb)(void *arg, const oa_error_t *err);
@@ -40,11 +47,10 @@ typedef struct oa_api_backend_s {
     /* The configuration in force and the responder URL ("" when none); the pointers stay valid until the next
      * change of the configuration. */
     void (*conf_get)(void *data, const oa_conf_t **conf, const char **responder_url);
-    /* Validates body (a partial update) against the configuration in force and applies it for user. Returns 0 when
-     * it was answered at once (err->code is 0 when the change, or no change, is in force; else why not), or 1 when
-     * done will fire later (the cluster's store decides). */
-    int (*conf_put)(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
-                    oa_error_t *err);
+    /* Validates body (a partial update) against the configuration in force and applies it for user. Returns
+     * OA_API_PUT_DONE, OA_API_PUT_REFUSED with err filled, or OA_API_PUT_PENDING when done will fire later. */
+    oa_api_put_t (*conf_put)(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done,
+                             void *arg, oa_error_t *err);
     /* Fills out with the snapshots GET /v1/ocsp/status and /metrics render. Returns 0, or UV_ENOMEM with nothing
      * in out to free. */
     int (*status)(void *data, oa_api_status_t *out);

@@ -67,8 +67,8 @@ static void fake_conf_get(void *data, const oa_conf_t **conf, const char **respo
     *responder_url = "http://ocsp.example/";
 }
 
-static int fake_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done, void *arg,
-                         oa_error_t *err)
+static oa_api_put_t fake_conf_put(void *data, const char *body, size_t len, const char *user, oa_api_done_cb done,
+                                  void *arg, oa_error_t *err)
 {
     fake_t *f = data;
 
@@ -80,14 +80,14 @@ static int fake_conf_put(void *data, const char *body, size_t len, const char *u
     case 1:
         f->done_arg = arg;
         __atomic_store_n(&f->done, done, __ATOMIC_RELEASE);
-        return 1;
+        return OA_API_PUT_PENDING;
     case 2:
         oa_error_set(err, f->put_refusal, "refused by the fake");
-        return 0;
+        return OA_API_PUT_REFUSED;
     default:
         f->conf.query_frequency = 7200;
         oa_api_conf_changed(f->api);
-        return 0;
+        return OA_API_PUT_DONE;
     }
 }
 
