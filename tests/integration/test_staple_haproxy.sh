@@ -328,9 +328,13 @@ assert_match "metrics: deliveries to the file counted ok" \
     "ocsp_agent_staple_deliveries_total\\{target=\"$FILE_TARGET\",result=\"ok\"\\} [1-9]" "$BODY"
 
 # --- a foreign push of an older (REVOKED) response is corrected within 10 s
+# The agent is paused while the push is checked, so that its correction (every 5 s) cannot come first on a slow
+# machine; the 10 s are counted from its resumption.
+kill -STOP "$AGENT_PID"
 reply=$(hap_cmd "set ssl ocsp-response $(base64 -w0 <"$T_DIR/revoked.der")")
 assert_match "foreign push: HAProxy takes the older response" 'OCSP Response updated' "$reply"
 assert_eq "foreign push: HAProxy staples it (revoked)" revoked "$(stapled_status)"
+kill -CONT "$AGENT_PID"
 t0=$(date +%s%3N)
 assert_wait_until "foreign push: the agent puts its current response back within 10 s" 10 stapled_current
 echo "# foreign push corrected after $(($(date +%s%3N) - t0)) ms"
