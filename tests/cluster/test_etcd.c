@@ -50,13 +50,36 @@ static struct {
     char ca[256], other_ca[256], cert[256], key[256];
 } g;
 
+/* A free port that no member of this suite was given yet: the kernel may hand the same free port out twice in a
+ * row, since each one is closed again before the next is asked for. */
+static int distinct_port(void)
+{
+    static int given[64];
+    static size_t ngiven;
+    int port, tries;
+    size_t i;
+
+    for (tries = 0; tries < 100 && ngiven < sizeof(given) / sizeof(given[0]); tries++) {
+        port = oa_testnet_free_port();
+        if (port <= 0)
+            return -1;
+        for (i = 0; i < ngiven && given[i] != port; i++)
+            ;
+        if (i == ngiven) {
+            given[ngiven++] = port;
+            return port;
+        }
+    }
+    return -1;
+}
+
 static int member_ports(member_t *m, const char *name)
 {
     snprintf(m->name, sizeof(m->name), "%s", name);
-    m->client = oa_testnet_free_port();
-    m->peer = oa_testnet_free_port();
+    m->client = distinct_port();
+    m->peer = distinct_port();
     snprintf(m->addr, sizeof(m->addr), "127.0.0.1:%d", m->client);
-    return m->client > 0 && m->peer > 0 && m->client != m->peer ? 0 : -1;
+    return m->client > 0 && m->peer > 0 ? 0 : -1;
 }
 
 static int member_start(member_t *m, const char *cluster, const char *const *extra)
