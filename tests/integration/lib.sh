@@ -608,6 +608,14 @@ assert_wait_status() {
 # ---------------------------------------------------------------------------------------------------------------
 # PKI and OCSP responder
 
+# new_cert NAME: a self-signed P-256 certificate for 127.0.0.1 and localhost in $tls/NAME.pem and NAME.key, for
+# an HTTPS API ($tls: the suite's directory for them).
+new_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$1" \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$tls/$1.key" -out "$tls/$1.pem" \
+        2>"$tls/openssl.err" || bail "openssl req fails" "$(cat "$tls/openssl.err")"
+}
+
 # make_pki DIR RESPONDER_URL: a CA, a delegated OCSP responder and the proxy certificate (tests/support/make-pki.sh).
 make_pki() {
     bash "$OA_SOURCE_DIR/tests/support/make-pki.sh" "$1" "$2" >/dev/null 2>"$T_DIR/make-pki.err" ||

@@ -7,12 +7,6 @@ source "$(dirname "$0")/lib.sh"
 
 tls=$T_DIR/tls
 mkdir -p "$tls"
-# new_cert NAME: a self-signed P-256 certificate for 127.0.0.1 and localhost in $tls/NAME.pem and NAME.key.
-new_cert() {
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$1" \
-        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$tls/$1.key" -out "$tls/$1.pem" \
-        2>"$tls/openssl.err" || bail "openssl req fails" "$(cat "$tls/openssl.err")"
-}
 new_cert api-one
 new_cert api-two
 cat "$tls/api-one.pem" "$tls/api-two.pem" >"$tls/both.pem"
