@@ -165,27 +165,37 @@ static void on_sched_state(void *data, const oa_sched_view_t *v)
         oa_cluster_publish_state(a->cluster, v);
 }
 
-/* The TLS context for the store, made once at start-up so that a bad file stops it. The one error line names the
- * option whose file is at fault: the CA file, else the certificate when it could not be loaded, else the key. */
-static int cluster_tls_ctx(const oa_options_t *o, SSL_CTX **out, oa_error_t *err)
+/* The TLS context for the store, made at start-up (so that a bad file stops it) and by a reload. The one error line
+ * names the option whose file is at fault: the CA file, else the certificate when it could not be loaded, else the
+ * key; *file (when not NULL) is set to that file, or NULL when no file is to blame (--cluster-tls alone). */
+static int cluster_tls_ctx(const oa_options_t *o, SSL_CTX **out, const char **file, oa_error_t *err)
 {
     SSL_CTX *ctx = NULL;
+    const char *opt, *at_fault;
     oa_error_t e;
-    const char *opt;
 
     *out = NULL;
     if (oa_tls_client_ctx_new(o->cluster_ca, NULL, NULL, &ctx, &e) != 0) {
         opt = o->cluster_ca != NULL ? "--cluster-ca" : "--cluster-tls";
+        at_fault = o->cluster_ca;
         goto fail;
     }
     if (o->cluster_cert != NULL && oa_tls_ctx_load_identity(ctx, o->cluster_cert, o->cluster_key, &e) != 0) {
-        opt = SSL_CTX_get0_certificate(ctx) == NULL ? "--cluster-cert" : "--cluster-key";
+        if (SSL_CTX_get0_certificate(ctx) == NULL) {
+            opt = "--cluster-cert";
+            at_fault = o->cluster_cert;
+        } else {
+            opt = "--cluster-key";
+            at_fault = o->cluster_key;
+        }
         goto fail;
     }
     *out = ctx;
     return 0;
 fail:
     SSL_CTX_free(ctx);
+    if (file != NULL)
+        *file = at_fault;
     return oa_error_set(err, e.code, "%s: %s", opt, e.text);
 }
 
@@ -231,11 +241,7 @@ static int reload_cluster_tls(void *data, oa_reload_result_t *res, oa_error_t *e
     cluster_tls_digest(o, digest);
     if (memcmp(digest, a->cluster_tls_digest, sizeof(digest)) == 0)
         return 0;
-    if (cluster_tls_ctx(o, &ctx, err) != 0) {
-        /* The sentence starts with the option at fault. */
-        at_fault = strncmp(err->text, "--cluster-cert", 14) == 0  ? o->cluster_cert
-                   : strncmp(err->text, "--cluster-key", 13) == 0 ? o->cluster_key
-                                                                   : o->cluster_ca;
+    if (cluster_tls_ctx(o, &ctx, &at_fault, err) != 0) {
         if (at_fault != NULL)
             res->file = at_fault;
         return -1;
@@ -664,7 +670,7 @@ int oa_agent_start(oa_agent_t *a, uv_loop_t *loop, const oa_options_t *opts, oa_
         return -1;
     if (opts->cluster_tls)
         cluster_tls_digest(opts, a->cluster_tls_digest);
-    if (opts->cluster_tls && cluster_tls_ctx(opts, &a->cluster_tls, err) != 0)
+    if (opts->cluster_tls && cluster_tls_ctx(opts, &a->cluster_tls, NULL, err) != 0)
         return -1;
     /* Bind before anything is logged or created, so a taken port is one line too. Requests wait for the loop, which
      * runs only once start-up is complete. */
