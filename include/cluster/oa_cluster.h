@@ -120,6 +120,20 @@
  * err filled (OA_E_BAD_OPTION) naming what is wrong. */
 int oa_cluster_url_parse(const char *url, char host[OA_CLUSTER_HOST_MAX], int *port, int *db, oa_error_t *err);
 
+#define OA_CLUSTER_MEMBERS_MAX 16
+#define OA_CLUSTER_MEMBER_MAX (OA_CLUSTER_HOST_MAX + 8)
+#define OA_CLUSTER_ETCD_DEFAULT_PORT 2379
+
+/* true when url starts with "etcd://", the scheme of an etcd cluster (false for NULL). */
+bool oa_cluster_url_is_etcd(const char *url);
+
+/* Parses "etcd://HOST[:PORT][,HOST[:PORT]...]" (each HOST an IPv4 literal, [IPv6] or a name; PORT default 2379; at
+ * most OA_CLUSTER_MEMBERS_MAX members, no duplicates) into members[0..*n-1], each "host:port" ("[v6]:port" for an
+ * IPv6 literal), as the etcd client takes them. Returns 0, or -1 with err filled (OA_E_BAD_OPTION) naming what is
+ * wrong. */
+int oa_cluster_etcd_url_parse(const char *url, char members[OA_CLUSTER_MEMBERS_MAX][OA_CLUSTER_MEMBER_MAX], size_t *n,
+                              oa_error_t *err);
+
 /* true when url starts with "rediss://", the scheme that asks for TLS to the store (false for NULL). */
 bool oa_cluster_url_is_tls(const char *url);
 
@@ -148,8 +162,9 @@ typedef struct oa_cluster_hooks_s {
 } oa_cluster_hooks_t;
 
 typedef struct oa_cluster_options_s {
-    const char *url;          /* redis://HOST:PORT[/DB], or rediss://... (then tls must be set) */
-    const char *password;     /* NULL: no AUTH */
+    const char *url;          /* redis://HOST:PORT[/DB], rediss://... (then tls must be set), or etcd://HOST:PORT,... */
+    const char *user;         /* etcd: the user to authenticate as (with password); NULL: none. Redis: unused */
+    const char *password;     /* NULL: no AUTH (Redis) or no authentication (etcd) */
     /* TLS to the store (oa_tls_client_ctx_new): the store's certificate must name the URL's host. NULL: plain TCP.
      * Not taken: the cluster holds its own reference (SSL_CTX_up_ref) until it is freed, so the caller may free
      * its own as soon as oa_cluster_new returns. */
