@@ -208,6 +208,8 @@ static json_t *cmp_json(const oa_etcd_cmp_t *cmp)
         set(o, fields[cmp->target], etcd_json_b64(cmp->value, cmp->value_len), &bad);
     else
         set(o, fields[cmp->target], int64_json(cmp->number), &bad);
+    if (cmp->range_end_len > 0)
+        set(o, "range_end", etcd_json_b64(cmp->range_end, cmp->range_end_len), &bad);
     return checked(o, bad);
 }
 

@@ -143,9 +143,13 @@ typedef enum oa_etcd_cmp_result_e {
     OA_ETCD_NOT_EQUAL,
 } oa_etcd_cmp_result_t;
 
+/* With range_end (range_end_len > 0), every key of [key, range_end) must satisfy the comparison; a range that holds
+ * no key compares as one missing key (etcd's rule), so CREATE EQUAL 0 over a prefix asks "no key starts with it". */
 typedef struct oa_etcd_cmp_s {
     const void *key;
     size_t key_len;
+    const void *range_end;
+    size_t range_end_len;
     oa_etcd_target_t target;
     oa_etcd_cmp_result_t result;
     int64_t number;    /* for every target but VALUE */

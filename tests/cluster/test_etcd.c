@@ -542,6 +542,43 @@ static void test_txn_mod_revision(void **state)
     tc_close(&t);
 }
 
+/* A comparison over a range holds only when every key of it does; an empty range compares as one missing key. */
+static void test_txn_range_compare(void **state)
+{
+    const char *members[] = {g.one.addr};
+    unsigned char end[16];
+    size_t end_len;
+    oa_etcd_cmp_t cmp = {.key = "held/", .key_len = 5, .target = OA_ETCD_TARGET_CREATE, .result = OA_ETCD_EQUAL};
+    oa_etcd_op_t then = {.kind = OA_ETCD_OP_PUT, .key = "held-mark", .key_len = 9, .value = "x", .value_len = 1};
+    res_t r;
+    tc_t t;
+
+    (void)state;
+    tc_open(&t, members, 1, NULL, NULL, 0, 0);
+    oa_etcd_prefix_end("held/", 5, end, &end_len);
+    cmp.range_end = end;
+    cmp.range_end_len = end_len;
+    put(&t, "held0", "next to the range, not in it", 0, &r);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(oa_etcd_txn(t.c, &cmp, 1, &then, 1, NULL, 0, on_res, &r), 0);
+    wait_ok(&t, &r);
+    assert_int_equal(r.succeeded, 1);
+
+    put(&t, "held/a", "1", 0, &r);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(oa_etcd_txn(t.c, &cmp, 1, &then, 1, NULL, 0, on_res, &r), 0);
+    wait_ok(&t, &r);
+    assert_int_equal(r.succeeded, 0);
+
+    /* Without the range end the same comparison is about the key "held/" alone, which does not exist. */
+    cmp.range_end_len = 0;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(oa_etcd_txn(t.c, &cmp, 1, &then, 1, NULL, 0, on_res, &r), 0);
+    wait_ok(&t, &r);
+    assert_int_equal(r.succeeded, 1);
+    tc_close(&t);
+}
+
 static void test_lease(void **state)
 {
     const char *members[] = {g.one.addr};
@@ -1335,6 +1372,7 @@ int main(void)
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_put_range_binary),
         cmocka_unit_test(test_txn_mod_revision),
+        cmocka_unit_test(test_txn_range_compare),
         cmocka_unit_test(test_unreachable_members),
         cmocka_unit_test(test_close_cancels),
         cmocka_unit_test(test_compaction_reported),
