@@ -56,8 +56,11 @@ struct cluster_store_s {
     uint64_t conf_version;
     bool conf_seen;
 
-    char lease_certid[OA_CLUSTER_CERTID_LEN + 1]; /* the CertID whose lease key this node created */
-    int64_t lease_create;                         /* that key's create_revision; 0: no lease held */
+    char lease_certid[OA_CLUSTER_CERTID_LEN + 1];    /* the CertID whose lease key this node created */
+    int64_t lease_create;                            /* that key's create_revision; 0: no lease held */
+    uint64_t lease_asks;                             /* lease requests sent so far */
+    uint64_t released_after;                         /* lease_asks when a lease was last released ... */
+    char released_certid[OA_CLUSTER_CERTID_LEN + 1]; /* ... and whose */
 
     int64_t watch_from; /* the revision the next watch starts at (the resynchronisation's read + 1) */
 
@@ -76,6 +79,7 @@ struct etcd_req_s {
     bool detached; /* the store disconnected: the etcd answer only frees it */
     int stage;
     uint64_t sent;
+    uint64_t ask; /* lease: its number among the lease requests */
     char certid[OA_CLUSTER_CERTID_LEN + 1];
     cluster_conf_write_t w; /* seed and cas: copies below */
     char *conf_text;

@@ -307,8 +307,13 @@ static void on_lease(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     kv = r->n_kvs > 0 ? &r->kvs[0] : NULL;
     if (r->succeeded)
         created = r->revision;
-    else if (kv != NULL && kv->lease == s->session && kv->value_len == strlen(s->c->node_id) &&
-             memcmp(kv->value, s->c->node_id, kv->value_len) == 0)
+    if (created != 0 && q->ask <= s->released_after && strcmp(q->certid, s->released_certid) == 0) {
+        /* Given up while this request was on its way, on another connection that may have overtaken it: the key
+         * this request made goes too, or it would live as long as this node's session. */
+        estore_lease_release(s, q->certid);
+        created = 0;
+    } else if (kv != NULL && kv->lease == s->session && kv->value_len == strlen(s->c->node_id) &&
+               memcmp(kv->value, s->c->node_id, kv->value_len) == 0)
         created = kv->create_revision;
     memset(&rep, 0, sizeof(rep));
     rep.outcome = CLUSTER_STORE_DONE;
@@ -339,6 +344,7 @@ int estore_lease(cluster_store_t *s, const char *certid, bool poller, cluster_st
     if ((q = estore_req_new(s, REQ_LEASE, cb, data)) == NULL)
         return UV_ENOMEM;
     snprintf(q->certid, sizeof(q->certid), "%s", certid);
+    q->ask = ++s->lease_asks;
     estore_key(key, "lease", certid);
     cmp = (oa_etcd_cmp_t){
         .key = key, .key_len = strlen(key), .target = OA_ETCD_TARGET_CREATE, .result = OA_ETCD_EQUAL, .number = 0};
@@ -375,6 +381,8 @@ void estore_lease_release(cluster_store_t *s, const char *certid)
 
     if (strcmp(s->lease_certid, certid) == 0)
         s->lease_create = 0;
+    s->released_after = s->lease_asks;
+    snprintf(s->released_certid, sizeof(s->released_certid), "%s", certid);
     if (s->client == NULL || s->session == 0 || (q = estore_req_new(s, REQ_OTHER, NULL, NULL)) == NULL)
         return;
     estore_key(key, "lease", certid);
