@@ -1,10 +1,9 @@
 /*
- * Cluster mode's connection to the store and its life cycle: the two connections, the subscription, the
- * resynchronisation that follows every (re)connection (subscribe, seed, read the records; only then is the node
- * synchronised), reconnection with a doubling backoff, the dispatch of the channel's messages, and
- * oa_cluster_new/oa_cluster_close. oa_cluster.h says why in that order; cluster_internal.h the teardown rules.
+ * Cluster mode's life cycle over its store (store.h): connecting, the resynchronisation that follows every
+ * (re)connection (once the store is up: seed, read the records; only then is the node synchronised), reconnection
+ * with a doubling backoff, the dispatch of the store's messages, and oa_cluster_new/oa_cluster_close. oa_cluster.h
+ * says why in that order; cluster_internal.h the teardown rules.
  */
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +13,10 @@
 #include "oa_util.h"
 
 static void on_retry(uv_timer_t *t);
-static void finish_close(oa_cluster_t *c);
 
-oa_redis_t *cluster_ready_cmd(oa_cluster_t *c)
+bool cluster_synced(const oa_cluster_t *c)
 {
-    return c->cmd != NULL && c->cmd_connected && !c->closing ? c->cmd : NULL;
+    return c->synced && c->store_up && !c->closing;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -28,24 +26,30 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- resynchronisation ---- */
 
-static void on_status_read(oa_redis_t *r, redisReply *reply, void *priv)
+/* Whether a reply says nothing at all: the store went (it reports that itself) or the cluster is closing. */
+static bool reply_void(const oa_cluster_t *c, const cluster_store_reply_t *r)
 {
-    oa_cluster_t *c = priv;
+    return c->closing || r->outcome == CLUSTER_STORE_UNAVAILABLE || r->outcome == CLUSTER_STORE_UNKNOWN;
+}
 
-    (void)r;
-    if (reply == NULL || c->closing)
+static void on_records_read(oa_cluster_t *c, const cluster_store_reply_t *r, void *data)
+{
+    (void)data;
+    if (reply_void(c, r))
         return;
-    cluster_records_read(c, reply);
+    /* A read the store refused leaves the records to the channel, as before any was published. */
+    if (r->outcome == CLUSTER_STORE_DONE)
+        cluster_records_apply(c, r->records);
     c->synced = true;
     c->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
     if (c->outage_logged) {
         /* The refusals of the outage, counted rather than logged one by one. */
-        OA_LOG(OA_LOG_INFO, "store_reconnected", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
+        OA_LOG(OA_LOG_INFO, "store_reconnected", OA_KV_STR("store", c->store_desc),
                OA_KV_INT("conf_version", (int64_t)c->version),
                OA_KV_INT("puts_refused", (int64_t)(c->put_counts[CLUSTER_PUT_UNAVAILABLE] - c->refused_base)));
         c->outage_logged = false;
     } else if (!c->ever_synced) {
-        OA_LOG(OA_LOG_INFO, "store_connected", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
+        OA_LOG(OA_LOG_INFO, "store_connected", OA_KV_STR("store", c->store_desc),
                OA_KV_INT("conf_version", (int64_t)c->version));
     }
     c->ever_synced = true;
@@ -53,49 +57,58 @@ static void on_status_read(oa_redis_t *r, redisReply *reply, void *priv)
     cluster_tick(c);
 }
 
-/* The reply of the seed script: the store's configuration after the seed is put in force, then the records are
- * read. */
-static void on_seed_reply(oa_redis_t *r, redisReply *reply, void *priv)
+/* The seed's reply: the store's configuration after the seed is put in force, then the records are read. */
+static void on_seeded(oa_cluster_t *c, const cluster_store_reply_t *r, void *data)
 {
-    oa_cluster_t *c = priv;
-    cluster_seed_reply_t s;
-
-    if (reply == NULL || c->closing)
+    (void)data;
+    if (reply_void(c, r))
         return;
-    if (cluster_seed_reply_parse(reply, &s) != 0) {
-        OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "resync"),
-               OA_KV_STR("reply", cluster_reply_why(reply)));
+    if (r->outcome != CLUSTER_STORE_DONE) {
         cluster_lost(c, "the store refused the resynchronisation");
         return;
     }
-    cluster_conf_seeded(c, &s);
-    if (oa_redis_command(r, on_status_read, c, "MGET %s %s", c->k_status, c->k_sched) != 0)
+    cluster_conf_seeded(c, &r->conf);
+    if (c->ops->read_records(c->store, c->certid, on_records_read, NULL) != 0)
         cluster_lost(c, "the status could not be read");
 }
 
 static void resync(oa_cluster_t *c)
 {
-    /* The subscription can be confirmed before the command connection is up: the script is then queued behind its
-     * AUTH and SELECT and goes out once it is. */
-    oa_redis_t *r = c->closing ? NULL : c->cmd;
-    char ver[32], fresh[CLUSTER_EPOCH_LEN + 1], *json = cluster_conf_encode(&c->conf);
+    char fresh[CLUSTER_EPOCH_LEN + 1], *json = cluster_conf_encode(&c->conf);
+    cluster_conf_write_t w = {c->epoch, c->version, json, fresh};
 
-    snprintf(ver, sizeof(ver), "%" PRIu64, c->version);
     cluster_epoch_new(fresh);
     c->conf_live = false;
-    if (r == NULL || json == NULL ||
-        oa_redis_command(r, on_seed_reply, c, "EVAL %s 2 %s %s %s %s %s %s %s", cluster_lua_conf_seed,
-                         CLUSTER_K_CONF, CLUSTER_K_EVENTS, c->epoch, ver, json, c->node_id_json, fresh) != 0)
+    if (json == NULL || c->ops->seed(c->store, &w, on_seeded, NULL) != 0)
         cluster_lost(c, "the resynchronisation could not be sent");
     free(json);
 }
 
-static void handle_message(oa_cluster_t *c, const char *text, size_t len)
+void cluster_store_up(oa_cluster_t *c)
 {
-    json_t *o = json_loadb(text, len, 0, NULL);
+    if (c->closing)
+        return;
+    c->store_up = true;
+    resync(c);
+}
+
+void cluster_store_resync(oa_cluster_t *c)
+{
+    if (c->closing || !c->store_up)
+        return;
+    /* Not synchronised until the store has been read again, within the same time limit as at connection. */
+    c->synced = false;
+    c->connect_started = uv_now(c->loop);
+    resync(c);
+}
+
+void cluster_store_message(oa_cluster_t *c, json_t *o)
+{
     const char *type = json_string_value(json_object_get(o, "type"));
     const char *node = json_string_value(json_object_get(o, "node"));
 
+    if (c->closing)
+        return;
     if (type == NULL || node == NULL) {
         c->messages[CLUSTER_MSG_INVALID]++;
     } else if (strcmp(type, "conf") == 0) {
@@ -110,40 +123,28 @@ static void handle_message(oa_cluster_t *c, const char *text, size_t len)
     } else {
         c->messages[CLUSTER_MSG_INVALID]++;
     }
-    json_decref(o);
 }
 
-/* ---- connections ---- */
+/* ---- connecting ---- */
 
-static void drop_context(oa_redis_t **slot)
-{
-    oa_redis_t *r = *slot;
-
-    *slot = NULL;
-    oa_redis_free(r);
-}
-
-/* Either connection failed: drop both and try again later. */
+/* The store is gone: drop what is left of it and try again later. The goodbye handles the store's end itself. */
 void cluster_lost(oa_cluster_t *c, const char *why)
 {
     bool was_up = c->synced;
 
-    c->cmd_connected = false;
+    if (c->closing)
+        return;
     c->synced = false;
-    drop_context(&c->sub);
-    drop_context(&c->cmd);
+    c->store_up = false;
+    c->store_open = false;
+    c->ops->disconnect(c->store);
     c->hb_owed = false;
     c->lease_owed = false;
-    if (c->closing) {
-        finish_close(c);
-        return;
-    }
     if (was_up)
         c->disconnects++;
     if (!c->outage_logged) {
-        OA_LOG(OA_LOG_ERROR, "store_unavailable", OA_KV_STR("store", c->host), OA_KV_INT("port", c->port),
-               OA_KV_STR("reason", why), OA_KV_STR("effect", "PUT answers 503; the last known configuration is "
-                                                               "served; reconnecting"));
+        OA_LOG(OA_LOG_ERROR, "store_unavailable", OA_KV_STR("store", c->store_desc), OA_KV_STR("reason", why),
+               OA_KV_STR("effect", "PUT answers 503; the last known configuration is served; reconnecting"));
         c->outage_logged = true;
     } else {
         OA_LOG(OA_LOG_DEBUG, "store_retry_failed", OA_KV_STR("reason", why), OA_KV_INT("was_up", was_up));
@@ -152,112 +153,18 @@ void cluster_lost(oa_cluster_t *c, const char *why)
     c->backoff_ms = cluster_backoff_next(c->backoff_ms);
 }
 
-static void on_ready(oa_redis_t *r, void *data)
-{
-    oa_cluster_t *c = data;
-
-    if (r == c->cmd)
-        c->cmd_connected = true;
-}
-
-/* The connection failed (name, connect, TLS, deadline) or the store closed it. Its queued callbacks have already
- * had their NULL reply; it is forgotten before it is freed, and takes the other connection down with it. */
-static void on_error(oa_redis_t *r, const char *why, void *data)
-{
-    oa_cluster_t *c = data;
-
-    if (r == c->cmd) {
-        c->cmd = NULL;
-    } else if (r == c->sub) {
-        c->sub = NULL;
-    } else {
-        oa_redis_free(r);
-        return;
-    }
-    oa_redis_free(r);
-    cluster_lost(c, why);
-}
-
-static void on_setup_reply(oa_redis_t *r, redisReply *reply, void *priv)
-{
-    oa_cluster_t *c = oa_redis_data(r);
-
-    (void)priv;
-    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ERROR)
-        return;
-    OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "auth/select"), OA_KV_STR("reply", reply->str));
-    cluster_lost(c, reply->str);
-}
-
-/* The kind of a Pub/Sub reply ("subscribe", "message", ...), or NULL when there is none to act on. */
-static const char *pubsub_kind(const oa_cluster_t *c, const redisReply *reply)
-{
-    if (reply == NULL || c->closing || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[0]->type != REDIS_REPLY_STRING)
-        return NULL;
-    return reply->element[0]->str;
-}
-
-/* The reply to SUBSCRIBE. */
-static void on_sub_reply(oa_redis_t *r, redisReply *reply, void *priv)
-{
-    oa_cluster_t *c = priv;
-    const char *kind = pubsub_kind(c, reply);
-
-    (void)r;
-    /* Subscribed: only now read the store, so that nothing published meanwhile can be missed. */
-    if (kind != NULL && strcmp(kind, "subscribe") == 0)
-        resync(c);
-}
-
-/* A message on the events channel (the sub connection's on_push). */
-static void on_sub_message(oa_redis_t *r, redisReply *reply, void *priv)
-{
-    oa_cluster_t *c = priv;
-    const char *kind = pubsub_kind(c, reply);
-
-    (void)r;
-    if (kind != NULL && strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
-        handle_message(c, reply->element[2]->str, reply->element[2]->len);
-}
-
-static oa_redis_t *open_context(oa_cluster_t *c, bool sub)
-{
-    oa_redis_options_t o;
-    oa_redis_t *r;
-    oa_error_t err;
-
-    memset(&o, 0, sizeof(o));
-    o.host = c->host;
-    o.port = c->port;
-    o.tls = c->tls; /* the certificate must name the URL's host */
-    o.on_ready = on_ready;
-    o.on_error = on_error;
-    o.on_push = sub ? on_sub_message : NULL;
-    o.data = c;
-    if (oa_redis_connect(c->loop, &o, &r, &err) != 0)
-        return NULL;
-    if (c->password != NULL)
-        oa_redis_command(r, on_setup_reply, NULL, "AUTH %s", c->password);
-    return r;
-}
-
 static void connect_store(oa_cluster_t *c)
 {
-    if (c->closing || c->cmd != NULL || c->sub != NULL)
+    if (c->closing || c->store_open)
         return;
     c->connect_started = uv_now(c->loop);
-    /* The store may have restarted empty and count from 1 again; what it holds is read once subscribed. */
+    /* The store may have restarted empty and count from 1 again; what it holds is read once it is up. */
     c->last_seq = 0;
-    c->cmd = open_context(c, false);
-    c->sub = c->cmd != NULL ? open_context(c, true) : NULL;
-    if (c->cmd == NULL || c->sub == NULL) {
+    if (c->ops->connect(c->store) != 0) {
         cluster_lost(c, "the connection could not be opened");
         return;
     }
-    if (c->db != 0)
-        oa_redis_command(c->cmd, on_setup_reply, NULL, "SELECT %d", c->db);
-    oa_redis_command(c->sub, on_sub_reply, c, "SUBSCRIBE %s", CLUSTER_K_EVENTS);
+    c->store_open = true;
 }
 
 static void on_retry(uv_timer_t *t)
@@ -271,7 +178,7 @@ static void on_retry(uv_timer_t *t)
 
 int oa_cluster_available(const oa_cluster_t *c)
 {
-    return c->synced && c->cmd_connected;
+    return c->synced && c->store_up;
 }
 
 int oa_cluster_is_poller(const oa_cluster_t *c)
@@ -286,14 +193,14 @@ uint64_t oa_cluster_conf_version(const oa_cluster_t *c)
 
 static void free_cluster(oa_cluster_t *c)
 {
-    free(c->password);
+    if (c->store != NULL)
+        c->ops->free(c->store);
     free(c->node_id);
     free(c->node_id_json);
     free(c->node_json);
     free(c->caps);
     free(c->api);
     free(c->version_path);
-    SSL_CTX_free(c->tls);
     free(c);
 }
 
@@ -305,30 +212,23 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
 
     if (c == NULL)
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
-    if (oa_cluster_url_parse(o->url, c->host, &c->port, &c->db, err) != 0) {
+    c->loop = loop;
+    c->ops = &cluster_store_redis_ops;
+    if (cluster_store_redis_new(c, o, &c->store, &c->store_desc, err) != 0) {
         free(c);
         return -1;
     }
     if (o->capabilities != NULL && oa_cluster_caps_valid(o->capabilities) != 0) {
-        free(c);
+        free_cluster(c);
         return oa_error_set(err, OA_E_BAD_OPTION, "--capabilities: expected names of a-z, 0-9, _ and - separated "
                             "by commas, got \"%.64s\"", o->capabilities);
     }
-    /* A rediss:// URL promises TLS; falling back to plain TCP would break that promise silently. */
-    if (oa_cluster_url_is_tls(o->url) && o->tls == NULL) {
-        free(c);
-        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster: a rediss:// URL needs a TLS context (--cluster-tls)");
-    }
-    c->loop = loop;
     c->hooks = o->hooks;
     c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : CLUSTER_DEFAULT_HEARTBEAT_MS;
     c->node_ttl_ms = o->node_ttl_ms ? o->node_ttl_ms : CLUSTER_DEFAULT_NODE_TTL_MS;
     c->lease_ms = o->lease_ms ? o->lease_ms : CLUSTER_DEFAULT_LEASE_MS;
-    if (o->tls != NULL && SSL_CTX_up_ref(o->tls) == 1)
-        c->tls = o->tls;
     c->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
     c->conf = *conf;
-    c->password = o->password != NULL ? strdup(o->password) : NULL;
     c->node_id = strdup(o->node_id != NULL ? o->node_id : "node");
     c->caps = strdup(o->capabilities != NULL ? o->capabilities : "ocsp");
     c->api = strdup(o->api_address != NULL ? o->api_address : "");
@@ -338,9 +238,7 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
     json_decref(id);
     snprintf(c->certid, sizeof(c->certid), "%s",
              o->certid != NULL ? o->certid : "0000000000000000000000000000000000000000");
-    if (cluster_certid_key(c->k_lease, sizeof(c->k_lease), CLUSTER_K_LEASE, c->certid) != 0 ||
-        cluster_certid_key(c->k_status, sizeof(c->k_status), CLUSTER_K_STATUS, c->certid) != 0 ||
-        cluster_certid_key(c->k_sched, sizeof(c->k_sched), CLUSTER_K_SCHED, c->certid) != 0) {
+    if (!cluster_certid_valid(c->certid)) {
         free_cluster(c);
         return oa_error_set(err, OA_E_BAD_OPTION, "the certificate's CertID could not be named");
     }
@@ -348,8 +246,7 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
                        ? cluster_node_entry_encode(c->node_id, c->api, c->caps, c->certid)
                        : NULL;
     if (c->node_id == NULL || c->caps == NULL || c->api == NULL || c->node_id_json == NULL || c->node_json == NULL ||
-        (o->password != NULL && c->password == NULL) || (o->data_dir != NULL && c->version_path == NULL) ||
-        (o->tls != NULL && c->tls == NULL)) {
+        (o->data_dir != NULL && c->version_path == NULL)) {
         free_cluster(c);
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
     }
@@ -361,7 +258,6 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
     cluster_version_load(c);
     uv_timer_init(loop, &c->tick);
     uv_timer_init(loop, &c->retry);
-    uv_timer_init(loop, &c->grace);
     uv_timer_start(&c->tick, on_tick, c->heartbeat_ms, c->heartbeat_ms);
     connect_store(c);
     *out = c;
@@ -389,53 +285,25 @@ static void on_timer_closed(uv_handle_t *h)
     cluster_release(h->data);
 }
 
-/* Once both connections are gone, the timers close and the last close frees c. */
+/* The store's goodbye is over: the timers close and the last close frees c. */
 static void finish_close(oa_cluster_t *c)
 {
-    if (c->cmd != NULL || c->sub != NULL || uv_is_closing((uv_handle_t *)&c->tick))
+    if (uv_is_closing((uv_handle_t *)&c->tick))
         return;
-    c->tick.data = c->retry.data = c->grace.data = c;
-    c->pending_closes += 3;
+    c->tick.data = c->retry.data = c;
+    c->pending_closes += 2;
     uv_close((uv_handle_t *)&c->tick, on_timer_closed);
     uv_close((uv_handle_t *)&c->retry, on_timer_closed);
-    uv_close((uv_handle_t *)&c->grace, on_timer_closed);
     /* Put timers closing right now hold pending_closes above zero until they are done. */
-}
-
-static void on_grace(uv_timer_t *t)
-{
-    oa_cluster_t *c = oa_container_of(t, oa_cluster_t, grace);
-
-    drop_context(&c->cmd);
-    finish_close(c);
-}
-
-/* The reply to the QUIT that ends the goodbye, or NULL when the connection went first: either way the store has
- * had the commands before it, and the connection can go. */
-static void on_quit_reply(oa_redis_t *r, redisReply *reply, void *priv)
-{
-    oa_cluster_t *c = priv;
-
-    (void)reply;
-    if (r == c->cmd)
-        c->cmd = NULL;
-    oa_redis_free(r);
-    finish_close(c);
 }
 
 int oa_cluster_set_tls(oa_cluster_t *c, SSL_CTX *ctx)
 {
-    if (ctx == NULL || c->tls == NULL || SSL_CTX_up_ref(ctx) != 1)
-        return UV_EINVAL;
-    SSL_CTX_free(c->tls);
-    c->tls = ctx;
-    return 0;
+    return c->ops->set_tls(c->store, ctx);
 }
 
 void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
 {
-    oa_redis_t *r;
-
     if (c->closing)
         return;
     c->closing = true;
@@ -444,24 +312,10 @@ void oa_cluster_close(oa_cluster_t *c, void (*done)(void *arg), void *arg)
     cluster_puts_fail_all(c, "The agent is shutting down.");
     uv_timer_stop(&c->tick);
     uv_timer_stop(&c->retry);
-    drop_context(&c->sub);
-    r = c->cmd;
-    if (r != NULL && c->cmd_connected && c->synced) {
-        /* Leave the registry and the lease at once rather than when they expire; the connection goes with the
-         * reply to QUIT, and the grace timer drops a store that does not send it. */
-        oa_redis_command(r, NULL, NULL, "DEL %s%s", CLUSTER_K_NODE, c->node_id);
-        if (c->poller)
-            oa_redis_command(r, NULL, NULL, "EVAL %s 1 %s %s", cluster_lua_lease_release, c->k_lease, c->node_id);
-        if (oa_redis_command(r, on_quit_reply, c, "QUIT") == 0)
-            uv_timer_start(&c->grace, on_grace, CLUSTER_CLOSE_GRACE_MS, 0);
-        else
-            drop_context(&c->cmd);
-    } else {
-        drop_context(&c->cmd);
-    }
+    /* The store leaves the registry and the lease at once rather than when they expire, bounded in time. */
+    c->ops->goodbye(c->store, c->certid, c->poller, finish_close);
     if (c->poller) {
         c->poller = false;
         OA_LOG(OA_LOG_INFO, "cluster_poller_released", OA_KV_STR("reason", "shutting down"));
     }
-    finish_close(c);
 }

@@ -4,41 +4,42 @@
  * versions and record numbers) is described once, in oa_cluster.h; this header says how the module is built.
  *
  * One concern per file:
- *   url.c       the store's URL, redis[s]://HOST:PORT/DB
- *   caps.c      capability lists ("ocsp,foo")
- *   rules.c     the decisions, as pure functions (no Redis, no loop, no log): which configuration is news, what a
- *               node does with its seed's reply, which record wins by its number, whose records a node skips, the
- *               registry view and its capability check, the lease's deadline, when a store counts as gone, the
- *               reconnection backoff. tests/cluster/test_rules.c checks them from a table
- *   codec.c     the texts the store holds: the configuration, the status and state records, the registry entry
- *   version.c   <data_dir>/cluster.json (the epoch and version in force) and fresh epochs
- *   scripts.c   the Lua scripts and the shapes of their replies
- *   conf.c      putting a configuration from the store in force: from a message, the seed's reply, a PUT's reply
- *   put.c       PUT /v1/ocsp: the compare-and-set rounds and their time limit
- *   records.c   the status and state records: publishing them, applying them in the order of their numbers
- *   registry.c  the heartbeat, the registry view, the lease and the poller role, a change of the CertID held
- *   metrics.c   the Prometheus text, through oa_prom.h
- *   cluster.c   the two connections, the subscription, resynchronisation, reconnection, the life cycle
- *   redis.c     one asynchronous Redis connection on libuv (oa_redis.h)
+ *   url.c          the store's URL, redis[s]://HOST:PORT/DB
+ *   caps.c         capability lists ("ocsp,foo")
+ *   rules.c        the decisions, as pure functions (no store, no loop, no log): which configuration is news, what a
+ *                  node does with its seed's reply, which record wins by its number, whose records a node skips,
+ *                  the registry view and its capability check, the lease's deadline, when a store counts as gone,
+ *                  the reconnection backoff. tests/cluster/test_rules.c checks them from a table
+ *   codec.c        the texts the store holds: the configuration, the status and state records, the registry entry
+ *   version.c      <data_dir>/cluster.json (the epoch and version in force) and fresh epochs
+ *   conf.c         putting a configuration from the store in force: from a message, the seed's reply, a PUT's reply
+ *   put.c          PUT /v1/ocsp: the compare-and-set rounds and their time limit
+ *   records.c      the status and state records: publishing them, applying them in the order of their numbers
+ *   registry.c     the heartbeat, the registry view, the lease and the poller role, a change of the CertID held
+ *   metrics.c      the Prometheus text, through oa_prom.h
+ *   cluster.c      the store's life cycle seen from above: connecting, resynchronisation, reconnection with a
+ *                  backoff, the dispatch of the store's messages, oa_cluster_new/oa_cluster_close
+ *   store.h        the store interface: the operations every store implements and what it tells its cluster
+ *   store_redis.c  the Redis store: its two connections, the subscription, the operations as commands and scripts,
+ *                  the goodbye, its own teardown rules
+ *   scripts.c      the Redis store's Lua scripts and the checks of their replies
+ *   redis.c        one asynchronous Redis connection on libuv (oa_redis.h)
+ *   etcd*.c        the etcd v3 client (oa_etcd.h)
+ * Only store_redis.c, scripts.c and redis.c know Redis: everything else speaks to the store through its operations.
  *
- * Two connections share the agent's loop: `cmd` for commands, `sub` subscribed to the events channel.
- *
- * Teardown follows oa_redis's rules: a connection is forgotten (its pointer set to NULL) before oa_redis_free, whose
- * queued callbacks run with a NULL reply before it returns and must touch nothing but their own request; a
- * connection may be freed from inside one of its own callbacks. Reply callbacks do nothing once the cluster is
- * closing, but for the goodbye's own (the reply to QUIT). The cluster is freed by the last close callback of its
- * timers and of its PUTs' timers (cluster_release).
+ * Teardown: callbacks owed by the store fire exactly once, also when its connections drop, and do nothing once the
+ * cluster is closing (a PUT's only releases its own memory). At close the store says goodbye and reports done; the
+ * cluster's timers then close, and the last close callback of its timers, its PUTs' timers and the store's handles
+ * frees the cluster (cluster_release), the store with it.
  */
 #ifndef OA_CLUSTER_INTERNAL_H
 #define OA_CLUSTER_INTERNAL_H
 
-#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "oa_cluster.h"
-#include "oa_redis.h"
 
 #define CLUSTER_DEFAULT_PORT 6379
 #define CLUSTER_DEFAULT_HEARTBEAT_MS 1000
@@ -138,6 +139,9 @@ typedef struct cluster_registry_view_s {
     unsigned lacking_count;
 } cluster_registry_view_t;
 
+/* The store interface, whose replies carry a registry view. */
+#include "store.h"
+
 /* Empties v. */
 void cluster_registry_view_init(cluster_registry_view_t *v);
 
@@ -210,7 +214,7 @@ int cluster_state_decode(json_t *o, oa_sched_view_t *v);
  * NULL when out of memory. api NULL is "". */
 char *cluster_node_entry_encode(const char *node_id, const char *api, const char *caps, const char *certid);
 
-/* ---- scripts.c: the Lua scripts (see oa_cluster.h for what each guarantees) ---- */
+/* ---- Redis store only: scripts.c, the Lua scripts (see oa_cluster.h for what each guarantees) ---- */
 
 /* KEYS: conf, events. ARGV: the node's epoch, its version (the one expected), the new conf JSON, the node id as a
  * JSON string, a fresh epoch. Returns {written 1|0, version, conf, epoch}: the new ones, or the stored ones. */
@@ -229,32 +233,16 @@ extern const char cluster_lua_heartbeat[];
  * Returns the record's number. */
 extern const char cluster_lua_publish[];
 
-/* The compare-and-set's reply, checked; the strings borrow from the reply. */
-typedef struct cluster_cas_reply_s {
-    bool written;
-    uint64_t version;
-    const char *conf;
-    size_t conf_len;
-    const char *epoch; /* "" or valid */
-} cluster_cas_reply_t;
+/* hiredis's reply, named here without its header, which only the Redis store's files include. */
+struct redisReply;
 
-/* 0 with *out filled when reply has the compare-and-set's shape, else -1. */
-int cluster_cas_reply_parse(const redisReply *reply, cluster_cas_reply_t *out);
+/* The compare-and-set's reply, checked: 0 with *out filled (written 1 or 0; the strings borrow from the reply, the
+ * epoch "" or valid) when reply has the script's shape, else -1. */
+int cluster_cas_reply_parse(const struct redisReply *reply, cluster_conf_reply_t *out);
 
-/* The seed's reply, checked; the strings borrow from the reply. */
-typedef struct cluster_seed_reply_s {
-    uint64_t version;
-    const char *conf;
-    size_t conf_len;
-    const char *epoch; /* valid */
-    long long written; /* 0, 1 or 2 */
-} cluster_seed_reply_t;
-
-/* 0 with *out filled when reply has the seed's shape, else -1. */
-int cluster_seed_reply_parse(const redisReply *reply, cluster_seed_reply_t *out);
-
-/* The text a refused reply gives the log: the store's error, else "unexpected reply". */
-const char *cluster_reply_why(const redisReply *reply);
+/* The seed's reply, checked: 0 with *out filled (written 0, 1 or 2; the strings borrow from the reply, the epoch
+ * valid) when reply has the script's shape, else -1. */
+int cluster_seed_reply_parse(const struct redisReply *reply, cluster_conf_reply_t *out);
 
 /* ---- the cluster ---- */
 
@@ -262,29 +250,23 @@ typedef struct cluster_put_s cluster_put_t;
 
 struct oa_cluster_s {
     uv_loop_t *loop;
-    char host[OA_CLUSTER_HOST_MAX];
-    int port;
-    int db;
-    char *password;
     char *node_id;
     char *node_id_json; /* the id as a JSON string, for the scripts' messages */
     char *node_json;    /* this node's registry entry */
     char *caps;
     char *api;
     char certid[OA_CLUSTER_CERTID_LEN + 1]; /* the CertID this node holds, whose records it follows */
-    char k_lease[CLUSTER_CERTID_KEY_MAX];   /* its keys */
-    char k_status[CLUSTER_CERTID_KEY_MAX];
-    char k_sched[CLUSTER_CERTID_KEY_MAX];
     bool lease_stale; /* the lease reply owed is about the CertID held before */
     char *version_path;
-    SSL_CTX *tls; /* a reference of our own; NULL: plain TCP */
     unsigned heartbeat_ms, node_ttl_ms, lease_ms;
     oa_cluster_hooks_t hooks;
 
-    oa_redis_t *cmd;
-    oa_redis_t *sub;
-    bool cmd_connected;
-    bool synced; /* subscribed, and the store was read: PUTs may go */
+    cluster_store_t *store;
+    const cluster_store_ops_t *ops;
+    const char *store_desc; /* the store's name for the logs, kept by the store */
+    bool store_open;        /* connect succeeded and the store was not lost since: connecting or connected */
+    bool store_up;          /* the store reported itself up (cluster_store_up) and was not lost since */
+    bool synced;            /* up, and the store was read: PUTs may go */
     bool outage_logged;
     bool ever_synced;
     unsigned backoff_ms;
@@ -318,7 +300,6 @@ struct oa_cluster_s {
 
     uv_timer_t tick;
     uv_timer_t retry;
-    uv_timer_t grace;
     bool closing;
     int pending_closes;
     void (*done)(void *arg);
@@ -327,12 +308,8 @@ struct oa_cluster_s {
 
 /* cluster.c */
 
-/* The command connection when it is up and the cluster is not closing; else NULL. */
-oa_redis_t *cluster_ready_cmd(oa_cluster_t *c);
-
-/* Either connection failed (why, a sentence for the log): drops both and schedules a reconnection, or, while
- * closing, finishes the close. */
-void cluster_lost(oa_cluster_t *c, const char *why);
+/* Whether operations may go to the store now: it is up, this node is synchronised with it and not closing. */
+bool cluster_synced(const oa_cluster_t *c);
 
 /* Drops one pending close; the last one, once the cluster is closing and its own timers are closing too, frees c
  * and fires the close's done. */
@@ -354,7 +331,7 @@ void cluster_conf_message(oa_cluster_t *c, json_t *o, const char *node);
 
 /* The seed's reply at resynchronisation (s, checked): logs what the seed wrote, then puts the store's configuration
  * in force, or keeps this node's as the rules say (cluster_seed_action). */
-void cluster_conf_seeded(oa_cluster_t *c, const cluster_seed_reply_t *s);
+void cluster_conf_seeded(oa_cluster_t *c, const cluster_conf_reply_t *s);
 
 /* put.c */
 
@@ -366,8 +343,9 @@ void cluster_puts_fail_all(oa_cluster_t *c, const char *text);
 /* A status or state message o from the channel. type is "status" or "state". */
 void cluster_record_message(oa_cluster_t *c, json_t *o, const char *type);
 
-/* The reply of "MGET status sched" at resynchronisation: the records applied in the order of their numbers. */
-void cluster_records_read(oa_cluster_t *c, const redisReply *reply);
+/* The status and sched records read from the store (rec borrowed, each NULL when absent), at resynchronisation or
+ * for a new CertID: applied in the order of their numbers. */
+void cluster_records_apply(oa_cluster_t *c, json_t *const rec[2]);
 
 /* registry.c */
 

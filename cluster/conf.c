@@ -61,7 +61,7 @@ void cluster_conf_message(oa_cluster_t *c, json_t *o, const char *node)
     }
 }
 
-void cluster_conf_seeded(oa_cluster_t *c, const cluster_seed_reply_t *s)
+void cluster_conf_seeded(oa_cluster_t *c, const cluster_conf_reply_t *s)
 {
     cluster_conf_pos_t pos = cluster_conf_pos(c);
     oa_conf_t stored;

@@ -1,14 +1,12 @@
 /*
  * PUT /v1/ocsp in cluster mode: the patch the daemon validated is applied to the latest known configuration and the
- * result written with the compare-and-set script (cluster_lua_conf_cas); a write of another node that came first is
- * put in force and the patch applied again on top of it, for at most CLUSTER_PUT_MAX_ROUNDS rounds, all within
+ * result written with the store's compare-and-set (conf_cas); a write of another node that came first is put in
+ * force and the patch applied again on top of it, for at most CLUSTER_PUT_MAX_ROUNDS rounds, all within
  * CLUSTER_PUT_TIMEOUT_MS.
  *
- * A put is answered once (its callback fires) and lives on until the reply to its last EVAL has come back, because
- * a write confirmed after the answer "not confirmed in time" is still put in force here.
+ * A put is answered once (its callback fires) and lives on until the reply to its last compare-and-set has come
+ * back, because a write confirmed after the answer "not confirmed in time" is still put in force here.
  */
-#include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +25,7 @@ struct cluster_put_s {
     oa_conf_t next_conf;
     unsigned changed;
     bool answered;     /* cb has fired */
-    bool reply_owed;   /* an EVAL is outstanding; its callback still holds the put */
+    bool reply_owed;   /* a compare-and-set is outstanding; its callback still holds the put */
     bool timer_closed;
     uv_timer_t timeout;
 };
@@ -65,7 +63,7 @@ static void put_unlink(cluster_put_t *p)
     p->prev = p->next = NULL;
 }
 
-/* Answers the caller once; the put itself lives on until its EVAL has come back. */
+/* Answers the caller once; the put itself lives on until its compare-and-set has come back. */
 static void put_answer(cluster_put_t *p, const oa_error_t *err)
 {
     oa_cluster_t *c = p->cluster;
@@ -98,20 +96,18 @@ static void on_put_timeout(uv_timer_t *t)
 
 static int put_attempt(cluster_put_t *p, oa_error_t *err);
 
-static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
+static void on_put_reply(oa_cluster_t *c, const cluster_store_reply_t *r, void *data)
 {
-    cluster_put_t *p = priv;
-    oa_cluster_t *c = p->cluster;
+    cluster_put_t *p = data;
+    const cluster_conf_reply_t *cas = &r->conf;
     cluster_conf_pos_t pos;
-    cluster_cas_reply_t cas;
     oa_conf_t stored;
     oa_error_t err;
     int rc;
 
-    (void)r;
     p->reply_owed = false;
     c->cas_owed--;
-    if (reply == NULL || c->closing) {
+    if (r->outcome == CLUSTER_STORE_UNKNOWN || r->outcome == CLUSTER_STORE_UNAVAILABLE || c->closing) {
         /* Whatever happened to the write, the next resynchronisation reads it from the store. */
         if (p->answered) {
             put_maybe_free(p);
@@ -122,9 +118,7 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
                                             "change; it may or may not have been applied.");
         return;
     }
-    if (cluster_cas_reply_parse(reply, &cas) != 0) {
-        OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", "conf_cas"),
-               OA_KV_STR("reply", cluster_reply_why(reply)));
+    if (r->outcome != CLUSTER_STORE_DONE) {
         if (p->answered) {
             put_maybe_free(p);
             return;
@@ -134,14 +128,14 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
         return;
     }
     pos = cluster_conf_pos(c);
-    if (cas.written) {
+    if (cas->written) {
         /* Committed: the store and every other node have it, so this node puts it in force too, even when the PUT
          * was already answered "not confirmed in time". A round is counted once, as its answer said. Not when a newer
          * configuration is already in force (applied from a message that overtook this reply). */
         if (!p->answered)
             c->put_counts[CLUSTER_PUT_COMMITTED]++;
-        if (cluster_conf_is_news(&pos, cas.epoch, cas.version))
-            cluster_conf_adopt(c, &p->next_conf, cas.epoch, cas.version, p->user, c->node_id);
+        if (cluster_conf_is_news(&pos, cas->epoch, cas->version))
+            cluster_conf_adopt(c, &p->next_conf, cas->epoch, cas->version, p->user, c->node_id);
         if (p->answered)
             put_maybe_free(p);
         else
@@ -155,9 +149,9 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
     }
     /* Another node's change came first: take it, then apply the patch again on top of it. */
     c->put_counts[CLUSTER_PUT_CONFLICT_RETRY]++;
-    if (cas.conf_len > 0 && cluster_conf_decode(cas.conf, cas.conf_len, &stored) == 0 &&
-        cluster_conf_is_news(&pos, cas.epoch, cas.version))
-        cluster_conf_adopt(c, &stored, cas.epoch, cas.version, NULL, "store");
+    if (cas->conf_len > 0 && cluster_conf_decode(cas->conf, cas->conf_len, &stored) == 0 &&
+        cluster_conf_is_news(&pos, cas->epoch, cas->version))
+        cluster_conf_adopt(c, &stored, cas->epoch, cas->version, NULL, "store");
     if (++p->rounds >= CLUSTER_PUT_MAX_ROUNDS) {
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
         put_fail(p, OA_E_STORE_UNAVAILABLE, "Too many concurrent changes of the cluster configuration; retry.");
@@ -175,11 +169,11 @@ static void on_put_reply(oa_redis_t *r, redisReply *reply, void *priv)
 static int put_attempt(cluster_put_t *p, oa_error_t *err)
 {
     oa_cluster_t *c = p->cluster;
-    oa_redis_t *r = cluster_ready_cmd(c);
-    char ver[32], fresh[CLUSTER_EPOCH_LEN + 1], *json;
+    char fresh[CLUSTER_EPOCH_LEN + 1], *json;
+    cluster_conf_write_t w;
     int rc;
 
-    if (r == NULL || !c->synced)
+    if (!cluster_synced(c))
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration "
                                                          "cannot be changed now.");
     p->changed = oa_conf_patch_apply(&p->patch, &c->conf, &p->next_conf);
@@ -188,10 +182,12 @@ static int put_attempt(cluster_put_t *p, oa_error_t *err)
     json = cluster_conf_encode(&p->next_conf);
     if (json == NULL)
         return oa_error_set(err, OA_E_NOMEM, "Out of memory.");
-    snprintf(ver, sizeof(ver), "%" PRIu64, c->version);
     cluster_epoch_new(fresh);
-    rc = oa_redis_command(r, on_put_reply, p, "EVAL %s 2 %s %s %s %s %s %s %s", cluster_lua_conf_cas, CLUSTER_K_CONF,
-                          CLUSTER_K_EVENTS, c->epoch, ver, json, c->node_id_json, fresh);
+    w.epoch = c->epoch;
+    w.version = c->version;
+    w.conf = json;
+    w.fresh_epoch = fresh;
+    rc = c->ops->conf_cas(c->store, &w, on_put_reply, p);
     free(json);
     if (rc != 0)
         return oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable.");
@@ -206,7 +202,7 @@ oa_cluster_put_t oa_cluster_conf_put(oa_cluster_t *c, const oa_conf_patch_t *pat
     cluster_put_t *p;
     int rc;
 
-    if (cluster_ready_cmd(c) == NULL || !c->synced) {
+    if (!cluster_synced(c)) {
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
         oa_error_set(err, OA_E_STORE_UNAVAILABLE, "The cluster store is unreachable; the configuration cannot be "
                                                   "changed now.");

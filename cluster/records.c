@@ -13,16 +13,14 @@
 
 void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
 {
-    oa_redis_t *r = cluster_ready_cmd(c);
     char *text;
 
-    if (r == NULL || !c->synced || res == NULL || res->der == NULL || res->der_len > CLUSTER_STATUS_DER_MAX)
+    if (!cluster_synced(c) || res == NULL || res->der == NULL || res->der_len > CLUSTER_STATUS_DER_MAX)
         return;
     text = cluster_status_encode(c->node_id, c->certid, oa_time_now_ms(), res);
     if (text == NULL)
         return;
-    if (oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                         CLUSTER_K_EVENTS, c->k_status, text) == 0)
+    if (c->ops->publish(c->store, c->certid, CLUSTER_DEST_STATUS, text, NULL, NULL) == 0)
         OA_LOG(OA_LOG_INFO, "cluster_status_published", OA_KV_STR("cert_status", oa_cert_status_name(res->cert_status)),
                OA_KV_INT("der_bytes", res->der_len));
     free(text);
@@ -30,24 +28,17 @@ void oa_cluster_publish_result(oa_cluster_t *c, const oa_ocsp_result_t *res)
 
 void oa_cluster_publish_state(oa_cluster_t *c, const oa_sched_view_t *v)
 {
-    oa_redis_t *r = cluster_ready_cmd(c);
     bool invalidated = v->state == OA_STATE_INVALIDATED;
     char *text;
-    int rc;
 
-    if (r == NULL || !c->synced)
+    if (!cluster_synced(c))
         return;
     text = cluster_state_encode(c->node_id, c->certid, oa_time_now_ms(), v);
     if (text == NULL)
         return;
     /* An invalidation replaces the stored response too: a node that reads the store later must not serve it. */
-    if (invalidated)
-        rc = oa_redis_command(r, NULL, NULL, "EVAL %s 4 %s %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                              CLUSTER_K_EVENTS, c->k_sched, c->k_status, text);
-    else
-        rc = oa_redis_command(r, NULL, NULL, "EVAL %s 3 %s %s %s %s", cluster_lua_publish, CLUSTER_K_SEQ,
-                              CLUSTER_K_EVENTS, c->k_sched, text);
-    if (rc == 0)
+    if (c->ops->publish(c->store, c->certid, invalidated ? CLUSTER_DEST_SCHED_STATUS : CLUSTER_DEST_SCHED, text, NULL,
+                        NULL) == 0)
         OA_LOG(invalidated ? OA_LOG_INFO : OA_LOG_DEBUG, "cluster_state_published",
                OA_KV_STR("state", oa_sched_state_name(v->state)), OA_KV_STR("error_code", v->last_error_code),
                OA_KV_INT("consecutive_failures", v->consecutive_failures));
@@ -106,29 +97,21 @@ void cluster_record_message(oa_cluster_t *c, json_t *o, const char *type)
     handle_record(c, o, type, false);
 }
 
-void cluster_records_read(oa_cluster_t *c, const redisReply *reply)
+void cluster_records_apply(oa_cluster_t *c, json_t *const rec[2])
 {
-    json_t *rec[2] = {NULL, NULL}, *o;
+    json_t *o[2] = {rec[0], rec[1]};
     const char *type;
     size_t i;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
-        return;
-    for (i = 0; i < 2; i++)
-        if (reply->element[i]->type == REDIS_REPLY_STRING)
-            rec[i] = json_loadb(reply->element[i]->str, reply->element[i]->len, 0, NULL);
     /* The older record first, so that the newer one has the last word. */
-    if (rec[0] != NULL && rec[1] != NULL &&
-        cluster_records_swap(cluster_json_int(rec[0], "seq", 0), cluster_json_int(rec[1], "seq", 0))) {
-        o = rec[0];
-        rec[0] = rec[1];
-        rec[1] = o;
+    if (o[0] != NULL && o[1] != NULL &&
+        cluster_records_swap(cluster_json_int(o[0], "seq", 0), cluster_json_int(o[1], "seq", 0))) {
+        o[0] = rec[1];
+        o[1] = rec[0];
     }
     for (i = 0; i < 2; i++) {
-        type = json_string_value(json_object_get(rec[i], "type"));
-        if (rec[i] != NULL && type != NULL)
-            handle_record(c, rec[i], type, true);
+        type = json_string_value(json_object_get(o[i], "type"));
+        if (o[i] != NULL && type != NULL)
+            handle_record(c, o[i], type, true);
     }
-    json_decref(rec[0]);
-    json_decref(rec[1]);
 }

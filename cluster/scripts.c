@@ -1,7 +1,8 @@
 /*
- * The Lua scripts: every write that must be atomic is one of them (oa_cluster.h says what each guarantees,
- * cluster_internal.h their KEYS, ARGV and replies), and the checks of the replies the node acts on.
+ * The Redis store's Lua scripts: every write that must be atomic is one of them (oa_cluster.h says what each
+ * guarantees, cluster_internal.h their KEYS, ARGV and replies), and the checks of the replies the node acts on.
  */
+#include <hiredis/hiredis.h>
 
 #include "cluster_internal.h"
 
@@ -81,19 +82,14 @@ const char cluster_lua_publish[] =
     "redis.call('PUBLISH', KEYS[2], msg)\n"
     "return seq\n";
 
-const char *cluster_reply_why(const redisReply *reply)
-{
-    return reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply";
-}
-
-int cluster_cas_reply_parse(const redisReply *reply, cluster_cas_reply_t *out)
+int cluster_cas_reply_parse(const redisReply *reply, cluster_conf_reply_t *out)
 {
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[1]->type != REDIS_REPLY_INTEGER || reply->element[1]->integer < 0 ||
         reply->element[2]->type != REDIS_REPLY_STRING || reply->element[3]->type != REDIS_REPLY_STRING ||
         (reply->element[3]->len != 0 && !cluster_epoch_valid(reply->element[3]->str, reply->element[3]->len)))
         return -1;
-    out->written = reply->element[0]->integer == 1;
+    out->written = reply->element[0]->integer == 1 ? 1 : 0;
     out->version = (uint64_t)reply->element[1]->integer;
     out->conf = reply->element[2]->str;
     out->conf_len = reply->element[2]->len;
@@ -101,7 +97,7 @@ int cluster_cas_reply_parse(const redisReply *reply, cluster_cas_reply_t *out)
     return 0;
 }
 
-int cluster_seed_reply_parse(const redisReply *reply, cluster_seed_reply_t *out)
+int cluster_seed_reply_parse(const redisReply *reply, cluster_conf_reply_t *out)
 {
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[0]->integer < 0 || reply->element[1]->type != REDIS_REPLY_STRING ||
@@ -113,6 +109,6 @@ int cluster_seed_reply_parse(const redisReply *reply, cluster_seed_reply_t *out)
     out->conf = reply->element[1]->str;
     out->conf_len = reply->element[1]->len;
     out->epoch = reply->element[2]->str;
-    out->written = reply->element[3]->integer;
+    out->written = (int)reply->element[3]->integer;
     return 0;
 }
