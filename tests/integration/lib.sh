@@ -691,6 +691,7 @@ start_responder_nmin() {
 # ---------------------------------------------------------------------------------------------------------------
 # etcd: a real cluster of `etcd` members (Debian etcd-server) on loopback, for the cluster suites on etcd.
 #
+#   etcd_store_or_skip          ends the suite as skipped while the agent refuses --cluster etcd://
 #   start_etcd_cluster N        N members m1..mN, each with its own client and peer port and data dir under $T_DIR;
 #                               returns once `etcdctl endpoint health` says all are healthy. Exports ETCD_URL
 #                               (etcd://127.0.0.1:P1,...: the agent's --cluster), ETCD_ENDPOINTS (127.0.0.1:P1,...:
@@ -699,9 +700,14 @@ start_responder_nmin() {
 #   ectl ARGS...                etcdctl against the whole cluster, each command bounded
 #   etcd_member_kill I          SIGKILL (a crash); etcd_member_stop I / etcd_member_cont I: SIGSTOP / SIGCONT
 #   etcd_member_restart I       stops member I (if running) and starts it again on its data; waits until healthy
+#                               (etcd_member_start I starts it without waiting; etcd_wait_healthy WHAT waits)
 #   etcd_member_wipe_readd I    kills member I, removes it from the cluster, adds it back and starts it on an empty
 #                               data dir (--initial-cluster-state existing); waits until every member is healthy
 #   etcd_leader                 prints the index of the member that is the leader now
+#   etcd_value KEY              prints the value stored at KEY (nothing when absent); etcd_keys PREFIX the keys
+#                               under PREFIX, one a line
+#   etcd_status_node            the "node" of the status record the agents stored under /ocsp-agent/status/ (one
+#                               CertID); etcd_lease_holder the node holding the poller's lease /ocsp-agent/lease/
 # The members are in T_PIDS: the exit trap stops them with every other process.
 
 export ETCDCTL_API=3
@@ -742,7 +748,7 @@ _etcd_spawn() {
         --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
         --initial-cluster "$3" --initial-cluster-state "$2" --initial-cluster-token "$ETCD_TOKEN" \
         --heartbeat-interval 100 --election-timeout 1000 </dev/null >>"${ETCD_LOG[$i]}" 2>&1 &
-    ETCD_PID[$i]=$!
+    ETCD_PID[i]=$!
     T_PIDS+=("${ETCD_PID[$i]}")
 }
 
@@ -756,13 +762,25 @@ etcd_healthy() {
     fi
 }
 
-# _etcd_wait_healthy WHAT: waits (at most 30 s: a member that rejoins may first have to catch up) until every member
+# etcd_wait_healthy WHAT: waits (at most 30 s: a member that rejoins may first have to catch up) until every member
 # is healthy; bails out otherwise, showing the members' last log lines.
-_etcd_wait_healthy() {
+etcd_wait_healthy() {
     local i logs=()
     wait_until 30 etcd_healthy && return 0
     for i in $(seq 1 "$ETCD_N"); do logs+=("${ETCD_NAME[$i]}:" "$(tail -n 5 "${ETCD_LOG[$i]}")"); done
     bail "$1: every etcd member is healthy within 30 s" "$(ectl endpoint health 2>&1)" "${logs[@]}"
+}
+
+# etcd_store_or_skip: ends the suite as skipped when this ocsp-agent refuses an etcd:// cluster at start-up (the
+# store behind it is not in the build yet); an agent that accepts it is stopped after 2 s, and the suite goes on.
+etcd_store_or_skip() {
+    mkdir -p "$T_DIR/etcd-probe"
+    timeout -k 1 2 "$OA_AGENT_BIN" --no-auth --listen 127.0.0.1:0 --data-dir "$T_DIR/etcd-probe" \
+        --cluster etcd://127.0.0.1:1 </dev/null >/dev/null 2>"$T_DIR/etcd-probe.err"
+    if grep -qF 'expected redis[s]://' "$T_DIR/etcd-probe.err"; then
+        echo "skipped: this ocsp-agent does not run on etcd yet: $(tail -n 1 "$T_DIR/etcd-probe.err")"
+        exit 0
+    fi
 }
 
 start_etcd_cluster() {
@@ -775,11 +793,11 @@ start_etcd_cluster() {
     # A token of its own, so that members of another suite's cluster could never join this one.
     ETCD_TOKEN="oa-$T_NAME-$$-$RANDOM$RANDOM"
     for i in $(seq 1 "$n"); do
-        ETCD_NAME[$i]="m$i"
-        ETCD_DATA[$i]="$T_DIR/etcd-m$i"
-        ETCD_LOG[$i]="$T_DIR/etcd-m$i.log"
-        ETCD_CLIENT_PORT[$i]=$(_etcd_port) || bail "no free port for etcd"
-        ETCD_PEER_PORT[$i]=$(_etcd_port) || bail "no free port for etcd"
+        ETCD_NAME[i]="m$i"
+        ETCD_DATA[i]="$T_DIR/etcd-m$i"
+        ETCD_LOG[i]="$T_DIR/etcd-m$i.log"
+        ETCD_CLIENT_PORT[i]=$(_etcd_port) || bail "no free port for etcd"
+        ETCD_PEER_PORT[i]=$(_etcd_port) || bail "no free port for etcd"
         initial+=("m$i=http://127.0.0.1:${ETCD_PEER_PORT[$i]}")
         endpoints+=("127.0.0.1:${ETCD_CLIENT_PORT[$i]}")
     done
@@ -787,7 +805,7 @@ start_etcd_cluster() {
     ETCD_URL="etcd://$ETCD_ENDPOINTS"
     export ETCD_URL ETCD_ENDPOINTS
     for i in $(seq 1 "$n"); do _etcd_spawn "$i" new "$(IFS=,; echo "${initial[*]}")"; done
-    _etcd_wait_healthy "start_etcd_cluster $n"
+    etcd_wait_healthy "start_etcd_cluster $n"
 }
 
 # _etcd_end I SIGNAL: sends SIGNAL to member I and reaps it (SIGKILL after 5 s); a stopped member is continued so
@@ -807,12 +825,18 @@ etcd_member_kill() { _etcd_end "$1" KILL; }
 etcd_member_stop() { kill -STOP "${ETCD_PID[$1]}"; }
 etcd_member_cont() { kill -CONT "${ETCD_PID[$1]}"; }
 
-etcd_member_restart() {
-    _etcd_end "$1" TERM
+# etcd_member_start I: starts member I again on its data dir, without waiting (after all members were stopped, none
+# is healthy before a majority runs).
+etcd_member_start() {
     # On a data dir that holds a member, etcd ignores the initial-cluster flags: they are given only because etcd
     # wants them well formed.
     _etcd_spawn "$1" existing "${ETCD_NAME[$1]}=http://127.0.0.1:${ETCD_PEER_PORT[$1]}"
-    _etcd_wait_healthy "etcd_member_restart $1"
+}
+
+etcd_member_restart() {
+    _etcd_end "$1" TERM
+    etcd_member_start "$1"
+    etcd_wait_healthy "etcd_member_restart $1"
 }
 
 # _etcd_member_id ENDPOINTS NAME: the hex id of the member NAME (`member list` prints "ID, status, name, peer URLs,
@@ -847,6 +871,9 @@ etcd_member_wipe_readd() {
     done
     others=$(IFS=,; echo "${list[*]}")
     _etcd_end "$i" KILL
+    # A removal sent while the others still elect a new leader (the member was the leader) would wait for the
+    # election and likely time out: it is sent once another member leads.
+    wait_until 15 _etcd_has_leader || bail "etcd_member_wipe_readd $i: a member leads within 15 s"
     : >"$T_DIR/etcdctl.err"
     wait_until 30 _etcd_removed "$others" "${ETCD_NAME[$i]}" ||
         bail "etcd_member_wipe_readd $i: ${ETCD_NAME[$i]} is removed within 30 s" "$(tail -n 3 "$T_DIR/etcdctl.err")"
@@ -855,14 +882,24 @@ etcd_member_wipe_readd() {
         bail "etcd_member_wipe_readd $i: ${ETCD_NAME[$i]} is added within 30 s" "$(tail -n 3 "$T_DIR/etcdctl.err")"
     # What `member add` prints as ETCD_INITIAL_CLUSTER: every member, the new one with its peer URL.
     _etcd_spawn "$i" existing "$(IFS=,; echo "${initial[*]}")"
-    _etcd_wait_healthy "etcd_member_wipe_readd $i"
+    etcd_wait_healthy "etcd_member_wipe_readd $i"
 }
 
-# etcd_leader: the index of the member that is the leader (nothing when no member answering knows one). Member
+_etcd_has_leader() { etcd_leader >/dev/null; }
+
+# etcd_leader: the index of the member that is the leader (nothing, and 1, when no member answering knows one). Only
+# the members running (not killed, not paused) are asked: etcdctl would wait its whole timeout for the others. Member
 # and leader ids are 64-bit integers, which jq would round: python compares them.
 etcd_leader() {
-    local ep i
-    ep=$(ectl endpoint status -w json 2>/dev/null | python3 -c '
+    local ep i running=()
+    for i in $(seq 1 "$ETCD_N"); do
+        [ -n "${ETCD_PID[$i]}" ] && proc_alive "${ETCD_PID[$i]}" || continue
+        [ "$(sed 's/^.*) //' "/proc/${ETCD_PID[$i]}/stat" 2>/dev/null | cut -d' ' -f1)" != T ] || continue
+        running+=("127.0.0.1:${ETCD_CLIENT_PORT[$i]}")
+    done
+    [ ${#running[@]} -gt 0 ] || return 1
+    ep=$(etcdctl --endpoints "$(IFS=,; echo "${running[*]}")" --dial-timeout=1s --command-timeout=2s \
+        endpoint status -w json 2>/dev/null | python3 -c '
 import json, sys
 for e in json.load(sys.stdin):
     s = e.get("Status", {})
@@ -871,7 +908,26 @@ for e in json.load(sys.stdin):
         break
 ' 2>/dev/null)
     for i in $(seq 1 "$ETCD_N"); do
-        [ "${ep##*:}" != "${ETCD_CLIENT_PORT[$i]}" ] || { echo "$i"; return 0; }
+        [ -z "$ep" ] || [ "${ep##*:}" != "${ETCD_CLIENT_PORT[$i]}" ] || { echo "$i"; return 0; }
     done
     return 1
+}
+
+etcd_value() { ectl get --print-value-only "$1" 2>/dev/null; }
+etcd_keys() { ectl get --prefix --keys-only "$1" 2>/dev/null | grep .; }
+
+# The first value under PREFIX (the suites run one CertID, so there is one).
+_etcd_first_value() { ectl get --prefix --print-value-only "$1" 2>/dev/null | head -n 1; }
+
+etcd_status_node() { _etcd_first_value /ocsp-agent/status/ | jq -r '.node // empty' 2>/dev/null; }
+
+# The lease key holds the holder's node id, as text or as a JSON object with "node".
+etcd_lease_holder() {
+    local v
+    v=$(_etcd_first_value /ocsp-agent/lease/)
+    if printf '%s' "$v" | jq -e 'type == "object"' >/dev/null 2>&1; then
+        printf '%s' "$v" | jq -r '.node // empty'
+    else
+        printf '%s\n' "$v" | sed 's/^"\(.*\)"$/\1/'
+    fi
 }
