@@ -30,22 +30,7 @@ ETCD_SLACK_MS=1000
 make_users admin
 start_pki_responder
 
-# The nodes (start_node, on, the waits and the query log readers) come from the Redis harness; only their store
-# differs: every node is pointed at the etcd cluster.
-source "$(dirname "$0")/cluster_lib.sh"
-etcd_store_or_skip
-start_etcd_cluster 3
-CLUSTER=$ETCD_URL
-
-# The configuration the store holds, as a JSON object, whichever way the record nests it (an object, or its text).
-stored_conf() {
-    etcd_value /ocsp-agent/conf | jq -c '(.conf // .) | if type == "string" then fromjson else . end' 2>/dev/null
-}
-stored_status() { ectl get --prefix --print-value-only /ocsp-agent/status/ 2>/dev/null | head -n 1; }
-conf_version_of() { jq -r '.conf_version // empty' "$T_DIR/data-$1/cluster.json" 2>/dev/null; }
-# registered NODE: 0 while NODE has a registry key.
-registered() { etcd_keys /ocsp-agent/node/ | grep -q "/$1\$"; }
-not_registered() { ! registered "$1"; }
+source "$(dirname "$0")/cluster_etcd_lib.sh"
 
 # ---------------------------------------------------------------------------------------------------------------
 echo "# start-up refusals"
@@ -55,24 +40,18 @@ assert_start_fails "--cluster-user without its password" '^ocsp-agent: --cluster
     --users "$USERS_FILE" --cluster "$ETCD_URL" --cluster-user agent
 
 echo "# --cluster-tls against plain members"
-start_node tls-on-plain --cluster-tls
-if wait_log 'event=store_unavailable' 10; then
-    pass "--cluster-tls against plain members: store_unavailable is logged"
-else
-    fail "--cluster-tls against plain members: store_unavailable is logged" "$(tail -n 5 "$AGENT_LOG")"
-fi
-assert_no_match "--cluster-tls against plain members never connects" 'event=store_connected' "$(cat "$AGENT_LOG")"
-stop_checked "--cluster-tls node stops cleanly"
-unset 'N_PID[tls-on-plain]' 'N_PORT[tls-on-plain]' 'N_LOG[tls-on-plain]'
+n=tls-on-plain
+start_node "$n" --cluster-tls
+# A TLS handshake with a member that speaks plain HTTP fails on every member in turn.
+assert_wait_until "$n: store_unavailable is logged" 10 grep -q 'event=store_unavailable' "$AGENT_LOG"
+assert_file_lacks "$n never connects" "$AGENT_LOG" 'event=store_connected'
+stop_checked "$n stops cleanly"
+# Forgotten, so that the checks that read every node's log see only n1..n3.
+unset "N_PID[$n]" "N_PORT[$n]" "N_LOG[$n]"
 
 echo "# three nodes"
-for n in n1 n2 n3; do
-    start_node "$n"
-    wait_log 'event=store_connected' 10 && pass "$n connects to the store" || fail "$n connects to the store"
-done
-for n in n1 n2 n3; do
-    assert_wait_until "$n is in the registry" 5 registered "$n"
-done
+for n in n1 n2 n3; do start_connected "$n"; done
+for n in n1 n2 n3; do assert_wait_until "$n is in the registry" 5 registered "$n"; done
 
 echo "# a PUT on one node is on the others within a bounded time"
 on n1
@@ -81,13 +60,8 @@ put_json /v1/ocsp '{"ocsp_functionality": true, "query_frequency": 60, "recovery
 PUT_STATUS=$STATUS PUT_BODY=$BODY
 # Read first: the answer came after the store confirmed the write, so the store holds it already.
 stored=$(stored_conf)
-for n in n2 n3; do
-    if wait_conf "$n" '.ocsp_functionality == true and .query_frequency == 60' 2; then
-        pass "GET on $n shows the change ($(($(now_ms) - t0)) ms after the PUT was sent)"
-    else
-        fail "GET on $n shows the change within 2 s" "$BODY"
-    fi
-done
+assert_conf_on "GET shows the change" 2 '.ocsp_functionality == true and .query_frequency == 60' n2 n3
+echo "# the others served it $(($(now_ms) - t0)) ms after the PUT was sent"
 STATUS=$PUT_STATUS BODY=$PUT_BODY
 assert_status "PUT on n1" 200
 assert_json "PUT answers the new configuration" '.ocsp_functionality' true
@@ -100,14 +74,8 @@ assert_match "n1 records a configuration version" '^[0-9]+$' "$v1"
 for n in n2 n3; do assert_wait_eq "$n records the version of n1" 2 "$v1" conf_version_of "$n"; done
 
 echo "# every node serves the poller's response and writes its own staple"
-for n in n1 n2 n3; do
-    if wait_status_on "$n" '.cert_status == "GOOD" and .state == "valid"' 8; then
-        pass "$n serves GOOD (valid)"
-    else
-        fail "$n serves GOOD (valid)" "$BODY"
-    fi
-    [ -s "$T_DIR/data-$n/ocsp.der" ] && pass "$n wrote its staple file" || fail "$n wrote its staple file"
-done
+assert_status_on "serves GOOD (valid)" 8 '.cert_status == "GOOD" and .state == "valid"' n1 n2 n3
+for n in n1 n2 n3; do assert_eq "$n wrote its staple file" yes "$([ -s "$T_DIR/data-$n/ocsp.der" ] && echo yes)"; done
 POLLER=$(etcd_lease_holder)
 assert_match "one node holds the lease" '^n[123]$' "$POLLER"
 assert_wait_eq "the stored status names the poller" 3 "$POLLER" etcd_status_node
@@ -139,11 +107,11 @@ assert_eq "only the poller queried" "$POLLER " "$(printf '%s\n' "$q" | awk '{pri
 
 echo "# the poller dies: another node takes over within the lease"
 t_kill=$(now_ms)
-kill -KILL "${N_PID[$POLLER]}"
-wait "${N_PID[$POLLER]}" 2>/dev/null
-forget_pid "${N_PID[$POLLER]}"
 DEAD=$POLLER
-unset "N_PID[$DEAD]"
+# Its log stays readable for the query counts below; the rest of it is forgotten.
+DEAD_LOG=${N_LOG[$DEAD]}
+kill_node "$DEAD"
+N_LOG[$DEAD]=$DEAD_LOG
 NEW=
 took_over() { # two scheduled queries of a live node since the kill
     NEW=$(etcd_lease_holder)
@@ -161,69 +129,56 @@ assert_file_contains "the new poller logs the takeover" "$AGENT_LOG" 'event=clus
 assert_wait_eq "the stored status is the new poller's" 3 "$NEW" etcd_status_node
 unset "N_LOG[$DEAD]" "N_PORT[$DEAD]"
 read -r A B <<<"$(for n in n1 n2 n3; do [ "$n" != "$DEAD" ] && echo "$n"; done | tr '\n' ' ')"
-LIVE="$A $B"
+LIVE=("$A" "$B")
 
 echo "# a node without the ocsp capability: 406 everywhere, naming it"
 start_node old --capabilities ""
-for n in $LIVE; do
-    if wait_http "$n" GET /v1/ocsp 406 4; then pass "$n: GET /v1/ocsp answers 406"; else
-        fail "$n: GET /v1/ocsp answers 406" "$STATUS $BODY"; fi
-    assert_error "$n: 406 body" 406 ocsp_unsupported_by_capability
-    assert_match "$n: the description names the node" '\bold\b' "$(jq -r .description <<<"$BODY")"
-done
+assert_http_on "GET /v1/ocsp answers 406" 4 GET /v1/ocsp 406 "${LIVE[@]}"
 on "$A"
-req GET /v1/ocsp/status
-assert_error "GET /v1/ocsp/status" 406 ocsp_unsupported_by_capability
-put_json /v1/ocsp '{"query_frequency": 61}'
-assert_error "PUT /v1/ocsp" 406 ocsp_unsupported_by_capability
-req POST /v1/ocsp/test
-assert_error "POST /v1/ocsp/test" 406 ocsp_unsupported_by_capability
-# Killed, not stopped: only the expiry of its registry key can tell the others.
-kill -KILL "${N_PID[old]}"
-wait "${N_PID[old]}" 2>/dev/null
-forget_pid "${N_PID[old]}"
-unset "N_PID[old]" "N_LOG[old]" "N_PORT[old]"
-t0=$(now_ms)
-for n in $LIVE; do
-    if wait_http "$n" GET /v1/ocsp 200 8; then pass "$n: 200 again once the old node's key expired"; else
-        fail "$n: 200 again once the old node's key expired" "$STATUS $BODY"; fi
+for call in "GET /v1/ocsp" "GET /v1/ocsp/status" "PUT /v1/ocsp" "POST /v1/ocsp/test"; do
+    if [ "${call% *}" = PUT ]; then put_json /v1/ocsp '{"query_frequency": 61}'; else req "${call% *}" "${call#* }"; fi
+    assert_error "$A: $call" 406 ocsp_unsupported_by_capability
+    assert_match "$A: $call: the description names the node" '\bold\b' "$(jq -r .description <<<"$BODY")"
 done
+# Killed, not stopped: only the expiry of its registry key can tell the others.
+kill_node old
+t0=$(now_ms)
+assert_http_on "200 again once the old node's key expired" 8 GET /v1/ocsp 200 "${LIVE[@]}"
 assert_between "the key expired within its 3 s lifetime + one heartbeat + etcd's slack (ms)" 0 \
     $((LEASE_MS + 1000 + ETCD_SLACK_MS + 1000)) $(($(now_ms) - t0))
 assert_eq "the old node's registry key is gone" 1 "$(not_registered old && echo 1)"
 
 echo "# every member stops"
 for i in 1 2 3; do etcd_member_kill "$i"; done
-for n in $LIVE; do
-    on "$n"
-    if wait_log 'event=store_unavailable' 8; then pass "$n notices the outage"; else fail "$n notices the outage"; fi
+for n in "${LIVE[@]}"; do
+    assert_wait_until "$n notices the outage" 8 grep -q 'event=store_unavailable' "${N_LOG[$n]}"
 done
+# A node judges a body before it asks the store: an invalid one is the client's error whatever the store's state,
+# and one that changes nothing needs no store. Each line: query_frequency, then the expected status and error code.
 on "$A"
-put_json /v1/ocsp '{"query_frequency": 90}'
-assert_error "PUT while the store is down" 503 cluster_store_unavailable
-put_json /v1/ocsp '{"query_frequency": 1}'
-assert_error "an invalid PUT while the store is down" 400 invalid_schema
-put_json /v1/ocsp '{"query_frequency": 60}'
-assert_status "a PUT that changes nothing while the store is down" 200
-for n in $LIVE; do
-    on "$n"
-    req GET /v1/ocsp
-    assert_status "$n: GET while the store is down" 200
-    assert_json "$n: GET serves the last known configuration" '.query_frequency' 60
-    req GET /v1/ocsp/status
-    assert_status "$n: GET /v1/ocsp/status while the store is down" 200
-    assert_json "$n: the status is still served" '.cert_status' GOOD
-done
+while read -r qf want code; do
+    put_json /v1/ocsp "{\"query_frequency\": $qf}"
+    if [ "$code" = - ]; then assert_status "PUT query_frequency=$qf while the store is down" "$want"; else
+        assert_error "PUT query_frequency=$qf while the store is down" "$want" "$code"; fi
+done <<'CASES'
+90 503 cluster_store_unavailable
+1 400 invalid_schema
+60 200 -
+CASES
+# Asked once each (no waiting): a node answers from what it holds.
+assert_conf_on "GET serves the last known configuration while the store is down" 0 '.query_frequency == 60' \
+    "${LIVE[@]}"
+assert_status_on "GET /v1/ocsp/status serves GOOD while the store is down" 0 '.cert_status == "GOOD"' "${LIVE[@]}"
 # Deliberate: 2 s more of the outage pass, to show that no node logs it a second time while it keeps retrying.
 sleep 2
-for n in $LIVE; do
+for n in "${LIVE[@]}"; do
     assert_eq "$n logs store_unavailable once" 1 "$(grep -c 'event=store_unavailable' "${N_LOG[$n]}")"
 done
 
 echo "# the members start again on their data: everything resynchronises"
 for i in 1 2 3; do etcd_member_start "$i"; done
 etcd_wait_healthy "the members after the outage"
-for n in $LIVE; do
+for n in "${LIVE[@]}"; do
     on "$n"
     if wait_log 'event=store_reconnected' 10; then pass "$n logs store_reconnected"; else
         fail "$n logs store_reconnected"; fi
@@ -233,10 +188,9 @@ assert_jq "the store kept the configuration" '.query_frequency == 60 and .ocsp_f
 on "$B"
 put_json /v1/ocsp '{"query_frequency": 90}'
 assert_status "PUT after the store is back" 200
-wait_conf "$A" '.query_frequency == 90' 2 && pass "the change reaches $A" || fail "the change reaches $A" "$BODY"
+assert_conf_on "the change arrives" 2 '.query_frequency == 90' "$A"
 assert_jq "the store holds the change" '.query_frequency == 90' "$(stored_conf)"
-if wait_status_on "$A" '.cert_status == "GOOD"' 2; then pass "the status is served after the outage"; else
-    fail "the status is served after the outage" "$BODY"; fi
+assert_status_on "the status is served after the outage" 2 '.cert_status == "GOOD"' "$A"
 assert_wait_match "a poller holds the lease again (within 5 s)" 5 '^n[123]$' etcd_lease_holder
 
 echo "# a node that was away resynchronises by version"
@@ -246,8 +200,7 @@ put_json /v1/ocsp '{"recovery_max_tries": 9}'
 assert_status "PUT while $B is down" 200
 v=$(conf_version_of "$A")
 start_node "$B"
-if wait_conf "$B" '.recovery_max_tries == 9 and .query_frequency == 90' 3; then pass "$B resynchronised"; else
-    fail "$B resynchronised" "$BODY"; fi
+assert_conf_on "resynchronised" 3 '.recovery_max_tries == 9 and .query_frequency == 90' "$B"
 assert_wait_eq "$B records version $v" 3 "$v" conf_version_of "$B"
 
 echo "# orderly stop leaves the registry at once"

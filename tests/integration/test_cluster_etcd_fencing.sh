@@ -17,10 +17,7 @@ PAUSE_S=6
 make_users admin
 start_pki_responder
 
-source "$(dirname "$0")/cluster_lib.sh"
-etcd_store_or_skip
-start_etcd_cluster 3
-CLUSTER=$ETCD_URL
+source "$(dirname "$0")/cluster_etcd_lib.sh"
 
 # is_poller NODE: 0 when NODE's metrics say it holds the lease.
 is_poller() {
@@ -39,17 +36,8 @@ has_poller() { the_poller >/dev/null; }
 
 # ---------------------------------------------------------------------------------------------------------------
 echo "# two nodes on one certificate"
-for n in a b; do
-    start_node "$n" --cluster-lease "$LEASE_MS"
-    wait_log 'event=store_connected' 10 && pass "$n connects to the store" || fail "$n connects to the store"
-done
-on a
-put_json /v1/ocsp '{"ocsp_functionality": true, "query_frequency": 60, "recovery_frequency": 60}'
-assert_status "PUT turns querying on" 200
-for n in a b; do
-    if wait_status_on "$n" '.cert_status == "GOOD" and .state == "valid"' 8; then pass "$n serves GOOD (valid)"; else
-        fail "$n serves GOOD (valid)" "$BODY"; fi
-done
+for n in a b; do start_connected "$n" --cluster-lease "$LEASE_MS"; done
+querying_on a b
 assert_wait_until "exactly one node reports itself the poller" 5 has_poller
 FIRST=$(the_poller) || bail "a poller is found"
 if [ "$FIRST" = a ]; then SECOND=b; else SECOND=a; fi
@@ -97,9 +85,6 @@ else
 fi
 assert_wait_until "$FIRST's metrics say it is not the poller" 2 eval "! is_poller $FIRST"
 assert_eq "only $SECOND reports itself the poller" "$SECOND" "$(the_poller)"
-for n in a b; do
-    if wait_status_on "$n" '.cert_status == "GOOD"' 3; then pass "$n still serves GOOD"; else
-        fail "$n still serves GOOD" "$BODY"; fi
-done
+assert_status_on "still serves GOOD" 3 '.cert_status == "GOOD"' a b
 
 for n in a b; do stop_node "$n"; done
