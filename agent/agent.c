@@ -165,9 +165,11 @@ static void on_sched_state(void *data, const oa_sched_view_t *v)
         oa_cluster_publish_state(a->cluster, v);
 }
 
-/* The TLS context for the store, made at start-up (so that a bad file stops it) and by a reload. The one error line
- * names the option whose file is at fault: the CA file, else the certificate when it could not be loaded, else the
- * key; *file (when not NULL) is set to that file, or NULL when no file is to blame (--cluster-tls alone). */
+/* The TLS context for the store, made at start-up (so that a bad file stops it) and by a reload. It names no host:
+ * each connection sets the name the store's certificate must carry (the URL's host for Redis, the member's host as
+ * listed for etcd), so one context serves every member of an etcd cluster. The one error line names the option
+ * whose file is at fault: the CA file, else the certificate when it could not be loaded, else the key; *file (when
+ * not NULL) is set to that file, or NULL when no file is to blame (--cluster-tls alone). */
 static int cluster_tls_ctx(const oa_options_t *o, SSL_CTX **out, const char **file, oa_error_t *err)
 {
     SSL_CTX *ctx = NULL;
@@ -267,6 +269,7 @@ static int start_cluster(oa_agent_t *a, oa_error_t *err)
     snprintf(api, sizeof(api), "%s://%s", a->tls != NULL ? "https" : "http", o->listen);
     memset(&co, 0, sizeof(co));
     co.url = o->cluster_url;
+    co.user = o->cluster_user;
     co.password = o->cluster_password;
     co.tls = a->cluster_tls; /* the cluster takes its own reference */
     co.node_id = o->node_id;

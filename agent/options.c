@@ -42,7 +42,7 @@ typedef enum kind_e {
     K_URL,     /* an http:// URL */
     K_NODE_ID, /* printable, bounded */
     K_FLAG,    /* no value on the command line, a boolean in the file; the field is a bool */
-    K_CLUSTER_URL, /* redis[s]://HOST:PORT[/DB] */
+    K_CLUSTER_URL, /* redis[s]://HOST:PORT[/DB] or etcd://HOST:PORT[,HOST:PORT...] */
     K_CAPS,    /* a comma-separated list of names, possibly empty */
     K_LOG_FORMAT,
     K_LOG_LEVEL,
@@ -79,6 +79,7 @@ static const optdef_t optdefs[] = {
     {"time-scale", K_TIME_SCALE, FIELD(time_scale), 1},
     {"max-connections", K_MAX_CONNECTIONS, FIELD(max_connections), 1},
     {"cluster", K_CLUSTER_URL, FIELD(cluster_url), 1},
+    {"cluster-user", K_STRING, FIELD(cluster_user), 1},
     {"cluster-password", K_STRING, FIELD(cluster_password), 1},
     {"cluster-tls", K_FLAG, FIELD(cluster_tls), 1},
     {"cluster-ca", K_STRING, FIELD(cluster_ca), 1},
@@ -128,11 +129,14 @@ static const char usage[] =
     "  --log-level LEVEL       debug, info, warn or error (default info)\n"
     "  --time-scale F          multiplies the query and recovery intervals, 0.0001 to 1000 (default 1)\n"
     "  --max-connections N     concurrent API connections, 1 to 65536 (default 1024)\n"
-    "  --cluster URL           share configuration and status with other nodes through Redis,\n"
-    "                          redis://HOST:PORT[/DB], or rediss://... for TLS (default: a single node)\n"
-    "  --cluster-password P    the Redis AUTH password\n"
-    "  --cluster-tls           TLS to Redis; the store's certificate must name the URL's host\n"
-    "                          (default off)\n"
+    "  --cluster URL           share configuration and status with other nodes through a store:\n"
+    "                          Redis, redis://HOST:PORT[/DB] or rediss://... for TLS, or the members\n"
+    "                          of an etcd cluster, etcd://HOST:PORT[,HOST:PORT...] (default port 2379)\n"
+    "                          (default: a single node)\n"
+    "  --cluster-user U        etcd only: the user to authenticate as; needs --cluster-password\n"
+    "  --cluster-password P    the Redis AUTH password, or the etcd password of --cluster-user\n"
+    "  --cluster-tls           TLS to the store; its certificate must name the URL's host (for etcd,\n"
+    "                          each member's host as listed) (default off)\n"
     "  --cluster-ca PEM        CAs that verify the store's certificate (default: the system's\n"
     "                          trust store)\n"
     "  --cluster-cert PEM      client certificate chain, for a store that asks for one; needs\n"
@@ -315,11 +319,13 @@ static int apply_text(ctx_t *c, const optdef_t *d, const char *s)
         }
         return set_cluster_lease(c, d, strtoll(s, NULL, 10), shown);
     case K_CLUSTER_URL: {
-        char rhost[OA_CLUSTER_HOST_MAX];
+        char rhost[OA_CLUSTER_HOST_MAX], members[OA_CLUSTER_MEMBERS_MAX][OA_CLUSTER_MEMBER_MAX];
         int rport, rdb;
+        size_t nmembers;
         oa_error_t uerr;
 
-        if (oa_cluster_url_parse(s, rhost, &rport, &rdb, &uerr) != 0)
+        if ((oa_cluster_url_is_etcd(s) ? oa_cluster_etcd_url_parse(s, members, &nmembers, &uerr)
+                                       : oa_cluster_url_parse(s, rhost, &rport, &rdb, &uerr)) != 0)
             return value_error(c, d, "%s", strncmp(uerr.text, "--cluster: ", 11) == 0 ? uerr.text + 11 : uerr.text);
         return set_string(c, d, s);
     }
@@ -505,6 +511,8 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
     if (o->no_auth && o->users_file != NULL)
         return oa_error_set(err, OA_E_BAD_OPTION, "--no-auth: cannot be combined with --users");
     if (o->cluster_url == NULL) {
+        if (o->cluster_user != NULL)
+            return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-user: needs --cluster");
         if (o->cluster_password != NULL)
             return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-password: needs --cluster");
         if (o->cluster_tls)
@@ -514,6 +522,14 @@ static int check_combinations(oa_options_t *o, oa_error_t *err)
         if (o->cluster_lease_ms != 0)
             return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-lease: needs --cluster");
     }
+    if (o->cluster_user != NULL && !oa_cluster_url_is_etcd(o->cluster_url))
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-user: only for an etcd:// cluster (Redis AUTH takes a "
+                            "password alone)");
+    if (o->cluster_user != NULL && o->cluster_password == NULL)
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-user: needs --cluster-password");
+    /* etcd authenticates a user with a password: a password alone would be silently unused. */
+    if (o->cluster_password != NULL && o->cluster_user == NULL && oa_cluster_url_is_etcd(o->cluster_url))
+        return oa_error_set(err, OA_E_BAD_OPTION, "--cluster-password: needs --cluster-user with an etcd:// cluster");
     /* rediss:// asks for TLS as --cluster-tls does. */
     if (oa_cluster_url_is_tls(o->cluster_url))
         o->cluster_tls = true;
@@ -650,6 +666,7 @@ void oa_options_free(oa_options_t *o)
     free(o->data_dir);
     free(o->node_id);
     free(o->cluster_url);
+    free(o->cluster_user);
     free(o->cluster_password);
     free(o->cluster_ca);
     free(o->cluster_cert);

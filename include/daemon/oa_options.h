@@ -5,6 +5,7 @@
  *              [--cert PEM] [--issuer PEM] [--responder-url URL] [--data-dir DIR] [--node-id NAME]
  *              [--log-format text|json] [--log-level debug|info|warn|error] [--time-scale F]
  *              [--max-connections N] [--cluster redis[s]://HOST:PORT[/DB] [--cluster-password P]
+ *              | --cluster etcd://HOST:PORT[,HOST:PORT...] [--cluster-user U --cluster-password P]
  *              [--cluster-tls [--cluster-ca PEM] [--cluster-cert PEM --cluster-key PEM]] [--capabilities LIST]
  *              [--cluster-lease MS]]
  *   ocsp-agent passwd
@@ -48,8 +49,9 @@ typedef struct oa_options_s {
     int max_connections; /* default 1024; accepted range 1..65536 */
 
     /* Cluster mode (oa_cluster.h); all unset without --cluster. */
-    char *cluster_url;      /* redis://HOST:PORT[/DB], or rediss://... for TLS */
-    char *cluster_password; /* AUTH password of the store */
+    char *cluster_url;      /* redis://HOST:PORT[/DB], rediss://... for TLS, or etcd://HOST:PORT[,HOST:PORT...] */
+    char *cluster_user;     /* etcd only: the user to authenticate as; needs cluster_password */
+    char *cluster_password; /* AUTH password of Redis, or the password of cluster_user on etcd */
     bool cluster_tls;       /* TLS to the store; also set by a rediss:// URL */
     char *cluster_ca;       /* PEM CAs that verify the store's certificate; NULL: the system's trust store */
     char *cluster_cert;     /* client certificate chain for the store; both or neither of cluster_cert/cluster_key */
@@ -72,8 +74,9 @@ typedef struct oa_options_s {
 /*
  * Parses argv (argv[0] is the program name) and the --config file it names, applies defaults and checks every
  * value: ranges, both-or-neither TLS files (--tls-cert/--tls-key, --cluster-cert/--cluster-key), the --cluster-ca/
- * --cluster-cert/--cluster-key files only with --cluster-tls, --no-auth only on loopback, users file or --no-auth
- * required to run.
+ * --cluster-cert/--cluster-key files only with --cluster-tls, --cluster-user only with an etcd:// cluster and with
+ * --cluster-password (which an etcd:// cluster takes only with --cluster-user), --no-auth only on loopback, users
+ * file or --no-auth required to run.
  * Whether the named files exist and parse is checked later by the modules that load them. Returns 0, or -1 with
  * err filled (OA_E_BAD_OPTION, or OA_E_BAD_FILE for the --config file) with one sentence naming the option, e.g.
  * "--query-frequency: unknown option" or "--time-scale: expected a number from 0.0001 to 1000, got \"abc\"".

@@ -620,6 +620,34 @@ static void assert_refused_with_file(size_t i, int rc, const oa_error_t *err, oa
         fail_msg("case %zu: got %d, code %d \"%s\"; want code %d \"%s\"", i, rc, err->code, err->text, code, want);
 }
 
+/* Fails unless the --help text holds each of the n strings of must. */
+static void assert_usage_has(const char *const *must, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strstr(oa_options_usage(), must[i]) == NULL)
+            fail_msg("usage text lacks \"%s\"", must[i]);
+}
+
+/* Runs case i of a table with a --config file: parses it (parse_with_file) and, when text is not NULL, asserts that
+ * it was refused with code and text. Returns 1 when it was accepted, as it must be when text is NULL (o then holds
+ * the values to check), 0 when it was refused as expected. o must be freed either way. */
+static int run_file_case(size_t i, const char *const *args, size_t nargs, const char *file, oa_errcode_t code,
+                         const char *text, const char *path, oa_options_t *o)
+{
+    oa_error_t err;
+    int rc = parse_with_file(args, nargs, file, path, o, &err);
+
+    if (text != NULL) {
+        assert_refused_with_file(i, rc, &err, code, text, path);
+        return 0;
+    }
+    if (rc != 0)
+        fail_msg("case %zu: %s", i, err.text);
+    return 1;
+}
+
 /* --cluster-lease: on the command line and in the file, its range, its type in the file, and that it needs
  * --cluster. Config files are written to a temporary directory, "%s" in args standing for it. */
 static void test_cluster_lease(void **state)
@@ -704,21 +732,15 @@ static void test_cluster_lease(void **state)
     };
     char dir[] = "/tmp/oa-options-XXXXXX", path[64];
     oa_options_t o;
-    oa_error_t err;
     size_t i;
-    int rc;
 
     (void)state;
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/lease.json", dir);
     for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
-        rc = parse_with_file(cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, path, &o, &err);
-        if (cases[i].text == NULL) {
-            if (rc != 0)
-                fail_msg("case %zu: %s", i, err.text);
+        if (run_file_case(i, cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, cases[i].code,
+                          cases[i].text, path, &o)) {
             assert_int_equal(o.cluster_lease_ms, cases[i].lease);
-        } else {
-            assert_refused_with_file(i, rc, &err, cases[i].code, cases[i].text, path);
         }
         oa_options_free(&o);
     }
@@ -789,33 +811,124 @@ static void test_cluster_tls_options(void **state)
                                              "--cluster-key PEM", "rediss://", "trust store"};
     char dir[] = "/tmp/oa-options-XXXXXX", path[64];
     oa_options_t o;
-    oa_error_t err;
     size_t i;
-    int rc;
 
     (void)state;
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/tls.json", dir);
     for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
-        rc = parse_with_file(cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, path, &o, &err);
-        if (cases[i].text == NULL) {
-            if (rc != 0)
-                fail_msg("case %zu: %s", i, err.text);
+        if (run_file_case(i, cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, cases[i].code,
+                          cases[i].text, path, &o)) {
             if (o.cluster_tls != cases[i].tls)
                 fail_msg("case %zu: cluster_tls is %d", i, (int)o.cluster_tls);
             assert_str_or_null("cluster_ca", o.cluster_ca, cases[i].ca);
             assert_str_or_null("cluster_cert", o.cluster_cert, cases[i].cert);
             assert_str_or_null("cluster_key", o.cluster_key, cases[i].key);
-        } else {
-            assert_refused_with_file(i, rc, &err, cases[i].code, cases[i].text, path);
         }
         oa_options_free(&o);
     }
     unlink(path);
     assert_int_equal(rmdir(dir), 0);
-    for (i = 0; i < OA_ARRAY_SIZE(usage_must); i++)
-        if (strstr(oa_options_usage(), usage_must[i]) == NULL)
-            fail_msg("usage text lacks \"%s\"", usage_must[i]);
+    assert_usage_has(usage_must, OA_ARRAY_SIZE(usage_must));
+}
+
+/* An etcd:// cluster: its URL, --cluster-user with --cluster-password, the TLS options, the same in the file, and
+ * every refusal, each one exact sentence. "%s" stands for the config file's path. */
+static void test_cluster_etcd_options(void **state)
+{
+    static const struct {
+        const char *args[14];
+        const char *file; /* the --config file's text, or NULL */
+        const char *url, *user, *password; /* the parsed values when accepted */
+        bool tls;
+        oa_errcode_t code;
+        const char *text; /* NULL: accepted */
+    } cases[] = {
+        {{"--users", "u", "--cluster", "etcd://127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379", NULL},
+         NULL, "etcd://127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379", NULL, NULL, false, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "etcd://e1.example,e2.example", "--cluster-user", "agent",
+          "--cluster-password", "pw", NULL},
+         NULL, "etcd://e1.example,e2.example", "agent", "pw", false, OA_OK, NULL},
+        {{"--users", "u", "--cluster=etcd://[::1]:2379", "--cluster-user=agent", "--cluster-password=pw",
+          "--cluster-tls", "--cluster-ca", "ca.pem", "--cluster-cert", "c.pem", "--cluster-key", "c.key", NULL},
+         NULL, "etcd://[::1]:2379", "agent", "pw", true, OA_OK, NULL},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"etcd://a:2379,b:2379,c:2379\", \"cluster_user\": \"agent\", \"cluster_password\": \"pw\", "
+         "\"cluster_tls\": true}",
+         "etcd://a:2379,b:2379,c:2379", "agent", "pw", true, OA_OK, NULL},
+        /* The command line wins over the file. */
+        {{"--users", "u", "--config", "%s", "--cluster-user", "cli", NULL},
+         "{\"cluster\": \"etcd://a\", \"cluster_user\": \"agent\", \"cluster_password\": \"pw\"}",
+         "etcd://a", "cli", "pw", false, OA_OK, NULL},
+        {{"--users", "u", "--cluster", "etcd://a,a", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster: the etcd member a:2379 is listed twice"},
+        {{"--users", "u", "--cluster", "etcd://a:2379/0", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster: an etcd URL has no path or database part, got \"a:2379/0\""},
+        {{"--users", "u", "--cluster", "etcd://agent:pw@a", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster: credentials in the URL are not accepted; use --cluster-user and --cluster-password"},
+        {{"--users", "u", "--cluster", "etcd://a,,b", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...] without an empty member, got \"etcd://a,,b\""},
+        {{"--users", "u", "--cluster", "etcd://a:99999", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster: expected a port from 1 to 65535 in \"a:99999\""},
+        {{"--users", "u", "--cluster", "redis://h", "--cluster-user", "agent", "--cluster-password", "pw", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster-user: only for an etcd:// cluster (Redis AUTH takes a password alone)"},
+        {{"--users", "u", "--cluster", "rediss://h", "--cluster-user", "agent", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster-user: only for an etcd:// cluster (Redis AUTH takes a password alone)"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-user", "agent", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-user: needs --cluster-password"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-password", "pw", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster-password: needs --cluster-user with an etcd:// cluster"},
+        {{"--users", "u", "--cluster-user", "agent", "--cluster-password", "pw", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-user: needs --cluster"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-user=", "--cluster-password", "pw", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-user: expected a value, got an empty string"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-user", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-user: missing value"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-ca", "ca.pem", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-ca: needs --cluster-tls"},
+        {{"--users", "u", "--cluster", "etcd://a", "--cluster-tls", "--cluster-cert", "c.pem", NULL},
+         NULL, NULL, NULL, NULL, false, OA_E_BAD_OPTION, "--cluster-cert: needs --cluster-key"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"etcd://a\", \"cluster_user\": 7}",
+         NULL, NULL, NULL, false, OA_E_BAD_FILE, "config file %s: \"cluster_user\": expected a string"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"etcd://a,b,a\"}",
+         NULL, NULL, NULL, false, OA_E_BAD_FILE,
+         "config file %s: \"cluster\": the etcd member a:2379 is listed twice"},
+        {{"--users", "u", "--config", "%s", NULL},
+         "{\"cluster\": \"redis://h\", \"cluster_user\": \"agent\", \"cluster_password\": \"pw\"}",
+         NULL, NULL, NULL, false, OA_E_BAD_OPTION,
+         "--cluster-user: only for an etcd:// cluster (Redis AUTH takes a password alone)"},
+    };
+    static const char *const usage_must[] = {"etcd://HOST:PORT[,HOST:PORT...]", "--cluster-user U",
+                                             "each member's host as listed"};
+    char dir[] = "/tmp/oa-options-XXXXXX", path[64];
+    oa_options_t o;
+    size_t i;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/etcd.json", dir);
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        if (run_file_case(i, cases[i].args, OA_ARRAY_SIZE(cases[i].args), cases[i].file, cases[i].code,
+                          cases[i].text, path, &o)) {
+            assert_str_or_null("cluster_url", o.cluster_url, cases[i].url);
+            assert_str_or_null("cluster_user", o.cluster_user, cases[i].user);
+            assert_str_or_null("cluster_password", o.cluster_password, cases[i].password);
+            if (o.cluster_tls != cases[i].tls)
+                fail_msg("case %zu: cluster_tls is %d", i, (int)o.cluster_tls);
+        }
+        oa_options_free(&o);
+    }
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+    assert_usage_has(usage_must, OA_ARRAY_SIZE(usage_must));
 }
 
 /* rediss:// is the TLS form of the cluster URL; the parts are read the same way. */
@@ -967,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_cluster_options),
         cmocka_unit_test(test_cluster_lease),
         cmocka_unit_test(test_cluster_tls_options),
+        cmocka_unit_test(test_cluster_etcd_options),
         cmocka_unit_test(test_cluster_url_tls),
         cmocka_unit_test(test_delivery_options),
         cmocka_unit_test(test_delivery_options_bad),

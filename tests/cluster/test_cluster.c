@@ -361,6 +361,107 @@ static void test_url_parse(void **state)
     }
 }
 
+/* The members of an etcd:// URL, each as "host:port" with the default port filled in; every refusal is one sentence
+ * that names the part at fault. */
+static void test_etcd_url_parse(void **state)
+{
+    static const struct {
+        const char *url;
+        const char *members; /* the members joined by spaces; NULL: refused, text then says why */
+        const char *text;
+    } cases[] = {
+        {"etcd://127.0.0.1:2379", "127.0.0.1:2379", NULL},
+        {"etcd://127.0.0.1", "127.0.0.1:2379", NULL},
+        {"etcd://a.example:1,b.example:65535,c", "a.example:1 b.example:65535 c:2379", NULL},
+        {"etcd://[::1]:23790,[fe80::1]", "[::1]:23790 [fe80::1]:2379", NULL},
+        {"etcd://etcd_1:2379,etcd-2:2379", "etcd_1:2379 etcd-2:2379", NULL},
+        /* The same host on two ports is two members. */
+        {"etcd://h:2379,h:2380", "h:2379 h:2380", NULL},
+        {"etcd://", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...] without an empty member, got "
+                          "\"etcd://\""},
+        {"etcd://a,,b", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...] without an empty member, got "
+                              "\"etcd://a,,b\""},
+        {"etcd://a,", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...] without an empty member, got "
+                            "\"etcd://a,\""},
+        {",a", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...], got \",a\""},
+        {"ETCD://a", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...], got \"ETCD://a\""},
+        {"redis://a", NULL, "--cluster: expected etcd://HOST[:PORT][,HOST[:PORT]...], got \"redis://a\""},
+        {"etcd://root:pw@a:2379", NULL,
+         "--cluster: credentials in the URL are not accepted; use --cluster-user and --cluster-password"},
+        {"etcd://a,b:0", NULL, "--cluster: expected a port from 1 to 65535 in \"b:0\""},
+        {"etcd://a:65536,b", NULL, "--cluster: expected a port from 1 to 65535 in \"a:65536\""},
+        {"etcd://a:,b", NULL, "--cluster: expected a port from 1 to 65535 in \"a:\""},
+        {"etcd://a:x", NULL, "--cluster: expected a port from 1 to 65535 in \"a:x\""},
+        {"etcd://a:-1", NULL, "--cluster: expected a port from 1 to 65535 in \"a:-1\""},
+        {"etcd://a:2379/", NULL, "--cluster: an etcd URL has no path or database part, got \"a:2379/\""},
+        {"etcd://a/0,b", NULL, "--cluster: an etcd URL has no path or database part, got \"a/0\""},
+        {"etcd://a,h h:1", NULL, "--cluster: invalid host in \"h h:1\""},
+        {"etcd://a,:2379", NULL, "--cluster: missing or too long host in \":2379\""},
+        {"etcd://[::1:2379", NULL, "--cluster: unterminated [IPv6] address in \"[::1:2379\""},
+        {"etcd://[]:2379", NULL, "--cluster: missing or too long host in \"[]:2379\""},
+        {"etcd://[etcd.example]:2379", NULL, "--cluster: \"[etcd.example]:2379\" is not an IPv6 address in brackets"},
+        {"etcd://[::1]x", NULL, "--cluster: expected HOST[:PORT] as a member, got \"[::1]x\""},
+        {"etcd://a:2379,b,a", NULL, "--cluster: the etcd member a:2379 is listed twice"},
+        {"etcd://B.example:2379,b.EXAMPLE", NULL, "--cluster: the etcd member b.EXAMPLE:2379 is listed twice"},
+        {"etcd://[::1],[::1]:2379", NULL, "--cluster: the etcd member [::1]:2379 is listed twice"},
+    };
+    char members[OA_CLUSTER_MEMBERS_MAX][OA_CLUSTER_MEMBER_MAX], joined[512], url[600], host[300];
+    oa_error_t err;
+    size_t i, j, n;
+    int rc, port, db;
+
+    (void)state;
+    for (i = 0; i < OA_ARRAY_SIZE(cases); i++) {
+        oa_error_clear(&err);
+        rc = oa_cluster_etcd_url_parse(cases[i].url, members, &n, &err);
+        if (cases[i].members == NULL) {
+            if (rc != -1 || err.code != OA_E_BAD_OPTION || strcmp(err.text, cases[i].text) != 0)
+                fail_msg("%s: got %d \"%s\"; want \"%s\"", cases[i].url, rc, err.text, cases[i].text);
+            continue;
+        }
+        if (rc != 0)
+            fail_msg("%s: %s", cases[i].url, err.text);
+        joined[0] = '\0';
+        for (j = 0; j < n; j++) {
+            if (j > 0)
+                strcat(joined, " ");
+            assert_true(strlen(joined) + strlen(members[j]) < sizeof(joined));
+            strcat(joined, members[j]);
+        }
+        if (strcmp(joined, cases[i].members) != 0)
+            fail_msg("%s: got \"%s\"; want \"%s\"", cases[i].url, joined, cases[i].members);
+    }
+
+    assert_true(oa_cluster_url_is_etcd("etcd://a"));
+    assert_false(oa_cluster_url_is_etcd("etcd:/a"));
+    assert_false(oa_cluster_url_is_etcd("redis://a"));
+    assert_false(oa_cluster_url_is_etcd(NULL));
+    /* etcd:// is not a Redis URL. */
+    assert_int_equal(oa_cluster_url_parse("etcd://a", host, &port, &db, &err), -1);
+
+    /* The limit on members: sixteen pass, seventeen do not. */
+    snprintf(url, sizeof(url), "etcd://m0");
+    for (j = 1; j < OA_CLUSTER_MEMBERS_MAX; j++)
+        snprintf(url + strlen(url), sizeof(url) - strlen(url), ",m%zu", j);
+    assert_int_equal(oa_cluster_etcd_url_parse(url, members, &n, &err), 0);
+    assert_int_equal(n, OA_CLUSTER_MEMBERS_MAX);
+    assert_string_equal(members[OA_CLUSTER_MEMBERS_MAX - 1], "m15:2379");
+    snprintf(url + strlen(url), sizeof(url) - strlen(url), ",m%d", OA_CLUSTER_MEMBERS_MAX);
+    assert_int_equal(oa_cluster_etcd_url_parse(url, members, &n, &err), -1);
+    assert_string_equal(err.text, "--cluster: at most 16 etcd members are accepted");
+
+    /* The longest host fits with its port; one more character does not. */
+    memset(host, 'h', OA_CLUSTER_HOST_MAX - 1);
+    host[OA_CLUSTER_HOST_MAX - 1] = '\0';
+    snprintf(url, sizeof(url), "etcd://a,%s:65535", host);
+    assert_int_equal(oa_cluster_etcd_url_parse(url, members, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(strlen(members[1]), OA_CLUSTER_HOST_MAX - 1 + 6);
+    snprintf(url, sizeof(url), "etcd://a,%sh:65535", host);
+    assert_int_equal(oa_cluster_etcd_url_parse(url, members, &n, &err), -1);
+    assert_true(strncmp(err.text, "--cluster: missing or too long host in ", 39) == 0);
+}
+
 static void test_caps(void **state)
 {
     (void)state;
@@ -1330,6 +1431,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_etcd_url_parse),
         cmocka_unit_test(test_caps),
         cmocka_unit_test(test_conf_put_propagates),
         cmocka_unit_test(test_lease_registry_status),
