@@ -213,8 +213,13 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
     if (c == NULL)
         return oa_error_set(err, OA_E_NOMEM, "out of memory");
     c->loop = loop;
-    c->ops = &cluster_store_redis_ops;
-    if (cluster_store_redis_new(c, o, &c->store, &c->store_desc, err) != 0) {
+    /* The stores read the timings (etcd's session outlives the longer of the lease and the registry lifetime). */
+    c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : CLUSTER_DEFAULT_HEARTBEAT_MS;
+    c->node_ttl_ms = o->node_ttl_ms ? o->node_ttl_ms : CLUSTER_DEFAULT_NODE_TTL_MS;
+    c->lease_ms = o->lease_ms ? o->lease_ms : CLUSTER_DEFAULT_LEASE_MS;
+    c->ops = oa_cluster_url_is_etcd(o->url) ? &cluster_store_etcd_ops : &cluster_store_redis_ops;
+    if ((oa_cluster_url_is_etcd(o->url) ? cluster_store_etcd_new : cluster_store_redis_new)(c, o, &c->store,
+                                                                                           &c->store_desc, err) != 0) {
         free(c);
         return -1;
     }
@@ -224,9 +229,6 @@ int oa_cluster_new(uv_loop_t *loop, const oa_cluster_options_t *o, const oa_conf
                             "by commas, got \"%.64s\"", o->capabilities);
     }
     c->hooks = o->hooks;
-    c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : CLUSTER_DEFAULT_HEARTBEAT_MS;
-    c->node_ttl_ms = o->node_ttl_ms ? o->node_ttl_ms : CLUSTER_DEFAULT_NODE_TTL_MS;
-    c->lease_ms = o->lease_ms ? o->lease_ms : CLUSTER_DEFAULT_LEASE_MS;
     c->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
     c->conf = *conf;
     c->node_id = strdup(o->node_id != NULL ? o->node_id : "node");
