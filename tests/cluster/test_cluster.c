@@ -27,6 +27,7 @@
 
 #include <cmocka.h>
 
+#include "cluster_internal.h"
 #include "oa_cluster.h"
 #include "oa_log.h"
 #include "oa_util.h"
@@ -39,6 +40,9 @@
 
 static pid_t redis_pid = -1;
 static int redis_port;
+static pid_t etcd_pid = -1;
+static int etcd_port;
+static char etcd_url[64];
 static char redis_dir[OA_TESTPKI_DIR_MAX]; /* the store's working directory and log */
 
 /* ---- the redis-server ---- */
@@ -103,6 +107,13 @@ static int group_setup(void **state)
     assert_true(redis_port > 0);
     assert_int_equal(oa_testpki_tmpdir(redis_dir), 0);
     redis_start();
+    if (system("command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1") == 0) {
+        etcd_port = oa_testnet_free_port();
+        etcd_pid = oa_testnet_etcd_start("store", etcd_port, oa_testnet_free_port(), NULL, redis_dir, NULL);
+        assert_true(etcd_pid > 0);
+        assert_int_equal(oa_testnet_etcd_wait(etcd_port, 0, 10000), 0);
+        snprintf(etcd_url, sizeof(etcd_url), "etcd://127.0.0.1:%d", etcd_port);
+    }
     return 0;
 }
 
@@ -110,6 +121,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     redis_stop();
+    oa_testnet_etcd_stop(etcd_pid, SIGTERM);
     /* Non-zero makes cmocka report the teardown as failed: a directory left behind is a fault of the suite. */
     return redis_dir[0] != '\0' ? oa_testpki_rmdir(redis_dir) : 0;
 }
@@ -121,6 +133,34 @@ static int group_teardown(void **state)
             skip();                                                                                                  \
         }                                                                                                            \
     } while (0)
+
+#define NEED_ETCD()                                                                                                  \
+    do {                                                                                                             \
+        if (etcd_pid <= 0) {                                                                                         \
+            print_message("skipped: etcd is not installed (Debian packages etcd-server, etcd-client)\n");           \
+            skip();                                                                                                  \
+        }                                                                                                            \
+    } while (0)
+
+/* etcdctl against the test's member: the command's output (trailing newline dropped), caller frees. */
+static char *etcdctl(const char *args)
+{
+    char cmd[512], *out = calloc(1, 65536);
+    size_t n = 0, r;
+    FILE *f;
+
+    assert_non_null(out);
+    snprintf(cmd, sizeof(cmd), "ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:%d --command-timeout=5s %s 2>/dev/null",
+             etcd_port, args);
+    f = popen(cmd, "r");
+    assert_non_null(f);
+    while (n + 1 < 65536 && (r = fread(out + n, 1, 65536 - 1 - n, f)) > 0)
+        n += r;
+    pclose(f);
+    while (n > 0 && out[n - 1] == '\n')
+        out[--n] = '\0';
+    return out;
+}
 
 static void flush_store(void)
 {
@@ -214,12 +254,13 @@ typedef struct node_opts_s {
     const char *data_dir;
     const oa_conf_t *conf;
     unsigned heartbeat_ms, ttl_ms, lease_ms;
+    const char *url; /* NULL: the test's redis-server at port */
 } node_opts_t;
 
 static void node_start_ex(uv_loop_t *loop, node_t *n, const char *id, const char *caps, int port,
                           const node_opts_t *no)
 {
-    static const node_opts_t none = {NULL, NULL, 0, 0, 0};
+    static const node_opts_t none = {NULL, NULL, 0, 0, 0, NULL};
     oa_cluster_options_t o;
     oa_error_t err;
     char url[64];
@@ -233,7 +274,7 @@ static void node_start_ex(uv_loop_t *loop, node_t *n, const char *id, const char
         oa_conf_defaults(&n->conf);
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
     memset(&o, 0, sizeof(o));
-    o.url = url;
+    o.url = no->url != NULL ? no->url : url;
     o.node_id = id;
     o.api_address = "http://127.0.0.1:1";
     o.capabilities = caps;
@@ -1211,7 +1252,7 @@ static void remove_data_dir(const char *dir)
 static void test_put_reply_after_timeout(void **state)
 {
     /* Timers long enough that the store's pause is not taken for an outage: only the PUT's own 3 s limit runs out. */
-    static const node_opts_t slow = {NULL, NULL, 1000, 8000, 8000};
+    static const node_opts_t slow = {NULL, NULL, 1000, 8000, 8000, NULL};
     static const char body[] = "{\"query_frequency\": 777}";
     uv_loop_t loop;
     node_t a, b;
@@ -1299,7 +1340,7 @@ static void test_put_reply_after_timeout(void **state)
 static void test_seed_after_empty_store(void **state)
 {
     char dir_old[] = "/tmp/oa-cluster-old-XXXXXX", dir_new[] = "/tmp/oa-cluster-new-XXXXXX";
-    node_opts_t o_old = {NULL, NULL, 0, 0, 0}, o_new = {NULL, NULL, 0, 0, 0};
+    node_opts_t o_old = {NULL, NULL, 0, 0, 0, NULL}, o_new = {NULL, NULL, 0, 0, 0, NULL};
     oa_conf_t conf_old, conf_new;
     uv_loop_t loop;
     node_t old, nw;
@@ -1427,6 +1468,108 @@ static void test_seed_after_empty_store(void **state)
     remove_data_dir(dir_new);
 }
 
+/* ---- the etcd store ---- */
+
+static int pred_put_fired_one(void *arg)
+{
+    return ((put_result_t *)arg)->fired > 0;
+}
+
+/*
+ * The same module on etcd: a PUT reaches the other node through the watch; two PUTs at once both commit, at two
+ * versions (the compare on mod_revision makes the later one retry on top of the other); one poller; and the fence:
+ * a poller frozen past its session, whose successor took the lease, cannot store a record any more, however it
+ * still believes itself the poller.
+ */
+static void test_etcd_conf_lease_fence(void **state)
+{
+    uv_loop_t loop;
+    node_t a, b;
+    node_t *pair[] = {&a, &b, NULL};
+    node_t *poller, *follower;
+    node_opts_t no = {NULL, NULL, 0, 0, 0, etcd_url};
+    put_result_t res[2] = {{0, 0}, {0, 0}};
+    conf_wait_t w = {NULL, 1};
+    oa_ocsp_result_t r;
+    unsigned char der1[] = {0x30, 0x03, 0x0a, 0x01, 0x01}, der2[] = {0x30, 0x03, 0x0a, 0x01, 0x02},
+                  der3[] = {0x30, 0x03, 0x0a, 0x01, 0x03};
+    oa_error_t err;
+    char *out;
+
+    (void)state;
+    NEED_ETCD();
+    free(etcdctl("del --prefix /ocsp-agent/"));
+    uv_loop_init(&loop);
+    node_start_ex(&loop, &a, "a", NULL, 0, &no);
+    node_start_ex(&loop, &b, "b", NULL, 0, &no);
+    assert_true(run_until(&loop, pred_available, pair, 5000));
+
+    /* One PUT, seen by the other node; the store holds it at version 1. */
+    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 120}", "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
+    assert_true(run_until(&loop, pred_put_fired_one, &res[0], 5000));
+    assert_int_equal(res[0].code, OA_OK);
+    assert_int_equal(oa_cluster_conf_version(a.c), 1);
+    w.n = &b;
+    w.calls = 1;
+    assert_true(run_until(&loop, pred_conf_calls, &w, 3000));
+    assert_int_equal(b.conf.query_frequency, 120);
+    out = etcdctl("get --print-value-only /ocsp-agent/conf");
+    assert_non_null(strstr(out, "\"version\":1"));
+    assert_non_null(strstr(out, "\"query_frequency\":120"));
+    free(out);
+
+    /* Two PUTs at once: both acknowledged, each at its own version, and both nodes end on the same one. */
+    memset(res, 0, sizeof(res));
+    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 300}", "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
+    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 7}", "bob", &res[1], &err), OA_CLUSTER_PUT_STARTED);
+    assert_true(run_until(&loop, pred_put_fired, res, 5000));
+    assert_int_equal(res[0].code, OA_OK);
+    assert_int_equal(res[1].code, OA_OK);
+    run_until(&loop, pred_never, NULL, 300);
+    assert_int_equal(oa_cluster_conf_version(a.c), 3);
+    assert_int_equal(oa_cluster_conf_version(b.c), 3);
+    assert_int_equal(a.conf.query_frequency, 300);
+    assert_int_equal(b.conf.query_frequency, 300);
+    assert_int_equal(a.conf.recovery_max_tries, 7);
+    assert_int_equal(b.conf.recovery_max_tries, 7);
+
+    /* One poller; its record reaches the follower and is in the store under its name. */
+    assert_true(run_until(&loop, pred_one_poller, pair, 5000));
+    poller = a.poller ? &a : &b;
+    follower = a.poller ? &b : &a;
+    memset(&r, 0, sizeof(r));
+    r.der = der1;
+    r.der_len = sizeof(der1);
+    oa_cluster_publish_result(poller->c, &r);
+    assert_true(run_until(&loop, pred_status, follower, 3000));
+    assert_memory_equal(follower->der, der1, sizeof(der1));
+
+    /* The poller freezes (its heartbeats and lease requests stop, as in a process paused): its session expires, the
+     * follower takes the lease and stores its own record. */
+    uv_timer_stop(&poller->c->tick);
+    assert_true(run_until(&loop, pred_poller, follower, 8000));
+    assert_true(poller->poller); /* it still believes it */
+    r.der = der2;
+    oa_cluster_publish_result(follower->c, &r);
+    run_until(&loop, pred_never, NULL, 300);
+    out = etcdctl("get --print-value-only /ocsp-agent/status/" NO_CERTID);
+    assert_non_null(strstr(out, follower == &a ? "\"node\":\"a\"" : "\"node\":\"b\""));
+    free(out);
+
+    /* The frozen poller's late write is refused by the store: the successor's record stays, and nothing reaches
+     * the successor. */
+    follower->status_calls = 0;
+    r.der = der3;
+    oa_cluster_publish_result(poller->c, &r);
+    run_until(&loop, pred_never, NULL, 500);
+    out = etcdctl("get --print-value-only /ocsp-agent/status/" NO_CERTID);
+    assert_non_null(strstr(out, follower == &a ? "\"node\":\"a\"" : "\"node\":\"b\""));
+    free(out);
+    assert_int_equal(follower->status_calls, 0);
+    assert_memory_equal(follower->der, der1, sizeof(der1));
+    close_all_and_finish(&loop, pair);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1439,6 +1582,7 @@ int main(void)
         cmocka_unit_test(test_store_unreachable),
         cmocka_unit_test(test_put_reply_after_timeout),
         cmocka_unit_test(test_seed_after_empty_store),
+        cmocka_unit_test(test_etcd_conf_lease_fence),
     };
 
     signal(SIGPIPE, SIG_IGN);
