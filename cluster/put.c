@@ -114,8 +114,13 @@ static void on_put_reply(oa_cluster_t *c, const cluster_store_reply_t *r, void *
             return;
         }
         c->put_counts[CLUSTER_PUT_UNAVAILABLE]++;
-        put_fail(p, OA_E_STORE_UNAVAILABLE, "The connection to the cluster store was lost before it confirmed the "
-                                            "change; it may or may not have been applied.");
+        /* Said as the store knows it: a write that reached the store but whose answer was lost may be in force (the
+         * store's next message says), one that no store member took is not. */
+        put_fail(p, OA_E_STORE_UNAVAILABLE,
+                 r->outcome == CLUSTER_STORE_UNAVAILABLE
+                     ? "The cluster store could not be reached; the change was not applied."
+                     : "The connection to the cluster store was lost before it confirmed the change; it may or may "
+                       "not have been applied.");
         return;
     }
     if (r->outcome != CLUSTER_STORE_DONE) {

@@ -35,22 +35,28 @@ assert_status "the first PUT" 200
 
 # ---- the streams ------------------------------------------------------------------------------------------------
 STOP_FILE=$T_DIR/streams.stop
-PUT_LOG=$T_DIR/puts.log  # "sent_ms done_ms node value code"
+PUT_LOG=$T_DIR/puts.log  # "sent_ms done_ms node value code outcome", outcome: ok, unknown, not_applied or other
 rm -f "$STOP_FILE"
 auth="admin@example.com:${USER_PASS[admin]}"
 
 put_stream() {
-    local k=0 node port value t0 code
+    local k=0 node port value t0 code outcome
     local nodes=(n1 n2 n3)
     while [ ! -e "$STOP_FILE" ]; do
         node=${nodes[$((k % 3))]}
         port=${N_PORT[$node]}
         value=$((101 + k))
         t0=$(now_ms)
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u "$auth" -X PUT \
+        code=$(curl -s -o "$T_DIR/put.body" -w '%{http_code}' --max-time 10 -u "$auth" -X PUT \
             -H 'Content-Type: application/json' --data-binary "{\"query_frequency\": $value}" \
             "http://127.0.0.1:$port/v1/ocsp")
-        echo "$t0 $(now_ms) $node $value $code" >>"$PUT_LOG"
+        case "$code:$(jq -r '.description // ""' "$T_DIR/put.body" 2>/dev/null)" in
+        200:*) outcome=ok ;;
+        503:*"may or may not have been applied"*) outcome=unknown ;;
+        503:*"was not applied"* | 503:*"cannot be changed now"*) outcome=not_applied ;;
+        *) outcome=other ;;
+        esac
+        echo "$t0 $(now_ms) $node $value $code $outcome" >>"$PUT_LOG"
         k=$((k + 1))
     done
 }
@@ -111,9 +117,10 @@ for p in "${STREAM_PIDS[@]}"; do wait "$p" 2>/dev/null; forget_pid "$p"; done
 puts=$(grep -c '' "$PUT_LOG")
 ok=$(awk '$5 == 200' "$PUT_LOG" | grep -c '')
 unavailable=$(awk '$5 == 503' "$PUT_LOG" | grep -c '')
-others=$(awk '$5 != 200 && $5 != 503' "$PUT_LOG" | head -n 5)
-echo "# $puts PUTs: $ok answered 200, $unavailable answered 503"
-assert_eq "every PUT answers 200 or 503" "" "$others"
+others=$(awk '$6 == "other"' "$PUT_LOG" | head -n 5)
+echo "# $puts PUTs: $ok answered 200, $unavailable answered 503 ($(awk '$6 == "unknown"' "$PUT_LOG" | grep -c '')" \
+    "saying the outcome is unknown, $(awk '$6 == "not_applied"' "$PUT_LOG" | grep -c '') that it was not applied)"
+assert_eq "every PUT answers 200, or 503 saying whether it may have been applied" "" "$others"
 [ "$ok" -gt "$((ROUNDS * 2))" ] && pass "PUTs kept succeeding between the disruptions ($ok)" ||
     fail "PUTs kept succeeding between the disruptions" "$ok answered 200"
 gets=$(cat "$T_DIR"/gets-n*.log | grep -c '')
@@ -144,8 +151,10 @@ assert_eq "after every disruption a PUT succeeds within $RECOVER_MS ms of the ne
 
 echo "# the final configuration"
 last_ok=$(awk '$5 == 200 { v = $4 } END { print v }' "$PUT_LOG")
-# The acceptable final values: the last acknowledged one, or one of a later PUT whose outcome was unknown.
-acceptable=$(awk -v v="$last_ok" '$4 == v { seen = 1 } seen && ($4 == v || $5 == 503) { print $4 }' "$PUT_LOG" | sort -u)
+# The acceptable final values: the last acknowledged one, or one of a later PUT whose outcome was unknown (never one
+# answered "not applied").
+acceptable=$(awk -v v="$last_ok" '$4 == v { seen = 1 } seen && ($4 == v || $6 == "unknown") { print $4 }' "$PUT_LOG" |
+    sort -u)
 stored=$(ectl get /ocsp-agent/conf --print-value-only | jq -r '.conf.query_frequency')
 if printf '%s\n' "$acceptable" | grep -qx -- "$stored"; then
     pass "the store holds the last acknowledged value or a later unknown one ($stored; last acknowledged $last_ok)"
@@ -171,6 +180,9 @@ assert_eq "no version holds two configurations ($count versions written)" "" "$v
 written=$(printf '%s\n' "$history" | awk -F'\t' '{ print $3 }' | jq -r '.query_frequency' | sort -u)
 missing=$(awk '$5 == 200 { print $4 }' "$PUT_LOG" | sort -u | comm -23 - <(printf '%s\n' "$written") | head -n 5)
 assert_eq "every acknowledged value is a version in the store's history" "" "$missing"
+applied=$(awk '$6 == "not_applied" { print $4 }' "$PUT_LOG" | sort -u | comm -12 - <(printf '%s\n' "$written") |
+    head -n 5)
+assert_eq "no value answered \"not applied\" is in the store's history" "" "$applied"
 
 for n in n1 n2 n3; do
     on "$n"
