@@ -66,12 +66,33 @@ resp_pid=$!
 pids+=("$resp_pid")
 wait_port "$resp_port" "$resp_pid" || { echo "the responder did not start" >&2; exit 1; }
 
+# The etcd members, through the integration suites' helpers, which expect these from their caller.
+T_DIR=$tmp
+T_NAME=bench
+T_PIDS=()
+bail() { die "$*"; }
+proc_alive() { kill -0 "$1" 2>/dev/null; }
+forget_pid() { :; }
+wait_exit() {
+    local deadline=$((SECONDS + $2))
+    while proc_alive "$1"; do [ $SECONDS -lt "$deadline" ] || return 1; sleep 0.05; done
+}
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do [ $SECONDS -lt "$deadline" ] || return 1; sleep 0.1; done
+}
 # shellcheck source=tests/support/etcd_cluster.sh
 source "$root/tests/support/etcd_cluster.sh"
-ETCD_DIR=$tmp
-etcd_track() { pids+=("$1"); }
-etcd_untrack() { :; }
-etcd_die() { die "$*"; }
+# The helpers are written for the suites, which do not run under set -eu: each call here runs without it.
+etcd_do() {
+    local rc
+    set +eu
+    "$@"
+    rc=$?
+    set -eu
+    return $rc
+}
 
 redis_port=
 start_redis() {
@@ -90,7 +111,8 @@ start_store() {
         start_redis
         store_url="redis://127.0.0.1:$redis_port"
     else
-        start_etcd_cluster 3 >/dev/null
+        etcd_do start_etcd_cluster 3 >/dev/null
+        pids+=("${T_PIDS[@]}")
         store_url=$ETCD_URL
     fi
 }
@@ -98,7 +120,7 @@ stop_store() {
     if [ "$store" = redis ]; then
         kill -TERM "$REDIS_PID"; wait "$REDIS_PID" || true
     else
-        stop_etcd_cluster
+        etcd_do stop_etcd_cluster
     fi
 }
 
@@ -203,9 +225,9 @@ start_cluster 3
 : >"$tmp/unavail.txt"
 for k in $(seq 1 "$kills"); do
     put "${NODE_PORTS[0]}" "{\"query_frequency\": $((200 + k))}" >/dev/null
-    leader=$(etcd_leader)
+    leader=$(etcd_do etcd_leader)
     t_kill=$(now_ms)
-    etcd_member_kill "$leader"
+    etcd_do etcd_member_kill "$leader" 2>/dev/null
     n=0
     while :; do
         n=$((n + 1))
@@ -215,7 +237,8 @@ for k in $(seq 1 "$kills"); do
     done
     echo $(($(now_ms) - t_kill)) >>"$tmp/unavail.txt"
     echo "kill $k: member $leader; first PUT acknowledged $(tail -n 1 "$tmp/unavail.txt") ms after the kill, $n PUT(s)"
-    etcd_member_restart "$leader"
+    etcd_do etcd_member_restart "$leader"
+    pids+=("${T_PIDS[@]}")
 done
 echo "etcd: PUT unavailability after a leader kill, ms: median $(pct 50 <"$tmp/unavail.txt"), max $(pct 100 <"$tmp/unavail.txt")"
 stop_cluster

@@ -17,7 +17,6 @@
 # The nodes (start_node, on, the waits and the query log readers) are those of the Redis suites; only their store
 # differs.
 source "$(dirname "$0")/cluster_lib.sh"
-etcd_store_or_skip
 start_etcd_cluster 3
 CLUSTER=$ETCD_URL
 

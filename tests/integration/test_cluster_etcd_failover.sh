@@ -20,9 +20,7 @@ RECOVER_MS=5000
 
 make_users admin
 start_pki_responder
-source "$(dirname "$0")/cluster_lib.sh"
-start_etcd_cluster 3
-CLUSTER=$ETCD_URL
+source "$(dirname "$0")/cluster_etcd_lib.sh"
 
 for n in n1 n2 n3; do
     start_node "$n"
@@ -95,19 +93,23 @@ new_leader_after() {
 echo "# $ROUNDS rounds: the leader killed, the new leader paused 3 s, the killed member back"
 events=()  # "disruption_ms leader_ms what"
 for round in $(seq 1 "$ROUNDS"); do
-    rand_sleep 300 1500
+    rand_sleep 100 800
     leader=$(etcd_leader) || bail "round $round: a leader is known"
     t_kill=$(now_ms)
     etcd_member_kill "$leader"
     next=$(new_leader_after "$leader") || bail "round $round: a new leader is elected after the kill"
-    events+=("$t_kill $(now_ms) kill")
-    rand_sleep 200 1000
+    t_elected=$(now_ms)
+    events+=("$t_kill $t_elected kill")
+    rand_sleep 100 600
     t_stop=$(now_ms)
     etcd_member_stop "$next"
     sleep 3
     etcd_member_cont "$next"
-    events+=("$t_stop $(now_ms) stop")
+    t_cont=$(now_ms)
+    events+=("$t_stop $t_cont stop")
     etcd_member_restart "$leader"
+    echo "# round $round: m$leader killed, m$next elected $((t_elected - t_kill)) ms later and paused 3 s;" \
+        "m$leader back and every member healthy $(($(now_ms) - t_cont)) ms after the resume"
 done
 sleep 2 # a last stretch of PUTs on a healthy store
 touch "$STOP_FILE"
