@@ -4,7 +4,7 @@
  * versions and record numbers) is described once, in oa_cluster.h; this header says how the module is built.
  *
  * One concern per file:
- *   url.c          the store's URL, redis[s]://HOST:PORT/DB
+ *   url.c          the store's URL, redis[s]://HOST:PORT/DB or etcd://HOST:PORT,...
  *   caps.c         capability lists ("ocsp,foo")
  *   rules.c        the decisions, as pure functions (no store, no loop, no log): which configuration is news, what a
  *                  node does with its seed's reply, which record wins by its number, whose records a node skips,
@@ -24,8 +24,13 @@
  *                  the goodbye, its own teardown rules
  *   scripts.c      the Redis store's Lua scripts and the checks of their replies
  *   redis.c        one asynchronous Redis connection on libuv (oa_redis.h)
+ *   store_etcd.c   the etcd store: its keys, the configuration by transactions on mod_revision, the records fenced
+ *                  by the lease key's create_revision, the watch, the client's life cycle (store_etcd.h)
+ *   store_etcd_session.c  the etcd store's session lease, registry and poller lease, and the removal of the
+ *                  records of CertIDs nobody holds
  *   etcd*.c        the etcd v3 client (oa_etcd.h)
- * Only store_redis.c, scripts.c and redis.c know Redis: everything else speaks to the store through its operations.
+ * Only store_redis.c, scripts.c and redis.c know Redis, only store_etcd*.c the etcd keys: everything else speaks to
+ * the store through its operations.
  *
  * Teardown: callbacks owed by the store fire exactly once, also when its connections drop, and do nothing once the
  * cluster is closing (a PUT's only releases its own memory). At close the store says goodbye and reports done; the

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "oa_log.h"
+#include "oa_tls.h"
 #include "oa_util.h"
 #include "store_etcd.h"
 
@@ -99,6 +100,15 @@ void estore_req_free(etcd_req_t *q)
     free(q);
 }
 
+int estore_req_sent(etcd_req_t *q, int rc)
+{
+    if (rc != 0) {
+        q->answered = true;
+        estore_req_free(q);
+    }
+    return rc;
+}
+
 void estore_req_answer(etcd_req_t *q, const cluster_store_reply_t *r)
 {
     if (q->answered)
@@ -144,6 +154,17 @@ bool estore_req_failed(etcd_req_t *q, const oa_etcd_result_t *r, const char *op)
     if (r->err == OA_ETCD_E_UNAVAILABLE && s->up && !s->c->closing)
         cluster_lost(s->c, r->why);
     return true;
+}
+
+etcd_req_t *estore_req_ok(void *data, const oa_etcd_result_t *r, const char *op)
+{
+    etcd_req_t *q = estore_req_from(data, r);
+
+    if (q != NULL && estore_req_failed(q, r, op)) {
+        estore_req_free(q);
+        return NULL;
+    }
+    return q;
 }
 
 /* The etcd callback of every call: a request already answered (the store was disconnected meanwhile) only goes. */
@@ -287,7 +308,7 @@ static void seed_over(etcd_req_t *q, const oa_etcd_kv_t *kv, const char *epoch)
 
 static void on_seed(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "resync");
     cluster_store_t *s;
     stored_conf_t sc;
     const oa_etcd_kv_t *kv;
@@ -296,10 +317,6 @@ static void on_seed(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     if (q == NULL)
         return;
     s = q->s;
-    if (estore_req_failed(q, r, "resync")) {
-        estore_req_free(q);
-        return;
-    }
     /* The watch starts after what this read saw; the records are read after it, and what changes between the two
      * comes twice at worst, which the records' numbers make harmless. */
     s->watch_from = r->revision + 1;
@@ -368,26 +385,18 @@ static int etcd_seed(cluster_store_t *s, const cluster_conf_write_t *w, cluster_
     value = conf_value(s, q->fresh, w->version, q->conf_text, 1);
     rc = value != NULL ? conf_txn(s, &cmp, value, on_seed, q) : UV_ENOMEM;
     free(value);
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    return estore_req_sent(q, rc);
 }
 
 static void on_cas(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "conf_cas");
     cluster_store_t *s;
 
     (void)e;
     if (q == NULL)
         return;
     s = q->s;
-    if (estore_req_failed(q, r, "conf_cas")) {
-        estore_req_free(q);
-        return;
-    }
     if (r->succeeded) {
         snprintf(s->conf_epoch, sizeof(s->conf_epoch), "%s", q->fresh);
         s->conf_version = q->w.version;
@@ -427,11 +436,7 @@ static int etcd_conf_cas(cluster_store_t *s, const cluster_conf_write_t *w, clus
     q->stage = 1; /* from here on, a write whose answer is lost has an unknown outcome */
     rc = value != NULL ? conf_txn(s, &cmp, value, on_cas, q) : UV_ENOMEM;
     free(value);
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    return estore_req_sent(q, rc);
 }
 
 /* ---- the records ---- */
@@ -454,7 +459,7 @@ static void etcd_client_close(cluster_store_t *s);
 
 static void on_records(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "read_records");
     cluster_store_reply_t rep;
     char status[ETCD_KEY_MAX], sched[ETCD_KEY_MAX];
     size_t i;
@@ -462,10 +467,6 @@ static void on_records(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     (void)e;
     if (q == NULL)
         return;
-    if (estore_req_failed(q, r, "read_records")) {
-        estore_req_free(q);
-        return;
-    }
     estore_key(status, "status", q->certid);
     estore_key(sched, "sched", q->certid);
     memset(&rep, 0, sizeof(rep));
@@ -499,25 +500,17 @@ static int etcd_read_records(cluster_store_t *s, const char *certid, cluster_sto
     ops[0] = (oa_etcd_op_t){.kind = OA_ETCD_OP_RANGE, .key = status, .key_len = strlen(status)};
     ops[1] = (oa_etcd_op_t){.kind = OA_ETCD_OP_RANGE, .key = sched, .key_len = strlen(sched)};
     rc = oa_etcd_txn(s->client, NULL, 0, ops, 2, NULL, 0, on_records, q);
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    return estore_req_sent(q, rc);
 }
 
 static void on_published(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "publish");
     cluster_store_reply_t rep;
 
     (void)e;
     if (q == NULL)
         return;
-    if (estore_req_failed(q, r, "publish")) {
-        estore_req_free(q);
-        return;
-    }
     memset(&rep, 0, sizeof(rep));
     rep.outcome = r->succeeded ? CLUSTER_STORE_DONE : CLUSTER_STORE_FENCED;
     if (!r->succeeded)
@@ -571,11 +564,7 @@ static int etcd_publish(cluster_store_t *s, const char *certid, cluster_record_d
                           .result = OA_ETCD_EQUAL,
                           .number = s->lease_create};
     rc = oa_etcd_txn(s->client, &cmp, 1, ops, n, NULL, 0, on_published, q);
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    return estore_req_sent(q, rc);
 }
 
 /* ---- the watch ---- */
@@ -765,15 +754,10 @@ static void etcd_goodbye(cluster_store_t *s, const char *certid, bool poller, vo
     uv_timer_start(&s->goodbye, on_goodbye_timer, 0, 0);
 }
 
+/* The client in use makes its next connections with the new context from its next reconnection. */
 static int etcd_set_tls(cluster_store_t *s, SSL_CTX *ctx)
 {
-    if (ctx == NULL || s->tls == NULL || SSL_CTX_up_ref(ctx) != 1)
-        return UV_EINVAL;
-    /* A connection takes its own reference of the context when it is made (SSL_new), so the old one can go now;
-     * the client in use makes its next connections with the new one from its next reconnection. */
-    SSL_CTX_free(s->tls);
-    s->tls = ctx;
-    return 0;
+    return oa_tls_ctx_replace(&s->tls, ctx);
 }
 
 static void etcd_free(cluster_store_t *s)

@@ -96,12 +96,16 @@ bool estore_key_starts(const oa_etcd_kv_t *kv, const char *prefix);
 /* A call on its way: listed in the store until its etcd answer came, answered once (cb NULL: nobody waits). */
 etcd_req_t *estore_req_new(cluster_store_t *s, req_kind_t kind, cluster_store_cb cb, void *data);
 void estore_req_free(etcd_req_t *q);
+/* rc, after q's call was started with it: when it was not sent (rc != 0), q goes without answering. */
+int estore_req_sent(etcd_req_t *q, int rc);
 void estore_req_answer(etcd_req_t *q, const cluster_store_reply_t *r);
 void estore_req_answer_outcome(etcd_req_t *q, cluster_store_outcome_t outcome);
 /* A failed call answered as the store's outcome (a store no member served in time is lost): true when it failed. */
 bool estore_req_failed(etcd_req_t *q, const oa_etcd_result_t *r, const char *op);
 /* The request of an etcd answer, or NULL (freed) when the store was disconnected since. */
 etcd_req_t *estore_req_from(void *data, const oa_etcd_result_t *r);
+/* The same for a call whose failure is answered at once (estore_req_failed): NULL too when it failed. */
+etcd_req_t *estore_req_ok(void *data, const oa_etcd_result_t *r, const char *op);
 
 /* store_etcd_session.c */
 

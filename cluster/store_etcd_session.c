@@ -30,10 +30,46 @@ static void session_lost(cluster_store_t *s)
     s->lease_create = 0;
 }
 
+/* Renews the session this node has (stage 0), or grants one when it has none (stage 1), for q. */
+static int session_renew(cluster_store_t *s, etcd_req_t *q, oa_etcd_cb cb)
+{
+    if (s->session != 0)
+        return oa_etcd_lease_keepalive(s->client, s->session, cb, q);
+    q->stage = 1;
+    return oa_etcd_lease_grant(s->client, s->session_ttl_s, cb, q);
+}
+
 /* Whether a renewal (stage 0) found the session gone. */
 static bool session_expired(const etcd_req_t *q, const oa_etcd_result_t *r)
 {
     return q->stage == 0 && (r->err == OA_ETCD_E_NOT_FOUND || (r->err == OA_ETCD_OK && r->ttl <= 0));
+}
+
+/* What a renewal's (or grant's) answer means for the request that asked. */
+typedef enum session_step_e {
+    SESSION_OK,         /* the session is renewed (or granted) and recorded */
+    SESSION_REGRANTING, /* the renewal found it expired: a new one is asked for, the callback fires again */
+    SESSION_FAILED,     /* no session: r says why, or the new grant could not be sent */
+} session_step_t;
+
+static session_step_t session_step(etcd_req_t *q, const oa_etcd_result_t *r, oa_etcd_cb again)
+{
+    cluster_store_t *s = q->s;
+
+    if (session_expired(q, r)) {
+        /* Expired while this node was cut off or paused: a new one, and everything the old one held is written
+         * again under it. */
+        OA_LOG(OA_LOG_WARN, "cluster_session_expired", OA_KV_INT("lease", s->session));
+        session_lost(s);
+        q->sent = uv_now(s->c->loop);
+        return session_renew(s, q, again) == 0 ? SESSION_REGRANTING : SESSION_FAILED;
+    }
+    if (r->err != OA_ETCD_OK)
+        return SESSION_FAILED;
+    if (q->stage == 1)
+        s->session = r->lease;
+    session_renewed(s, q->sent, r->ttl);
+    return SESSION_OK;
 }
 
 static void heartbeat_registry(etcd_req_t *q);
@@ -41,7 +77,7 @@ static void cleanup_records(cluster_store_t *s, const oa_etcd_result_t *r);
 
 static void on_hb_registry(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "heartbeat");
     cluster_registry_view_t view;
     cluster_store_reply_t rep;
     cluster_store_t *s;
@@ -51,10 +87,6 @@ static void on_hb_registry(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     if (q == NULL)
         return;
     s = q->s;
-    if (estore_req_failed(q, r, "heartbeat")) {
-        estore_req_free(q);
-        return;
-    }
     if (q->entry != NULL) {
         /* The entry now stands under this session. */
         estore_node_key(s->entry_key, q->certid, s->c->node_id);
@@ -77,32 +109,22 @@ static void on_hb_registry(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 static void on_hb_session(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
     etcd_req_t *q = estore_req_from(data, r);
-    cluster_store_t *s;
 
     (void)e;
     if (q == NULL)
         return;
-    s = q->s;
-    if (session_expired(q, r)) {
-        /* The session expired: a new one, and everything it held is written again. */
-        OA_LOG(OA_LOG_WARN, "cluster_session_expired", OA_KV_INT("lease", s->session));
-        session_lost(s);
-        q->stage = 1;
-        q->sent = uv_now(s->c->loop);
-        if (oa_etcd_lease_grant(s->client, s->session_ttl_s, on_hb_session, q) != 0) {
-            estore_req_answer_outcome(q, CLUSTER_STORE_UNAVAILABLE);
-            estore_req_free(q);
-        }
+    switch (session_step(q, r, on_hb_session)) {
+    case SESSION_REGRANTING:
         return;
-    }
-    if (estore_req_failed(q, r, "heartbeat")) {
+    case SESSION_FAILED:
+        if (!estore_req_failed(q, r, "heartbeat"))
+            estore_req_answer_outcome(q, CLUSTER_STORE_UNAVAILABLE);
         estore_req_free(q);
         return;
+    case SESSION_OK:
+        heartbeat_registry(q);
+        return;
     }
-    if (q->stage == 1)
-        s->session = r->lease;
-    session_renewed(s, q->sent, r->ttl);
-    heartbeat_registry(q);
 }
 
 /* The registry step of a heartbeat: the entry written when this session has not got it yet (or it changed), the
@@ -147,28 +169,14 @@ static void heartbeat_registry(etcd_req_t *q)
 int estore_heartbeat(cluster_store_t *s, const char *entry, const char *certid, cluster_store_cb cb, void *data)
 {
     etcd_req_t *q;
-    int rc;
 
     if (s->client == NULL || (q = estore_req_new(s, REQ_HEARTBEAT, cb, data)) == NULL)
         return s->client == NULL ? UV_ENOTCONN : UV_ENOMEM;
     snprintf(q->certid, sizeof(q->certid), "%s", certid);
     q->entry = strdup(entry);
-    if (q->entry == NULL) {
-        q->answered = true;
-        estore_req_free(q);
-        return UV_ENOMEM;
-    }
-    if (s->session == 0) {
-        q->stage = 1;
-        rc = oa_etcd_lease_grant(s->client, s->session_ttl_s, on_hb_session, q);
-    } else {
-        rc = oa_etcd_lease_keepalive(s->client, s->session, on_hb_session, q);
-    }
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    if (q->entry == NULL)
+        return estore_req_sent(q, UV_ENOMEM);
+    return estore_req_sent(q, session_renew(s, q, on_hb_session));
 }
 
 /* The records of a CertID no live node holds are deleted, each by a transaction that checks in the store that no
@@ -290,7 +298,7 @@ static void cleanup_records(cluster_store_t *s, const oa_etcd_result_t *r)
 
 static void on_lease(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
 {
-    etcd_req_t *q = estore_req_from(data, r);
+    etcd_req_t *q = estore_req_ok(data, r, "lease");
     cluster_store_reply_t rep;
     cluster_store_t *s;
     const oa_etcd_kv_t *kv;
@@ -300,10 +308,6 @@ static void on_lease(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     if (q == NULL)
         return;
     s = q->s;
-    if (estore_req_failed(q, r, "lease")) {
-        estore_req_free(q);
-        return;
-    }
     kv = r->n_kvs > 0 ? &r->kvs[0] : NULL;
     if (r->succeeded)
         created = r->revision;
@@ -356,11 +360,7 @@ int estore_lease(cluster_store_t *s, const char *certid, bool poller, cluster_st
                          .lease = s->session};
     get = (oa_etcd_op_t){.kind = OA_ETCD_OP_RANGE, .key = key, .key_len = strlen(key)};
     rc = oa_etcd_txn(s->client, &cmp, 1, &put, 1, &get, 1, on_lease, q);
-    if (rc != 0) {
-        q->answered = true;
-        estore_req_free(q);
-    }
-    return rc;
+    return estore_req_sent(q, rc);
 }
 
 static void on_released(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
@@ -408,46 +408,27 @@ static void on_session(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     if (q == NULL)
         return;
     s = q->s;
-    if (session_expired(q, r)) {
-        /* The session expired while this node was away. */
-        session_lost(s);
-        q->stage = 1;
-        q->sent = uv_now(s->c->loop);
-        if (oa_etcd_lease_grant(s->client, s->session_ttl_s, on_session, q) != 0) {
-            estore_req_free(q);
-            cluster_lost(s->c, "the store's session could not be opened");
-        }
+    switch (session_step(q, r, on_session)) {
+    case SESSION_REGRANTING:
         return;
-    }
-    if (r->err != OA_ETCD_OK) {
+    case SESSION_FAILED:
         OA_LOG(OA_LOG_DEBUG, "cluster_store_connect_failed", OA_KV_STR("reason", r->why));
         estore_req_free(q);
-        cluster_lost(s->c, r->why);
+        cluster_lost(s->c, r->err != OA_ETCD_OK ? r->why : "the store's session could not be opened");
+        return;
+    case SESSION_OK:
+        estore_req_free(q);
+        s->up = true;
+        cluster_store_up(s->c);
         return;
     }
-    if (q->stage == 1)
-        s->session = r->lease;
-    session_renewed(s, q->sent, r->ttl);
-    estore_req_free(q);
-    s->up = true;
-    cluster_store_up(s->c);
 }
 
 int estore_session_open(cluster_store_t *s)
 {
     etcd_req_t *q = estore_req_new(s, REQ_OTHER, NULL, NULL);
-    int rc;
 
     if (q == NULL)
         return UV_ENOMEM;
-    /* Renewed when this node still has a session (a reconnection), else granted. */
-    if (s->session != 0) {
-        rc = oa_etcd_lease_keepalive(s->client, s->session, on_session, q);
-    } else {
-        q->stage = 1;
-        rc = oa_etcd_lease_grant(s->client, s->session_ttl_s, on_session, q);
-    }
-    if (rc != 0)
-        estore_req_free(q);
-    return rc;
+    return estore_req_sent(q, session_renew(s, q, on_session));
 }

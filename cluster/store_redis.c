@@ -23,6 +23,7 @@
 
 #include "cluster_internal.h"
 #include "oa_log.h"
+#include "oa_tls.h"
 #include "oa_redis.h"
 #include "oa_util.h"
 
@@ -608,11 +609,7 @@ static void redis_goodbye(cluster_store_t *s, const char *certid, bool poller, v
 
 static int redis_set_tls(cluster_store_t *s, SSL_CTX *ctx)
 {
-    if (ctx == NULL || s->tls == NULL || SSL_CTX_up_ref(ctx) != 1)
-        return UV_EINVAL;
-    SSL_CTX_free(s->tls);
-    s->tls = ctx;
-    return 0;
+    return oa_tls_ctx_replace(&s->tls, ctx);
 }
 
 static void redis_free(cluster_store_t *s)

@@ -152,3 +152,12 @@ bool oa_tls_ctx_serves(SSL_CTX *ctx, X509 *cert)
 
     return served != NULL && cert != NULL && X509_cmp(served, cert) == 0;
 }
+
+int oa_tls_ctx_replace(SSL_CTX **slot, SSL_CTX *ctx)
+{
+    if (ctx == NULL || *slot == NULL || SSL_CTX_up_ref(ctx) != 1)
+        return UV_EINVAL;
+    SSL_CTX_free(*slot);
+    *slot = ctx;
+    return 0;
+}

@@ -1,9 +1,12 @@
 /*
  * Cluster mode: every node shares one OCSP configuration, and one OCSP status per certificate (CertID) with the
- * nodes that hold the same certificate, through a Redis store. This comment is the store protocol, the one
- * description of it. The code is in cluster/: what does not depend on the store (the configuration, PUT, the
- * records, the registry and the lease, the life cycle) is written once over the store interface, cluster/store.h,
- * and cluster/store_redis.c keeps this protocol on Redis; cluster/cluster_internal.h says which file does what.
+ * nodes that hold the same certificate, through a store: one Redis, or an etcd cluster. This comment is the store
+ * protocol, the one description of it, written in Redis's terms. The code is in cluster/: what does not depend on the
+ * store (the configuration, PUT, the records, the registry and the lease, the life cycle) is written once over the
+ * store interface, cluster/store.h; cluster/store_redis.c keeps this protocol on Redis, cluster/store_etcd.c on etcd,
+ * where every rule below holds with the keys, transactions and leases its opening comment describes (the epoch is
+ * kept; a record's number is its key's mod_revision; the lease is fenced by its key's create_revision).
+ * cluster/cluster_internal.h says which file does what.
  *
  * Keys (DB chosen by the URL), all under the prefix "ocsp-agent:":
  *   node:<id>  a live node: {"node_id","api","version","capabilities":[...],"certid"}, SET with PX node_ttl_ms and

@@ -95,6 +95,11 @@ int oa_tls_client_ctx_new(const char *ca_file, const char *cert_file, const char
  * OpenSSL's reason). Free with SSL_CTX_free. */
 int oa_tls_server_ctx_new(const char *cert_pem, const char *key_pem, SSL_CTX **out, oa_error_t *err);
 
+/* A client's context replaced (a reload): *slot takes its own reference of ctx and drops the one it held, while
+ * connections made with the old one keep it (SSL_new holds its own). Returns 0, or UV_EINVAL when ctx is NULL or
+ * *slot is NULL: a client that speaks plain TCP does not change protocol. */
+int oa_tls_ctx_replace(SSL_CTX **slot, SSL_CTX *ctx);
+
 /* The TLS 1.2 suites a server offers: ECDHE key exchange and an AEAD cipher only (TLS 1.3's suites all are). */
 #define OA_TLS12_CIPHERS                                                                                            \
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"                     \
