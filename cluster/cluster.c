@@ -150,7 +150,7 @@ void cluster_lost(oa_cluster_t *c, const char *why)
         OA_LOG(OA_LOG_DEBUG, "store_retry_failed", OA_KV_STR("reason", why), OA_KV_INT("was_up", was_up));
     }
     uv_timer_start(&c->retry, on_retry, c->backoff_ms, 0);
-    c->backoff_ms = cluster_backoff_next(c->backoff_ms);
+    c->backoff_ms = cluster_backoff_next(c->backoff_ms, c->ops->backoff_max_ms);
 }
 
 static void connect_store(oa_cluster_t *c)

@@ -51,11 +51,9 @@
 #define CLUSTER_DEFAULT_NODE_TTL_MS 3000
 #define CLUSTER_DEFAULT_LEASE_MS 3000
 #define CLUSTER_BACKOFF_MIN_MS 100
-#define CLUSTER_BACKOFF_MAX_MS 2000
 #define CLUSTER_CLOSE_GRACE_MS 1000
 #define CLUSTER_PUT_TIMEOUT_MS 3000
 #define CLUSTER_PUT_MAX_ROUNDS 5
-#define CLUSTER_HANDSHAKE_TIMEOUT_MS 2000
 #define CLUSTER_LIST_MAX 512 /* the registry view's lists of node ids */
 #define CLUSTER_EPOCH_LEN 16
 #define CLUSTER_STATUS_DER_MAX (256 * 1024)
@@ -171,8 +169,8 @@ uint64_t cluster_lease_deadline(uint64_t sent, unsigned lease_ms);
 bool cluster_store_stalled(uint64_t now, bool hb_owed, uint64_t hb_sent, unsigned node_ttl_ms, bool lease_owed,
                            uint64_t lease_sent, unsigned lease_ms);
 
-/* The reconnection delay after one of backoff_ms: doubled, at most CLUSTER_BACKOFF_MAX_MS. */
-unsigned cluster_backoff_next(unsigned backoff_ms);
+/* The reconnection delay after one of backoff_ms: doubled, at most max_ms (the store's backoff_max_ms). */
+unsigned cluster_backoff_next(unsigned backoff_ms, unsigned max_ms);
 
 /* 1 when s (NUL-terminated) names a CertID as the store keys it: OA_CLUSTER_CERTID_LEN characters of [0-9a-f];
  * else 0 (also for NULL). */

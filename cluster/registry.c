@@ -84,7 +84,7 @@ void cluster_tick(oa_cluster_t *c)
     if (c->poller && now >= c->lease_deadline)
         cluster_set_role(c, false, "the lease could not be renewed in time");
     /* The tick also bounds the handshake: connecting, the store coming up and the first reads of it. */
-    if (c->store_open && !c->synced && now - c->connect_started > CLUSTER_HANDSHAKE_TIMEOUT_MS) {
+    if (c->store_open && !c->synced && now - c->connect_started > c->ops->handshake_ms) {
         cluster_lost(c, "the store did not complete the handshake in time");
         return;
     }

@@ -165,7 +165,7 @@ bool cluster_store_stalled(uint64_t now, bool hb_owed, uint64_t hb_sent, unsigne
     return (hb_owed && now - hb_sent > node_ttl_ms) || (lease_owed && now - lease_sent > lease_ms);
 }
 
-unsigned cluster_backoff_next(unsigned backoff_ms)
+unsigned cluster_backoff_next(unsigned backoff_ms, unsigned max_ms)
 {
-    return backoff_ms * 2 > CLUSTER_BACKOFF_MAX_MS ? CLUSTER_BACKOFF_MAX_MS : backoff_ms * 2;
+    return backoff_ms * 2 > max_ms ? max_ms : backoff_ms * 2;
 }

@@ -79,7 +79,9 @@ typedef enum cluster_record_dest_e {
 } cluster_record_dest_t;
 
 typedef struct cluster_store_ops_s {
-    const char *kind; /* "redis" or "etcd" */
+    const char *kind;        /* "redis" or "etcd" */
+    unsigned backoff_max_ms; /* the longest wait between two reconnections */
+    unsigned handshake_ms;   /* how long connecting and the first reads of the store may take */
     /* Starts connecting. Later, from the loop, either cluster_store_up (connected, and from now on every change
      * written by any node reaches cluster_store_message) or cluster_lost. 0, or a negative UV_E*. */
     int (*connect)(cluster_store_t *s);

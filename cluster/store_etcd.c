@@ -810,6 +810,10 @@ int cluster_store_etcd_new(oa_cluster_t *c, const oa_cluster_options_t *o, clust
 
 const cluster_store_ops_t cluster_store_etcd_ops = {
     .kind = "etcd",
+    /* The client already goes round the members within each call, so a reconnection is one call: tried often, it
+     * finds the new leader within half a second of its election. The handshake outlives a call's deadline. */
+    .backoff_max_ms = 500,
+    .handshake_ms = 4000,
     .connect = etcd_connect,
     .disconnect = etcd_disconnect,
     .seed = etcd_seed,

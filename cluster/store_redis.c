@@ -23,8 +23,8 @@
 
 #include "cluster_internal.h"
 #include "oa_log.h"
-#include "oa_tls.h"
 #include "oa_redis.h"
+#include "oa_tls.h"
 #include "oa_util.h"
 
 struct cluster_store_s {
@@ -623,6 +623,8 @@ static void redis_free(cluster_store_t *s)
 
 const cluster_store_ops_t cluster_store_redis_ops = {
     .kind = "redis",
+    .backoff_max_ms = 2000,
+    .handshake_ms = 2000,
     .connect = redis_connect,
     .disconnect = redis_disconnect,
     .seed = redis_seed,

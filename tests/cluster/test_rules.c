@@ -423,8 +423,9 @@ static void test_timing(void **state)
         {"not owed any more, however old", 99999, false, 1, 3000, false, 1, 3000, false},
     };
     static const struct {
-        unsigned from, to;
-    } backoffs[] = {{100, 200}, {200, 400}, {800, 1600}, {1600, 2000}, {2000, 2000}};
+        unsigned from, max, to;
+    } backoffs[] = {{100, 2000, 200}, {200, 2000, 400}, {800, 2000, 1600}, {1600, 2000, 2000}, {2000, 2000, 2000},
+                    {100, 500, 200}, {400, 500, 500}, {500, 500, 500}};
     size_t i;
     char name[64];
 
@@ -438,8 +439,9 @@ static void test_timing(void **state)
                                     stalls[i].lease_ms) == stalls[i].stalled,
               "store_stalled", stalls[i].name);
     for (i = 0; i < sizeof(backoffs) / sizeof(backoffs[0]); i++) {
-        snprintf(name, sizeof(name), "%u ms, then %u ms", backoffs[i].from, backoffs[i].to);
-        check(cluster_backoff_next(backoffs[i].from) == backoffs[i].to, "backoff_next", name);
+        snprintf(name, sizeof(name), "%u ms, then %u ms (at most %u)", backoffs[i].from, backoffs[i].to,
+                 backoffs[i].max);
+        check(cluster_backoff_next(backoffs[i].from, backoffs[i].max) == backoffs[i].to, "backoff_next", name);
     }
     expect_no_failures();
 }

@@ -5,7 +5,8 @@
 # killed member is started again on its data.
 #
 #   - every GET answers 200, every PUT 200 or 503 (cluster_store_unavailable), nothing else;
-#   - after each disruption a PUT succeeds again within 5 s of the new leader (the figures are printed);
+#   - after each disruption a PUT succeeds again within 5 s of the new leader (for a pause: of the leader seen after
+#     the resume), before the next disruption begins (the figures are printed);
 #   - afterwards the store holds the last acknowledged configuration, or that of a later PUT answered 503 (whose
 #     outcome was unknown), and every node serves exactly what the store holds;
 #   - the store's history never shows two different configurations under one version.
@@ -90,6 +91,16 @@ new_leader_after() {
     return 1
 }
 
+# wait_put_ok_after MS: waits (at most 10 s) until a PUT sent at MS or later has been acknowledged, so that each
+# disruption's recovery is seen before the next disruption begins.
+wait_put_ok_after() {
+    local deadline=$((SECONDS + 10))
+    until [ -n "$(first_ok_after "$1")" ]; do
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.05
+    done
+}
+
 echo "# $ROUNDS rounds: the leader killed, the new leader paused 3 s, the killed member back"
 events=()  # "disruption_ms leader_ms what"
 for round in $(seq 1 "$ROUNDS"); do
@@ -100,13 +111,17 @@ for round in $(seq 1 "$ROUNDS"); do
     next=$(new_leader_after "$leader") || bail "round $round: a new leader is elected after the kill"
     t_elected=$(now_ms)
     events+=("$t_kill $t_elected kill")
+    wait_put_ok_after "$t_kill" || echo "# round $round: no PUT acknowledged within 10 s of the kill"
     rand_sleep 100 600
     t_stop=$(now_ms)
     etcd_member_stop "$next"
     sleep 3
     etcd_member_cont "$next"
     t_cont=$(now_ms)
-    events+=("$t_stop $t_cont stop")
+    # The members may elect again once the paused leader is back (it missed a term): measured from the leader seen.
+    new_leader_after 0 >/dev/null || bail "round $round: a leader is known after the pause"
+    events+=("$t_stop $(now_ms) stop")
+    wait_put_ok_after "$t_stop" || echo "# round $round: no PUT acknowledged within 10 s of the pause"
     etcd_member_restart "$leader"
     echo "# round $round: m$leader killed, m$next elected $((t_elected - t_kill)) ms later and paused 3 s;" \
         "m$leader back and every member healthy $(($(now_ms) - t_cont)) ms after the resume"
@@ -139,8 +154,8 @@ for e in "${events[@]}"; do
         slow+=("$what at $t_dis: no PUT succeeded afterwards")
         continue
     fi
-    # From the moment the new leader was seen (for a pause: the moment it was resumed, after which the members
-    # elect again or go on with it) to the first PUT acknowledged.
+    # From the moment the new leader was seen (for a pause: the leader seen once it was resumed, after which the
+    # members elect again or go on with it) to the first PUT acknowledged.
     gap=$((t_ok - t_leader))
     [ "$gap" -lt 0 ] && gap=0
     [ "$gap" -gt "$worst" ] && worst=$gap
