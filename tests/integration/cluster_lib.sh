@@ -43,6 +43,77 @@ rcli() { redis-cli -p "$REDIS_PORT" "${REDIS_CLI_ARGS[@]}" --raw "$@" 2>/dev/nul
 key_of() { rcli --scan --pattern "ocsp-agent:$1:*" | head -n 1; }
 lease_holder() { rcli GET "$(key_of lease)"; }
 
+# The store of the suites written for either (OA_CLUSTER_STORE=redis, the default, or etcd: a three-member etcd
+# cluster; test_*_etcd.sh run a suite that way). What they read from it goes through these:
+#   start_store                 the store, and CLUSTER pointed at it
+#   store_record KIND [CERTID]  the text of a record (lease: the holder's id; status, sched), of CERTID or of the one
+#                               CertID the nodes hold
+#   store_node_entry NODE       NODE's registry entry (JSON)
+#   store_keys_naming CERTID    every key of the store that names CERTID, one a line
+#   store_certids               the CertIDs the store keeps records or entries for, one a line
+#   store_ttl_ms KIND|node NAME how long the lease record (KIND lease) or NAME's registry entry has left to live, in ms
+#   store_ttl_max_ms MS         the longest that is with --cluster-lease MS; lease_holder the lease record
+STORE=${OA_CLUSTER_STORE:-redis}
+lease_holder() { store_record lease; }
+# The longest a lease or registry entry of --cluster-lease MS lives: MS on Redis; on etcd, the node's session lease,
+# MS in whole seconds.
+store_ttl_max_ms() { if [ "$STORE" = etcd ]; then echo $((($1 + 999) / 1000 * 1000)); else echo "$1"; fi; }
+start_store() {
+    if [ "$STORE" = etcd ]; then
+        start_etcd_cluster 3
+        CLUSTER=$ETCD_URL
+    else
+        start_redis
+    fi
+}
+_first_key() { ectl get --prefix --keys-only "$1" 2>/dev/null | grep . | head -n 1; }
+store_record() {
+    if [ "$STORE" = etcd ]; then
+        etcd_value "$(if [ -n "${2:-}" ]; then echo "/ocsp-agent/$1/$2"; else _first_key "/ocsp-agent/$1/"; fi)"
+    else
+        rcli GET "$(if [ -n "${2:-}" ]; then echo "ocsp-agent:$1:$2"; else key_of "$1"; fi)"
+    fi
+}
+store_node_entry() {
+    if [ "$STORE" = etcd ]; then
+        ectl get --prefix --print-value-only /ocsp-agent/node/ 2>/dev/null | jq -c --arg n "$1" 'select(.node_id == $n)'
+    else
+        rcli GET "ocsp-agent:node:$1"
+    fi
+}
+store_keys_naming() {
+    if [ "$STORE" = etcd ]; then
+        ectl get --prefix --keys-only /ocsp-agent/ 2>/dev/null | grep -F -- "$1"
+    else
+        rcli --scan --pattern "ocsp-agent:*$1*"
+    fi
+}
+store_certids() {
+    if [ "$STORE" = etcd ]; then
+        ectl get --prefix --keys-only /ocsp-agent/ 2>/dev/null | grep -oE '[0-9a-f]{40}' | sort -u
+    else
+        rcli SMEMBERS ocsp-agent:certids
+    fi
+}
+store_ttl_ms() {
+    local key id
+    if [ "$STORE" != etcd ]; then
+        if [ "$1" = node ]; then rcli PTTL "ocsp-agent:node:$2"; else rcli PTTL "$(key_of "$1")"; fi
+        return
+    fi
+    if [ "$1" = node ]; then
+        key=$(ectl get --prefix --keys-only /ocsp-agent/node/ 2>/dev/null | grep "/$2\$" | head -n 1)
+    else
+        key=$(_first_key "/ocsp-agent/$1/")
+    fi
+    # The key's etcd lease (a decimal 64-bit id in the JSON answer, read as text: jq would round it), then that
+    # lease's remaining time in whole seconds.
+    id=$(ectl get "$key" -w json 2>/dev/null | grep -oE '"lease":[0-9]+' | head -n 1 | cut -d: -f2)
+    [ -n "$id" ] || return 1
+    ectl lease timetolive "$(printf '%x' "$id")" 2>/dev/null | sed -n 's/.*remaining(\(-\{0,1\}[0-9]*\)s).*/\1/p' |
+        awk '{ print $1 * 1000 }'
+}
+
 # Nodes by name: their pid, port, log and data dir.
 declare -A N_PID=() N_PORT=() N_LOG=()
 start_node() { # NAME [EXTRA ARGS...]

@@ -16,7 +16,7 @@ RESP_NMIN=30 # HAProxy will not take a response with 300 s or less before its ne
 start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
-start_redis
+start_store
 
 # The hook: copies the staple to $T_DIR/hooked-NODE.der on "updated", removes that copy on "removed", and logs
 # every run; it fails while $T_DIR/fail-NODE exists.

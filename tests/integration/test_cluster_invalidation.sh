@@ -19,7 +19,7 @@ make_users admin
 start_pki_responder
 
 source "$(dirname "$0")/cluster_lib.sh"
-start_redis
+start_store
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers of this suite
@@ -77,10 +77,11 @@ for n in "${NODES[@]}"; do
     on "$n"
     wait_log 'event=store_connected' 5 && pass "$n connects to the store" || fail "$n connects to the store"
 done
-lease_held() { [ -n "$(rcli GET "$(key_of lease)")" ]; }
+lease_held() { [ -n "$(lease_holder)" ]; }
 wait_until 5 lease_held || fail "a node takes the lease within 5 s"
-assert_between "the lease lives at most --cluster-lease ms (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL "$(key_of lease)")"
-assert_between "a node's registry entry too (PTTL)" 1 "$LEASE_MS" "$(rcli PTTL ocsp-agent:node:n1)"
+assert_between "the lease lives at most --cluster-lease ms ($STORE)" 1 "$(store_ttl_max_ms "$LEASE_MS")" \
+    "$(store_ttl_ms lease)"
+assert_between "a node's registry entry too ($STORE)" 1 "$(store_ttl_max_ms "$LEASE_MS")" "$(store_ttl_ms node n1)"
 
 on n1
 put_json /v1/ocsp "{\"ocsp_functionality\": true, \"query_frequency\": 60, \"recovery_frequency\": 60,
@@ -88,7 +89,7 @@ put_json /v1/ocsp "{\"ocsp_functionality\": true, \"query_frequency\": 60, \"rec
 assert_status "PUT enables OCSP on the cluster" 200
 if all_status '.state == "valid" and .cert_status == "GOOD"' 10; then pass "every node serves GOOD (valid)"; else
     fail "every node serves GOOD (valid)" "$BODY"; fi
-POLLER=$(rcli GET "$(key_of lease)")
+POLLER=$(lease_holder)
 assert_match "one node holds the lease" '^n[123]$' "$POLLER"
 FOLLOWERS=()
 for n in "${NODES[@]}"; do [ "$n" != "$POLLER" ] && FOLLOWERS+=("$n"); done
@@ -165,7 +166,7 @@ on "$FOLLOWER"
 assert_file_contains "the follower logs the invalidation" "$AGENT_LOG" 'event=cluster_status_invalidated'
 on "$POLLER"
 assert_file_contains "the poller raised the alert" "$AGENT_LOG" 'event=ocsp_query_failed'
-assert_match "the store holds the invalidation" '"state":"invalidated"' "$(rcli GET "$(key_of status)")"
+assert_match "the store holds the invalidation" '"state":"invalidated"' "$(store_record status)"
 nodes=$(scheduled_queries "$t_fail" | awk '{print $2}' | sort -u | tr '\n' ' ')
 assert_eq "only the poller queried" "$POLLER " "$nodes"
 on "$FOLLOWER"
@@ -199,7 +200,7 @@ fi
 # status and staple did not change meanwhile. Rounds are repeated (at most 10 s) until one is consistent and every
 # node serves the poller's response with its staple bytes; the assertions below are on the last round. One curl and
 # one jq a round keep a round short next to the period, also on a loaded machine.
-POLLER=$(rcli GET "$(key_of lease)")
+POLLER=$(lease_holder)
 R=$T_DIR/round
 ROUNDS=0
 compare_round() {

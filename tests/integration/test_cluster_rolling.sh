@@ -42,7 +42,7 @@ done
 queries_of() { grep -cE '^ocsp-responder: (GET|POST) ' "$T_DIR/responder-$1.log"; } # A|B
 
 source "$(dirname "$0")/cluster_lib.sh"
-start_redis
+start_store
 
 # Each node watches its own copy of the certificate, so that it can be replaced on one node at a time.
 NODES=(n1 n2 n3)
@@ -60,7 +60,7 @@ for n in "${NODES[@]}"; do
     wait_log 'event=store_connected' 5 || bail "$n connects to the store"
 done
 
-certid_of() { rcli GET "ocsp-agent:node:$1" | jq -r '.certid // empty'; } # NODE
+certid_of() { store_node_entry "$1" | jq -r '.certid // empty'; } # NODE
 registered() { [ -n "$(certid_of "$1")" ]; }
 wait_until 3 registered n3
 ID_A=$(certid_of n1)
@@ -86,7 +86,7 @@ serves() {
 for n in "${NODES[@]}"; do
     assert_wait "$n serves certificate A's response" 10 serves "$n" "$C/a.pem" "$RESP_A_PORT"
 done
-assert_match "the status is stored under A's CertID" '"type":"status"' "$(rcli GET "ocsp-agent:status:$ID_A")"
+assert_match "the status is stored under A's CertID" '"type":"status"' "$(store_record status "$ID_A")"
 
 # replace NODE: B renamed over the node's --cert file, then SIGHUP.
 replace() {
@@ -103,8 +103,8 @@ assert_ne "B's CertID is not A's" "$ID_A" "$ID_B"
 for n in n2 n3; do
     assert_wait "$n still serves certificate A's response" 3 serves "$n" "$C/a.pem" "$RESP_A_PORT"
 done
-assert_wait_match "n2 or n3 holds A's lease" 4 '^n[23]$' rcli GET "ocsp-agent:lease:$ID_A"
-assert_wait_eq "n1, alone with B, holds B's lease" 4 n1 rcli GET "ocsp-agent:lease:$ID_B"
+assert_wait_match "n2 or n3 holds A's lease" 4 '^n[23]$' store_record lease "$ID_A"
+assert_wait_eq "n1, alone with B, holds B's lease" 4 n1 store_record lease "$ID_B"
 
 # Each responder's requests in a window of five periods: one per period (4 to 6), whereas a query per node would
 # give responder A twice as many. Counted between two moments in the responders' own logs.
@@ -130,10 +130,10 @@ assert_wait "n3 serves certificate B's response" 6 serves n3 "$C/b.pem" "$RESP_B
 for n in n1 n2; do
     assert_wait "$n still serves certificate B's response" 1 serves "$n" "$C/b.pem" "$RESP_B_PORT"
 done
-old_keys() { rcli --scan --pattern "ocsp-agent:*$ID_A*"; }
+old_keys() { store_keys_naming "$ID_A"; }
 assert_wait_eq "A's keys are gone from the store once no node holds A" 4 "" old_keys
-assert_match "B's status is stored" '"type":"status"' "$(rcli GET "ocsp-agent:status:$ID_B")"
-assert_eq "the store knows B's CertID only" "$ID_B" "$(rcli SMEMBERS ocsp-agent:certids)"
+assert_match "B's status is stored" '"type":"status"' "$(store_record status "$ID_B")"
+assert_eq "the store knows B's CertID only" "$ID_B" "$(store_certids)"
 
 # Responder A is asked no more.
 a0=$(queries_of A)
