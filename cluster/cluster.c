@@ -64,7 +64,8 @@ static void on_seeded(oa_cluster_t *c, const cluster_store_reply_t *r, void *dat
     if (reply_void(c, r))
         return;
     if (r->outcome != CLUSTER_STORE_DONE) {
-        cluster_lost(c, "the store refused the resynchronisation");
+        /* The store's own words when it has them (etcd: "permission denied"), so the outage's one line says why. */
+        cluster_lost(c, r->why != NULL ? r->why : "the store refused the resynchronisation");
         return;
     }
     cluster_conf_seeded(c, &r->conf);

@@ -60,6 +60,7 @@ typedef struct cluster_conf_reply_s {
 /* The answer to one operation; borrowed for the duration of the callback. */
 typedef struct cluster_store_reply_s {
     cluster_store_outcome_t outcome;
+    const char *why;               /* when not DONE: the store's own sentence, or NULL when it has none */
     cluster_conf_reply_t conf;     /* seed, conf_cas */
     json_t *records[2];            /* read_records: the status and the sched record (NULL when absent), each an
                                     * object with its number in "seq" */

@@ -119,10 +119,16 @@ void estore_req_answer(etcd_req_t *q, const cluster_store_reply_t *r)
 
 void estore_req_answer_outcome(etcd_req_t *q, cluster_store_outcome_t outcome)
 {
+    estore_req_answer_why(q, outcome, NULL);
+}
+
+void estore_req_answer_why(etcd_req_t *q, cluster_store_outcome_t outcome, const char *why)
+{
     cluster_store_reply_t r;
 
     memset(&r, 0, sizeof(r));
     r.outcome = outcome;
+    r.why = why != NULL && why[0] != '\0' ? why : NULL;
     r.conf.epoch = "";
     r.conf.conf = "";
     estore_req_answer(q, &r);
@@ -142,13 +148,13 @@ bool estore_req_failed(etcd_req_t *q, const oa_etcd_result_t *r, const char *op)
         return true;
     }
     if (r->err == OA_ETCD_E_UNKNOWN) {
-        estore_req_answer_outcome(q, CLUSTER_STORE_UNKNOWN);
+        estore_req_answer_why(q, CLUSTER_STORE_UNKNOWN, r->why);
     } else if (r->err == OA_ETCD_E_UNAVAILABLE) {
-        estore_req_answer_outcome(q, CLUSTER_STORE_UNAVAILABLE);
+        estore_req_answer_why(q, CLUSTER_STORE_UNAVAILABLE, r->why);
     } else {
         OA_LOG(OA_LOG_ERROR, "cluster_store_error", OA_KV_STR("op", op), OA_KV_STR("reply", r->why),
                OA_KV_STR("error", oa_etcd_err_name(r->err)));
-        estore_req_answer_outcome(q, CLUSTER_STORE_REFUSED);
+        estore_req_answer_why(q, CLUSTER_STORE_REFUSED, r->why);
     }
     /* No member answered within the deadline: the store is gone for this node, as a Redis that closed. */
     if (r->err == OA_ETCD_E_UNAVAILABLE && s->up && !s->c->closing)

@@ -100,6 +100,8 @@ void estore_req_free(etcd_req_t *q);
 int estore_req_sent(etcd_req_t *q, int rc);
 void estore_req_answer(etcd_req_t *q, const cluster_store_reply_t *r);
 void estore_req_answer_outcome(etcd_req_t *q, cluster_store_outcome_t outcome);
+/* The same with the store's sentence (NULL or "": none), for the cluster's log. */
+void estore_req_answer_why(etcd_req_t *q, cluster_store_outcome_t outcome, const char *why);
 /* A failed call answered as the store's outcome (a store no member served in time is lost): true when it failed. */
 bool estore_req_failed(etcd_req_t *q, const oa_etcd_result_t *r, const char *op);
 /* The request of an etcd answer, or NULL (freed) when the store was disconnected since. */
