@@ -29,6 +29,7 @@
 
 #include "cluster_internal.h"
 #include "oa_cluster.h"
+#include "store_etcd.h"
 #include "oa_log.h"
 #include "oa_util.h"
 #include "testnet.h"
@@ -1570,6 +1571,63 @@ static void test_etcd_conf_lease_fence(void **state)
     close_all_and_finish(&loop, pair);
 }
 
+/*
+ * A watch that resumes from a revision etcd has compacted away: the node reads everything again, then watches from
+ * there. The node's watch is stopped (as when its member went away), a change is written and the store compacted
+ * meanwhile; the watch then starts again from an old revision, and the change it missed is put in force all the
+ * same. Without the resynchronisation the node would never learn it: nothing else reads the configuration.
+ */
+static void test_etcd_watch_compacted(void **state)
+{
+    uv_loop_t loop;
+    node_t a, b;
+    node_t *pair[] = {&a, &b, NULL};
+    node_opts_t no = {NULL, NULL, 0, 0, 0, etcd_url};
+    put_result_t res = {0, 0};
+    cluster_store_t *s;
+    conf_wait_t w_conf = {NULL, 0};
+    oa_error_t err;
+    char cmd[128], *out;
+    const char *p;
+
+    (void)state;
+    NEED_ETCD();
+    free(etcdctl("del --prefix /ocsp-agent/"));
+    uv_loop_init(&loop);
+    node_start_ex(&loop, &a, "a", NULL, 0, &no);
+    node_start_ex(&loop, &b, "b", NULL, 0, &no);
+    assert_true(run_until(&loop, pred_available, pair, 5000));
+    s = a.c->store;
+    assert_non_null(s->watch);
+    oa_etcd_watch_stop(s->watch);
+    run_until(&loop, pred_never, NULL, 200);
+    assert_null(s->watch);
+
+    assert_int_equal(conf_put(b.c, "{\"query_frequency\": 777}", "bob", &res, &err), OA_CLUSTER_PUT_STARTED);
+    assert_true(run_until(&loop, pred_put_fired_one, &res, 5000));
+    assert_int_equal(res.code, OA_OK);
+    run_until(&loop, pred_never, NULL, 300);
+    assert_int_not_equal(a.conf.query_frequency, 777); /* no watch: a has not heard of it */
+
+    out = etcdctl("get /ocsp-agent/conf -w json");
+    p = strstr(out, "\"revision\":");
+    assert_non_null(p);
+    snprintf(cmd, sizeof(cmd), "compact %lld", strtoll(p + strlen("\"revision\":"), NULL, 10));
+    free(out);
+    free(etcdctl(cmd));
+
+    /* The watch starts again from a revision that is gone (the next read of the records starts it). */
+    s->watch_from = 1;
+    assert_int_equal(oa_cluster_set_certid(a.c, "1111111111111111111111111111111111111111"), 0);
+    w_conf.n = &a;
+    w_conf.calls = a.conf_calls + 1;
+    assert_true(run_until(&loop, pred_conf_calls, &w_conf, 5000));
+    assert_int_equal(a.conf.query_frequency, 777);
+    run_until(&loop, pred_never, NULL, 300); /* the records are read after the configuration, then it watches */
+    assert_non_null(s->watch);
+    close_all_and_finish(&loop, pair);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1583,6 +1641,7 @@ int main(void)
         cmocka_unit_test(test_put_reply_after_timeout),
         cmocka_unit_test(test_seed_after_empty_store),
         cmocka_unit_test(test_etcd_conf_lease_fence),
+        cmocka_unit_test(test_etcd_watch_compacted),
     };
 
     signal(SIGPIPE, SIG_IGN);
