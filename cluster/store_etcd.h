@@ -15,7 +15,7 @@
 #define ETCD_KEY_MAX       (sizeof(ETCD_PREFIX) + 16 + OA_CLUSTER_CERTID_LEN + 256)
 #define ETCD_ATTEMPT_MS    1000
 #define ETCD_GOODBYE_MS    1000
-#define ETCD_CLEANUP_EVERY 10 /* heartbeats between two looks for the records of CertIDs nobody holds */
+#define ETCD_CLEANUP_EVERY 2 /* heartbeats between two looks for the records of CertIDs nobody holds */
 
 typedef enum req_kind_e {
     REQ_SEED,
