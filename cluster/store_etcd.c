@@ -204,41 +204,44 @@ static char *conf_value(const cluster_store_t *s, const char *epoch, uint64_t ve
     return out;
 }
 
-/* What a conf value holds, as the cluster reads it. conf_text is a string to free ("" when the configuration is not
- * an object). Returns 0, or -1 when the value has no valid epoch or version. */
+/* What a conf value holds, as the cluster reads it; conf borrows from the value's object (NULL, or not an object,
+ * when it holds no readable configuration). */
 typedef struct stored_conf_s {
     char epoch[CLUSTER_EPOCH_LEN + 1];
     uint64_t version;
-    char *conf_text;
     bool seeded;
+    json_t *conf;
 } stored_conf_t;
 
-static int stored_conf_read(const oa_etcd_kv_t *kv, stored_conf_t *out)
+/* Reads the conf value o (borrowed; NULL gives -1). Returns 0, or -1 when it has no valid epoch or version. */
+static int stored_conf_of(json_t *o, stored_conf_t *out)
 {
-    json_t *o = json_loadb((const char *)kv->value, kv->value_len, 0, NULL);
     const char *epoch = json_string_value(json_object_get(o, "epoch"));
-    json_t *conf = json_object_get(o, "conf");
     int64_t v = cluster_json_int(o, "version", -1);
 
     memset(out, 0, sizeof(*out));
-    if (epoch == NULL || !cluster_epoch_valid(epoch, strlen(epoch)) || v < 0) {
-        json_decref(o);
+    if (epoch == NULL || !cluster_epoch_valid(epoch, strlen(epoch)) || v < 0)
         return -1;
-    }
     snprintf(out->epoch, sizeof(out->epoch), "%s", epoch);
     out->version = (uint64_t)v;
     out->seeded = cluster_json_int(o, "seeded", 0) == 1;
-    out->conf_text = json_is_object(conf) ? json_dumps(conf, JSON_COMPACT) : strdup("");
-    json_decref(o);
-    return out->conf_text != NULL ? 0 : -1;
+    out->conf = json_object_get(o, "conf");
+    return 0;
 }
 
-static void conf_seen(cluster_store_t *s, int64_t mod, const stored_conf_t *sc)
+static json_t *kv_json(const oa_etcd_kv_t *kv)
+{
+    return json_loadb((const char *)kv->value, kv->value_len, 0, NULL);
+}
+
+/* Remembers what the conf key holds at mod_revision mod (0: the key is missing; epoch "" when unreadable), against
+ * which the next compare-and-set is made. */
+static void conf_seen(cluster_store_t *s, int64_t mod, const char *epoch, uint64_t version)
 {
     s->conf_mod = mod;
     s->conf_seen = true;
-    snprintf(s->conf_epoch, sizeof(s->conf_epoch), "%s", sc != NULL ? sc->epoch : "");
-    s->conf_version = sc != NULL ? sc->version : 0;
+    snprintf(s->conf_epoch, sizeof(s->conf_epoch), "%s", epoch);
+    s->conf_version = version;
 }
 
 static void answer_conf(etcd_req_t *q, int written, const char *epoch, uint64_t version, const char *text)
@@ -258,22 +261,18 @@ static void answer_conf(etcd_req_t *q, int written, const char *epoch, uint64_t 
 /* Answers q with what kv (the conf key as read; NULL when missing) holds, nothing written. */
 static void answer_stored(etcd_req_t *q, const oa_etcd_kv_t *kv)
 {
-    cluster_store_t *s = q->s;
+    json_t *o = kv != NULL ? kv_json(kv) : NULL;
     stored_conf_t sc;
+    char *text = NULL;
 
-    if (kv == NULL) {
-        conf_seen(s, 0, NULL);
-        answer_conf(q, 0, "", 0, "");
-        return;
-    }
-    if (stored_conf_read(kv, &sc) != 0) {
-        conf_seen(s, kv->mod_revision, NULL);
-        answer_conf(q, 0, "", 0, "");
-        return;
-    }
-    conf_seen(s, kv->mod_revision, &sc);
-    answer_conf(q, 0, sc.epoch, sc.version, sc.conf_text);
-    free(sc.conf_text);
+    if (stored_conf_of(o, &sc) == 0 && json_is_object(sc.conf))
+        text = json_dumps(sc.conf, JSON_COMPACT);
+    /* A value whose configuration is unreadable is answered with its epoch and version and no configuration (the
+     * cluster then compares against them, so that its next PUT replaces it); one without them, with neither. */
+    conf_seen(q->s, kv != NULL ? kv->mod_revision : 0, sc.epoch, sc.version);
+    answer_conf(q, 0, sc.epoch, sc.version, text != NULL ? text : "");
+    free(text);
+    json_decref(o);
 }
 
 /* A transaction on the conf key: put value when cmp holds, else read the key. */
@@ -318,6 +317,8 @@ static void on_seed(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
     cluster_store_t *s;
     stored_conf_t sc;
     const oa_etcd_kv_t *kv;
+    bool readable;
+    json_t *o;
 
     (void)e;
     if (q == NULL)
@@ -327,16 +328,17 @@ static void on_seed(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
      * comes twice at worst, which the records' numbers make harmless. */
     s->watch_from = r->revision + 1;
     if (r->succeeded) {
-        conf_seen(s, r->revision, NULL);
-        snprintf(s->conf_epoch, sizeof(s->conf_epoch), "%s", q->stage == 2 ? q->epoch : q->fresh);
-        s->conf_version = q->w.version;
+        conf_seen(s, r->revision, q->stage == 2 ? q->epoch : q->fresh, q->w.version);
         answer_conf(q, q->stage == 2 ? 2 : 1, s->conf_epoch, q->w.version, q->conf_text);
         estore_req_free(q);
         return;
     }
     kv = r->n_kvs > 0 ? &r->kvs[0] : NULL;
     if (q->stage == 0 && kv != NULL) {
-        if (stored_conf_read(kv, &sc) != 0) {
+        o = kv_json(kv);
+        readable = stored_conf_of(o, &sc) == 0;
+        json_decref(o);
+        if (!readable) {
             /* Not a configuration this agent wrote: the seed replaces it, as into an empty store. */
             seed_over(q, kv, q->fresh);
             return;
@@ -344,10 +346,8 @@ static void on_seed(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
         if (sc.seeded && q->w.version > sc.version) {
             /* Only seeded so far, and this node knows a newer version: the best-informed node wins. */
             seed_over(q, kv, sc.epoch);
-            free(sc.conf_text);
             return;
         }
-        free(sc.conf_text);
     }
     answer_stored(q, kv);
     estore_req_free(q);
@@ -364,7 +364,6 @@ static etcd_req_t *conf_req(cluster_store_t *s, req_kind_t kind, const cluster_c
     if (q == NULL)
         return NULL;
     q->conf_text = strdup(w->conf);
-    snprintf(q->epoch, sizeof(q->epoch), "%s", w->epoch);
     snprintf(q->fresh, sizeof(q->fresh), "%s", w->fresh_epoch);
     q->w.version = w->version;
     if (q->conf_text == NULL) {
@@ -404,9 +403,7 @@ static void on_cas(oa_etcd_t *e, const oa_etcd_result_t *r, void *data)
         return;
     s = q->s;
     if (r->succeeded) {
-        snprintf(s->conf_epoch, sizeof(s->conf_epoch), "%s", q->fresh);
-        s->conf_version = q->w.version;
-        s->conf_mod = r->revision;
+        conf_seen(s, r->revision, q->fresh, q->w.version);
         answer_conf(q, 1, q->fresh, q->w.version, q->conf_text);
     } else {
         answer_stored(q, r->n_kvs > 0 ? &r->kvs[0] : NULL);
@@ -450,7 +447,7 @@ static int etcd_conf_cas(cluster_store_t *s, const cluster_conf_write_t *w, clus
 /* A record's text with its number, the mod_revision of its key: an object to decref, or NULL. */
 static json_t *record_of(const oa_etcd_kv_t *kv)
 {
-    json_t *o = json_loadb((const char *)kv->value, kv->value_len, 0, NULL);
+    json_t *o = kv_json(kv);
 
     if (!json_is_object(o)) {
         json_decref(o);
@@ -602,11 +599,9 @@ static void on_watch(oa_etcd_watch_t *w, const oa_etcd_watch_update_t *u, void *
         if (u->events[i].type != OA_ETCD_EVENT_PUT || kv->key_len <= plen)
             continue;
         if (estore_key_is(kv, ETCD_K_CONF)) {
-            if (stored_conf_read(kv, &sc) == 0) {
-                conf_seen(s, kv->mod_revision, &sc);
-                free(sc.conf_text);
-            }
-            o = json_loadb((const char *)kv->value, kv->value_len, 0, NULL);
+            o = kv_json(kv);
+            stored_conf_of(o, &sc);
+            conf_seen(s, kv->mod_revision, sc.epoch, sc.version);
         } else if (estore_key_starts(kv, ETCD_PREFIX "status/") || estore_key_starts(kv, ETCD_PREFIX "sched/")) {
             o = record_of(kv);
         } else {
