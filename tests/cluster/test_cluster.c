@@ -563,6 +563,19 @@ static int pred_put_fired(void *arg)
     return r[0].fired > 0 && r[1].fired > 0;
 }
 
+/* a PUTs body_a and b body_b at once (as alice and bob); both are answered within ms, each acknowledged. */
+static void puts_at_once(uv_loop_t *loop, node_t *a, const char *body_a, node_t *b, const char *body_b, unsigned ms)
+{
+    put_result_t res[2] = {{0, 0}, {0, 0}};
+    oa_error_t err;
+
+    assert_int_equal(conf_put(a->c, body_a, "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
+    assert_int_equal(conf_put(b->c, body_b, "bob", &res[1], &err), OA_CLUSTER_PUT_STARTED);
+    assert_true(run_until(loop, pred_put_fired, res, ms));
+    assert_int_equal(res[0].code, OA_OK);
+    assert_int_equal(res[1].code, OA_OK);
+}
+
 static void test_conf_put_propagates(void **state)
 {
     uv_loop_t loop;
@@ -616,12 +629,7 @@ static void test_conf_put_propagates(void **state)
     assert_int_equal(oa_cluster_conf_version(b.c), 1);
 
     /* Two nodes change different keys at once: the compare-and-set makes one retry on top of the other. */
-    memset(res, 0, sizeof(res));
-    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
-    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "bob", &res[1], &err), OA_CLUSTER_PUT_STARTED);
-    assert_true(run_until(&loop, pred_put_fired, res, 3000));
-    assert_int_equal(res[0].code, OA_OK);
-    assert_int_equal(res[1].code, OA_OK);
+    puts_at_once(&loop, &a, "{\"response_timeout\": 7}", &b, "{\"recovery_max_tries\": 9}", 3000);
     run_until(&loop, pred_never, NULL, 200);
     assert_int_equal(oa_cluster_conf_version(a.c), 3);
     assert_int_equal(oa_cluster_conf_version(b.c), 3);
@@ -981,9 +989,7 @@ static void test_state_invalidation_and_metrics(void **state)
     assert_int_equal(late2.der_len, sizeof(der));
 
     /* Two PUTs at once: both committed, one after losing a round. */
-    assert_int_equal(conf_put(a.c, "{\"response_timeout\": 7}", "u", &puts[0], &err), OA_CLUSTER_PUT_STARTED);
-    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 9}", "u", &puts[1], &err), OA_CLUSTER_PUT_STARTED);
-    assert_true(run_until(&loop, pred_put_fired, puts, 3000));
+    puts_at_once(&loop, &a, "{\"response_timeout\": 7}", &b, "{\"recovery_max_tries\": 9}", 3000);
     assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
     assert_int_equal(metric(&b, "ocsp_agent_cluster_puts_total{result=\"committed\"}"), 1);
     assert_int_equal(metric(&a, "ocsp_agent_cluster_puts_total{result=\"conflict_retry\"}") +
@@ -1520,12 +1526,7 @@ static void test_etcd_conf_lease_fence(void **state)
     free(out);
 
     /* Two PUTs at once: both acknowledged, each at its own version, and both nodes end on the same one. */
-    memset(res, 0, sizeof(res));
-    assert_int_equal(conf_put(a.c, "{\"query_frequency\": 300}", "alice", &res[0], &err), OA_CLUSTER_PUT_STARTED);
-    assert_int_equal(conf_put(b.c, "{\"recovery_max_tries\": 7}", "bob", &res[1], &err), OA_CLUSTER_PUT_STARTED);
-    assert_true(run_until(&loop, pred_put_fired, res, 5000));
-    assert_int_equal(res[0].code, OA_OK);
-    assert_int_equal(res[1].code, OA_OK);
+    puts_at_once(&loop, &a, "{\"query_frequency\": 300}", &b, "{\"recovery_max_tries\": 7}", 5000);
     run_until(&loop, pred_never, NULL, 300);
     assert_int_equal(oa_cluster_conf_version(a.c), 3);
     assert_int_equal(oa_cluster_conf_version(b.c), 3);
