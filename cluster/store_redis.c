@@ -337,13 +337,15 @@ typedef struct record_keys_s {
     char sched[CLUSTER_CERTID_KEY_MAX];
 } record_keys_t;
 
-/* 0, or -1 when certid is not a CertID's hex. */
-static int record_keys(const char *certid, record_keys_t *k)
+/* request_start for an operation on certid's records, with their keys in *k; UV_EINVAL when certid is not a
+ * CertID's hex. */
+static int record_request_start(cluster_store_t *s, const char *certid, cluster_store_cb cb, void *data,
+                                record_keys_t *k, oa_redis_t **conn, request_t **q)
 {
     if (cluster_certid_key(k->status, sizeof(k->status), CLUSTER_K_STATUS, certid) != 0 ||
         cluster_certid_key(k->sched, sizeof(k->sched), CLUSTER_K_SCHED, certid) != 0)
-        return -1;
-    return 0;
+        return UV_EINVAL;
+    return request_start(s, cb, data, conn, q);
 }
 
 /* The reply of "MGET status sched": each text read as JSON (NULL when absent or unreadable). */
@@ -380,9 +382,7 @@ static int redis_read_records(cluster_store_t *s, const char *certid, cluster_st
     request_t *q;
     int rc;
 
-    if (record_keys(certid, &k) != 0)
-        return UV_EINVAL;
-    if ((rc = request_start(s, cb, data, &r, &q)) != 0)
+    if ((rc = record_request_start(s, certid, cb, data, &k, &r, &q)) != 0)
         return rc;
     return request_sent(q, oa_redis_command(r, on_records_reply, q, "MGET %s %s", k.status, k.sched));
 }
@@ -411,9 +411,7 @@ static int redis_publish(cluster_store_t *s, const char *certid, cluster_record_
     request_t *q;
     int rc;
 
-    if (record_keys(certid, &k) != 0)
-        return UV_EINVAL;
-    if ((rc = request_start(s, cb, data, &r, &q)) != 0)
+    if ((rc = record_request_start(s, certid, cb, data, &k, &r, &q)) != 0)
         return rc;
     on_reply = q != NULL ? on_publish_reply : NULL;
     /* An invalidation replaces the stored response too: a node that reads the store later must not serve it. */
